@@ -1,0 +1,265 @@
+//! The plugin API: what an architecture tells the runner about itself, and how it builds a model.
+//!
+//! A plugin lives in `plugins/` and is listed in `plugins/mod.rs`. It uses only this module and
+//! [`crate::nn`], so it can later move into a crate of its own without changes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+/// A trainable model: `forward_t(x, train)` maps a batch `(N, C, H, W)` to logits `(N, classes)`.
+/// BatchNorm uses batch statistics (and updates its running statistics) when `train` is true,
+/// and the running statistics otherwise.
+pub type Model = Box<dyn candle_core::ModuleT + Send>;
+
+/// The shape of one input image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputShape {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl InputShape {
+    pub const CIFAR: InputShape = InputShape {
+        channels: 3,
+        height: 32,
+        width: 32,
+    };
+}
+
+impl fmt::Display for InputShape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}×{}×{}", self.channels, self.height, self.width)
+    }
+}
+
+/// The type of a plugin parameter, with the values it allows.
+#[derive(Debug, Clone, Copy)]
+pub enum ParamKind {
+    /// An integer; `min` is the smallest allowed value. Further rules go in `Architecture::check`.
+    Int {
+        min: i64,
+    },
+    Bool,
+    /// One of a fixed list of strings.
+    Choice(&'static [&'static str]),
+}
+
+/// A parameter value as written in a grid file.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    Bool(bool),
+    Int(i64),
+    Str(String),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Str(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// One parameter an architecture accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub kind: ParamKind,
+    pub default: DefaultValue,
+    pub doc: &'static str,
+}
+
+/// A parameter's default, as a constant (a `Value` holds a `String` and cannot be `const`).
+#[derive(Debug, Clone, Copy)]
+pub enum DefaultValue {
+    Bool(bool),
+    Int(i64),
+    Str(&'static str),
+}
+
+impl DefaultValue {
+    pub fn value(self) -> Value {
+        match self {
+            DefaultValue::Bool(b) => Value::Bool(b),
+            DefaultValue::Int(i) => Value::Int(i),
+            DefaultValue::Str(s) => Value::Str(s.to_string()),
+        }
+    }
+}
+
+impl ParamSpec {
+    /// A short description of the values this parameter allows, for help and error messages.
+    pub fn allowed(&self) -> String {
+        match self.kind {
+            ParamKind::Int { min } => format!("an integer ≥ {min}"),
+            ParamKind::Bool => "true or false".to_string(),
+            ParamKind::Choice(c) => c.join(", "),
+        }
+    }
+
+    /// Checks that `v` has this parameter's type and is one of its allowed values.
+    pub fn check(&self, v: &Value) -> std::result::Result<(), String> {
+        match (self.kind, v) {
+            (ParamKind::Int { min }, Value::Int(i)) if *i >= min => Ok(()),
+            (ParamKind::Bool, Value::Bool(_)) => Ok(()),
+            (ParamKind::Choice(c), Value::Str(s)) if c.contains(&s.as_str()) => Ok(()),
+            _ => Err(format!(
+                "invalid value {v} for parameter `{}`: expected {}",
+                self.name,
+                self.allowed()
+            )),
+        }
+    }
+}
+
+/// The resolved parameters of one trial: every parameter the architecture declares, with the
+/// defaults filled in. Kept sorted so that its JSON is canonical.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Params(pub BTreeMap<String, Value>);
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0.get(name)
+    }
+
+    pub fn int(&self, name: &str) -> Result<i64> {
+        match self.0.get(name) {
+            Some(Value::Int(i)) => Ok(*i),
+            other => candle_core::bail!("parameter `{name}` should be an integer, got {other:?}"),
+        }
+    }
+
+    pub fn usize(&self, name: &str) -> Result<usize> {
+        let i = self.int(name)?;
+        usize::try_from(i).map_err(|_| candle_core::Error::Msg(format!("parameter `{name}` must be ≥ 0, got {i}")))
+    }
+
+    pub fn bool(&self, name: &str) -> Result<bool> {
+        match self.0.get(name) {
+            Some(Value::Bool(b)) => Ok(*b),
+            other => candle_core::bail!("parameter `{name}` should be true or false, got {other:?}"),
+        }
+    }
+
+    pub fn str(&self, name: &str) -> Result<&str> {
+        match self.0.get(name) {
+            Some(Value::Str(s)) => Ok(s),
+            other => candle_core::bail!("parameter `{name}` should be a string, got {other:?}"),
+        }
+    }
+}
+
+/// An architecture plugin.
+pub trait Architecture: Send + Sync {
+    /// The name used in grid files (`arch = "resnet"`).
+    fn name(&self) -> &'static str;
+    /// One line, citing the paper it follows.
+    fn summary(&self) -> &'static str;
+    /// Every parameter it accepts.
+    fn params(&self) -> &'static [ParamSpec];
+    /// Rules that involve a parameter's value beyond its type (ResNet depth must be 6n+2), or
+    /// several parameters together. The error names the parameter at fault and says which
+    /// values are valid.
+    fn check(&self, _p: &Params) -> std::result::Result<(), ParamError> {
+        Ok(())
+    }
+    /// Builds the model, creating its tensors through `vb` under PyTorch state-dict names.
+    fn build(&self, p: &Params, input: InputShape, classes: usize, vb: VarBuilder) -> Result<Model>;
+}
+
+/// A parameter value that an architecture refuses: which parameter, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamError {
+    pub param: String,
+    pub message: String,
+}
+
+impl ParamError {
+    pub fn new(param: &str, message: impl Into<String>) -> Self {
+        ParamError {
+            param: param.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ParamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Fills in the defaults of `arch`'s parameters and checks every value.
+pub fn resolve(arch: &dyn Architecture, given: &BTreeMap<String, Value>) -> std::result::Result<Params, ParamError> {
+    let specs = arch.params();
+    if let Some(unknown) = given.keys().find(|k| !specs.iter().any(|s| s.name == k.as_str())) {
+        return Err(ParamError::new(
+            unknown,
+            format!(
+                "`{}` has no parameter `{unknown}`; its parameters are: {}",
+                arch.name(),
+                specs.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for spec in specs {
+        let v = given.get(spec.name).cloned().unwrap_or_else(|| spec.default.value());
+        spec.check(&v).map_err(|m| ParamError::new(spec.name, m))?;
+        out.insert(spec.name.to_string(), v);
+    }
+    let params = Params(out);
+    arch.check(&params)?;
+    Ok(params)
+}
+
+/// Applies a model to a batch: a convenience so callers need not import `ModuleT`.
+pub fn forward(model: &Model, x: &Tensor, train: bool) -> Result<Tensor> {
+    model.forward_t(x, train)
+}
+
+/// What a model costs: trainable parameters and forward MFLOPs per image (multiply-adds × 2 / 10⁶).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cost {
+    pub params: usize,
+    pub mflops: f64,
+}
+
+/// Builds the model on the CPU and measures its [`Cost`] with one forward pass of a zero image.
+pub fn cost(arch: &dyn Architecture, p: &Params, input: InputShape, classes: usize) -> Result<Cost> {
+    let store = crate::nn::ParamStore::new(0);
+    let dev = candle_core::Device::Cpu;
+    let model = arch.build(p, input, classes, store.var_builder(&dev))?;
+    let x = Tensor::zeros(
+        (1, input.channels, input.height, input.width),
+        candle_core::DType::F32,
+        &dev,
+    )?;
+    let (y, macs) = crate::nn::flops::count(|| model.forward_t(&x, false));
+    let y = y?;
+    if y.dims() != [1, classes] {
+        candle_core::bail!(
+            "{} produced logits of shape {:?}, expected [1, {classes}]",
+            arch.name(),
+            y.dims()
+        );
+    }
+    Ok(Cost {
+        params: store.trainable_count(),
+        mflops: macs as f64 * 2.0 / 1e6,
+    })
+}
+
+impl fmt::Debug for dyn Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Architecture({})", self.name())
+    }
+}

@@ -1,0 +1,176 @@
+//! The command line: what each command takes, with help that teaches. Parsing only; the work
+//! is done by the library functions these map to.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "runner",
+    version,
+    about = "Train convolutional networks in batch experiments and compare them from one SQLite file",
+    long_about = "runner expands a TOML grid of architectures and settings into trials, trains every \
+trial (on the CPU, or a GPU with the `cuda` build), and records configurations, metrics and \
+checkpoints in one SQLite file (runs.db) that `runner report` and plain SQL read.",
+    after_help = "Examples:\n  runner run experiments/quick.toml        train the embedded default grid\n  \
+runner run experiments/depth.toml --dry-run   list the planned trials without training\n  \
+runner report --csv                       one row per trial\n  \
+runner list archs                         architectures and their parameters\n  \
+sqlite3 runs.db 'select * from trial_summary'"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Expand a grid file and train every trial that is not done yet
+    Run(RunArgs),
+    /// Compare the recorded trials (a table, CSV, JSON or Markdown)
+    Report(ReportArgs),
+    /// Show one trial: its configuration, status and metric history
+    Show(ShowArgs),
+    /// Write a trial's checkpoint as a .safetensors file that PyTorch can load
+    Export(ExportArgs),
+    /// List what the runner knows (architectures and their parameters)
+    List(ListArgs),
+    /// Time training steps and evaluation batches on random data (images/s)
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The grid file (TOML; see experiments/ for examples)
+    pub grid: PathBuf,
+    /// Print the planned trials and exit: nothing is trained or written
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: print the plan as CSV
+    #[arg(long, requires = "dry_run")]
+    pub csv: bool,
+    /// The results database
+    #[arg(long, default_value = "runs.db")]
+    pub db: PathBuf,
+    /// CPU threads for training (default: all cores)
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Where to train: cpu, or cuda:N with the cuda build
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Also re-run trials that failed before
+    #[arg(long)]
+    pub retry_failed: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The results database
+    #[arg(long, default_value = "runs.db")]
+    pub db: PathBuf,
+    /// Only this experiment
+    #[arg(long)]
+    pub experiment: Option<String>,
+    /// CSV with a header row (errors as fractions)
+    #[arg(long, conflicts_with_all = ["json", "markdown"])]
+    pub csv: bool,
+    /// A JSON array, one object per trial
+    #[arg(long, conflicts_with = "markdown")]
+    pub json: bool,
+    /// A Markdown table
+    #[arg(long)]
+    pub markdown: bool,
+}
+
+impl ReportArgs {
+    pub fn format(&self) -> Format {
+        if self.csv {
+            Format::Csv
+        } else if self.json {
+            Format::Json
+        } else if self.markdown {
+            Format::Markdown
+        } else {
+            Format::Table
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Trial id, or a prefix (≥ 6 characters) of its key
+    pub trial: String,
+    #[arg(long, default_value = "runs.db")]
+    pub db: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CheckpointArg {
+    /// Weights and BN statistics of the validation-best evaluation
+    Best,
+    /// The latest resumable state
+    Last,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Trial id, or a prefix (≥ 6 characters) of its key
+    pub trial: String,
+    #[arg(long, value_enum, default_value = "best")]
+    pub kind: CheckpointArg,
+    /// Output file (.safetensors)
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "runs.db")]
+    pub db: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(subcommand)]
+    pub what: ListWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ListWhat {
+    /// Each architecture plugin, its summary and its parameters with allowed values
+    Archs,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "resnet")]
+    pub arch: String,
+    #[arg(long, default_value_t = 20)]
+    pub depth: i64,
+    /// Shortcut option (resnet only)
+    #[arg(long)]
+    pub shortcut: Option<String>,
+    /// Pre-activation units (resnet only)
+    #[arg(long)]
+    pub preact: bool,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Timed steps (after warm-up)
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed warm-up steps
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// One JSON line instead of text
+    #[arg(long)]
+    pub json: bool,
+}

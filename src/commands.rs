@@ -1,0 +1,130 @@
+//! What each command does, from parsed arguments to printed output and an exit code.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+
+use crate::arch::{InputShape, ParamKind};
+use crate::cli::{Cli, Command, ListWhat, RunArgs};
+use crate::{data, grid, plugins};
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::List(l) => match l.what {
+            ListWhat::Archs => {
+                print!("{}", list_archs());
+                Ok(0)
+            }
+        },
+        Command::Run(args) if args.dry_run => dry_run(&args),
+        _ => anyhow::bail!("this command is not available yet"),
+    }
+}
+
+/// `runner list archs`: every plugin, its summary, and its parameters with allowed values.
+pub fn list_archs() -> String {
+    let mut s = String::new();
+    for a in plugins::ALL {
+        s.push_str(&format!("{}\n    {}\n", a.name(), a.summary()));
+        for p in a.params() {
+            let allowed = match p.kind {
+                ParamKind::Choice(_) | ParamKind::Bool => format!("[{}]", p.allowed()),
+                ParamKind::Int { .. } => format!("({})", p.allowed()),
+            };
+            s.push_str(&format!(
+                "    {:<10} default {:<6} {}\n    {:<10} {}\n",
+                p.name,
+                p.default.value().to_string(),
+                allowed,
+                "",
+                p.doc
+            ));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// The input shape and class count for planning: from the data if it is readable, else the
+/// kind's nominal shape (with a warning), else the data's error.
+fn planning_shape(g: &grid::Grid) -> Result<(InputShape, usize)> {
+    let cfg = &g.trials[0].dataset;
+    let base = g.path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    match data::check(cfg, &base) {
+        Ok(s) => Ok(s),
+        Err(e) => match data::nominal_shape(cfg) {
+            Some((shape, classes)) => {
+                eprintln!("warning: {e}\n         (the plan assumes {shape} images and {classes} classes)");
+                Ok((shape, classes))
+            }
+            None => Err(e.into()),
+        },
+    }
+}
+
+/// `runner run GRID --dry-run`: validate everything and print the plan.
+fn dry_run(args: &RunArgs) -> Result<i32> {
+    let g = grid::load(&args.grid)?;
+    let (shape, classes) = planning_shape(&g)?;
+    let mut out = std::io::stdout().lock();
+    let cols = [
+        "arch", "depth", "shortcut", "preact", "block", "width", "seed", "params", "mflops", "key",
+    ];
+    if args.csv {
+        writeln!(out, "{}", cols.join(","))?;
+    } else {
+        writeln!(
+            out,
+            "experiment {}: {} trials on {} images, {} classes",
+            g.name,
+            g.trials.len(),
+            shape,
+            classes
+        )?;
+        writeln!(
+            out,
+            "{:>3}  {:<7} {:>5} {:>8} {:>6} {:>10} {:>5} {:>4} {:>11} {:>8}  {}",
+            "#", "arch", "depth", "shortcut", "preact", "block", "width", "seed", "params", "mflops", "key"
+        )?;
+    }
+    for (i, t) in g.trials.iter().enumerate() {
+        let cost =
+            crate::arch::cost(t.arch, &t.params, shape, classes).with_context(|| format!("building {}", t.label()))?;
+        let p = |k: &str| t.params.get(k).map(|v| v.to_string()).unwrap_or_default();
+        let key = &t.key[..12];
+        if args.csv {
+            writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{:.2},{}",
+                t.arch.name(),
+                p("depth"),
+                p("shortcut"),
+                p("preact"),
+                p("block"),
+                p("width"),
+                t.train.seed,
+                cost.params,
+                cost.mflops,
+                key
+            )?;
+        } else {
+            writeln!(
+                out,
+                "{:>3}  {:<7} {:>5} {:>8} {:>6} {:>10} {:>5} {:>4} {:>11} {:>8.2}  {}",
+                i + 1,
+                t.arch.name(),
+                p("depth"),
+                p("shortcut"),
+                p("preact"),
+                p("block"),
+                p("width"),
+                t.train.seed,
+                cost.params,
+                cost.mflops,
+                key
+            )?;
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,468 @@
+//! Grid files: parse a TOML grid, validate every key and value against the plugins, and expand
+//! it into the checked list of trials the rest of the runner trusts.
+//!
+//! `[grid]` is a cartesian product of axes: `arch`, `seed` and any architecture parameter.
+//! An axis that an architecture does not take is ignored for that architecture (a plain net
+//! has no `shortcut`), so `arch = ["plain", "resnet"]` with `shortcut = ["A", "B"]` gives one
+//! plain trial per depth, not two. `[[include]]` adds single trials: keys it does not give
+//! come from single-valued grid axes, then from the plugin's defaults. `[[exclude]]` drops
+//! every combination that matches all of its keys.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use crate::arch::{self, Architecture, Params, Value};
+use crate::data::DatasetConfig;
+use crate::train::TrainConfig;
+use crate::{plugins, Error, Result};
+
+/// One planned trial: everything needed to train it, already checked.
+#[derive(Debug, Clone)]
+pub struct TrialSpec {
+    pub experiment: String,
+    pub arch: &'static dyn Architecture,
+    pub params: Params,
+    pub dataset: DatasetConfig,
+    pub train: TrainConfig,
+    /// A hash of the fully resolved configuration: the trial's identity in the store.
+    pub key: String,
+}
+
+/// The resolved configuration of a trial, as stored (`trials.config_json`) and hashed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrialConfig {
+    pub experiment: String,
+    pub arch: String,
+    pub params: Params,
+    pub dataset: DatasetConfig,
+    pub train: TrainConfig,
+    pub seed: u64,
+}
+
+impl TrialSpec {
+    pub fn config(&self) -> TrialConfig {
+        TrialConfig {
+            experiment: self.experiment.clone(),
+            arch: self.arch.name().to_string(),
+            params: self.params.clone(),
+            dataset: self.dataset.clone(),
+            train: self.train.clone(),
+            seed: self.train.seed,
+        }
+    }
+
+    /// Canonical JSON (sorted keys throughout).
+    pub fn config_json(&self) -> String {
+        // Through `serde_json::Value`, whose maps are sorted, so the text is canonical.
+        let v = serde_json::to_value(self.config()).unwrap_or(serde_json::Value::Null);
+        v.to_string()
+    }
+
+    /// `resnet-20 A` style label for logs.
+    pub fn label(&self) -> String {
+        let mut s = self.arch.name().to_string();
+        for (k, v) in &self.params.0 {
+            s.push_str(&format!(" {k}={v}"));
+        }
+        s.push_str(&format!(" seed={}", self.train.seed));
+        s
+    }
+}
+
+/// A parsed and validated grid file.
+#[derive(Debug, Clone)]
+pub struct Grid {
+    pub path: PathBuf,
+    pub name: String,
+    pub description: Option<String>,
+    pub source: String,
+    pub trials: Vec<TrialSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrid {
+    experiment: RawExperiment,
+    dataset: Spanned<DatasetConfig>,
+    train: Spanned<TrainConfig>,
+    #[serde(default)]
+    grid: Option<Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>,
+    #[serde(default)]
+    include: Vec<Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>,
+    #[serde(default)]
+    exclude: Vec<Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExperiment {
+    name: Spanned<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// A value with where it was written.
+#[derive(Debug, Clone)]
+struct At<T> {
+    value: T,
+    span: Range<usize>,
+}
+
+/// Reads, parses and validates a grid file.
+pub fn load(path: &Path) -> Result<Grid> {
+    let source = std::fs::read_to_string(path)
+        .map_err(|e| Error::Usage(format!("cannot read grid file {}: {e}", path.display())))?;
+    parse(path, &source)
+}
+
+/// Parses and validates grid text; `path` is used in messages.
+pub fn parse(path: &Path, source: &str) -> Result<Grid> {
+    let err = |span: Range<usize>, message: String| {
+        let (line, column) = line_col(source, span.start);
+        Error::Grid {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message,
+        }
+    };
+    let raw: RawGrid = toml::from_str(source).map_err(|e| err(e.span().unwrap_or(0..0), e.message().to_string()))?;
+
+    let name = raw.experiment.name.get_ref().trim().to_string();
+    if name.is_empty() {
+        return Err(err(
+            raw.experiment.name.span(),
+            "experiment `name` must not be empty".into(),
+        ));
+    }
+    raw.dataset
+        .get_ref()
+        .validate()
+        .map_err(|m| err(raw.dataset.span(), format!("[dataset]: {m}")))?;
+    raw.train
+        .get_ref()
+        .validate()
+        .map_err(|m| err(raw.train.span(), format!("[train]: {m}")))?;
+
+    let mut axes: Vec<(At<String>, Vec<At<Value>>)> = Vec::new();
+    if let Some(grid) = &raw.grid {
+        for (k, v) in grid.get_ref() {
+            let values = match v.get_ref() {
+                toml::Value::Array(items) => {
+                    if items.is_empty() {
+                        return Err(err(v.span(), format!("axis `{}` has no values", k.get_ref())));
+                    }
+                    // Array items carry no spans of their own; point at the array.
+                    items
+                        .iter()
+                        .map(|i| to_value(i, v.span()).map_err(|m| err(v.span(), m)))
+                        .collect::<Result<Vec<_>>>()?
+                }
+                single => vec![to_value(single, v.span()).map_err(|m| err(v.span(), m))?],
+            };
+            axes.push((
+                At {
+                    value: k.get_ref().clone(),
+                    span: k.span(),
+                },
+                values,
+            ));
+        }
+        axes.sort_by_key(|(k, _)| k.span.start);
+    }
+    let tables = |list: &[Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>]| -> Result<Vec<Table>> {
+        list.iter()
+            .map(|t| {
+                let mut out = Table {
+                    span: t.span(),
+                    entries: Vec::new(),
+                };
+                for (k, v) in t.get_ref() {
+                    let value = to_value(v.get_ref(), v.span()).map_err(|m| err(v.span(), m))?;
+                    out.entries.push((
+                        At {
+                            value: k.get_ref().clone(),
+                            span: k.span(),
+                        },
+                        value,
+                    ));
+                }
+                Ok(out)
+            })
+            .collect()
+    };
+    let includes = tables(&raw.include)?;
+    let excludes = tables(&raw.exclude)?;
+
+    let ctx = Expand {
+        err: &err,
+        dataset: raw.dataset.get_ref(),
+        train: raw.train.get_ref(),
+        experiment: &name,
+    };
+    let trials = ctx.expand(
+        &axes,
+        &includes,
+        &excludes,
+        raw.grid.as_ref().map(|g| g.span()).unwrap_or(0..0),
+    )?;
+    if trials.is_empty() {
+        return Err(err(
+            0..0,
+            "the grid has no trials: add a [grid] table with an `arch` axis, or [[include]] tables".into(),
+        ));
+    }
+    Ok(Grid {
+        path: path.to_path_buf(),
+        name,
+        description: raw.experiment.description,
+        source: source.to_string(),
+        trials,
+    })
+}
+
+struct Table {
+    span: Range<usize>,
+    entries: Vec<(At<String>, At<Value>)>,
+}
+
+fn to_value(v: &toml::Value, span: Range<usize>) -> std::result::Result<At<Value>, String> {
+    let value = match v {
+        toml::Value::String(s) => Value::Str(s.clone()),
+        toml::Value::Integer(i) => Value::Int(*i),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        other => {
+            return Err(format!(
+                "expected a string, an integer or a boolean, got {}",
+                other.type_str()
+            ))
+        }
+    };
+    Ok(At { value, span })
+}
+
+struct Expand<'a, F: Fn(Range<usize>, String) -> Error> {
+    err: &'a F,
+    dataset: &'a DatasetConfig,
+    train: &'a TrainConfig,
+    experiment: &'a str,
+}
+
+impl<F: Fn(Range<usize>, String) -> Error> Expand<'_, F> {
+    fn expand(
+        &self,
+        axes: &[(At<String>, Vec<At<Value>>)],
+        includes: &[Table],
+        excludes: &[Table],
+        grid_span: Range<usize>,
+    ) -> Result<Vec<TrialSpec>> {
+        let err = self.err;
+        // Which architectures the grid names, to check that every other axis means something.
+        let mut archs: Vec<(&'static dyn Architecture, Range<usize>)> = Vec::new();
+        let arch_axis = axes.iter().find(|(k, _)| k.value == "arch");
+        for v in arch_axis.map(|(_, vs)| vs.as_slice()).unwrap_or(&[]) {
+            archs.push((self.arch(v)?, v.span.clone()));
+        }
+        if arch_axis.is_none() && !axes.is_empty() {
+            return Err(err(
+                grid_span,
+                "[grid] needs an `arch` axis, e.g. arch = [\"plain\", \"resnet\"]".into(),
+            ));
+        }
+        for (k, _) in axes {
+            self.check_key(&k.value, k.span.clone(), archs.iter().map(|(a, _)| *a))?;
+        }
+        for t in excludes {
+            for (k, _) in &t.entries {
+                if !axes.iter().any(|(a, _)| a.value == k.value) {
+                    return Err(err(
+                        k.span.clone(),
+                        format!(
+                            "[[exclude]] key `{}` is not a [grid] axis; axes: {}",
+                            k.value,
+                            axes.iter()
+                                .map(|(a, _)| a.value.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+
+        let mut trials: Vec<TrialSpec> = Vec::new();
+        let mut push = |t: TrialSpec| {
+            if !trials.iter().any(|x| x.key == t.key) {
+                trials.push(t);
+            }
+        };
+        // Cartesian product, first axis slowest.
+        if !axes.is_empty() {
+            let mut idx = vec![0usize; axes.len()];
+            'outer: loop {
+                let combo: Vec<(&At<String>, &At<Value>)> =
+                    axes.iter().zip(&idx).map(|((k, vs), &i)| (k, &vs[i])).collect();
+                let excluded = excludes.iter().any(|t| {
+                    t.entries
+                        .iter()
+                        .all(|(k, v)| combo.iter().any(|(ck, cv)| ck.value == k.value && cv.value == v.value))
+                });
+                if !excluded {
+                    push(self.trial(&combo, false)?);
+                }
+                for d in (0..axes.len()).rev() {
+                    idx[d] += 1;
+                    if idx[d] < axes[d].1.len() {
+                        continue 'outer;
+                    }
+                    idx[d] = 0;
+                }
+                break;
+            }
+        }
+        for t in includes {
+            // Single-valued axes are the grid's defaults; the include's keys override them.
+            let mut combo: Vec<(&At<String>, &At<Value>)> = axes
+                .iter()
+                .filter(|(k, vs)| vs.len() == 1 && !t.entries.iter().any(|(ik, _)| ik.value == k.value))
+                .map(|(k, vs)| (k, &vs[0]))
+                .collect();
+            combo.extend(t.entries.iter().map(|(k, v)| (k, v)));
+            if !combo.iter().any(|(k, _)| k.value == "arch") {
+                return Err(err(
+                    t.span.clone(),
+                    "[[include]] needs an `arch` key (or a single-valued arch axis)".into(),
+                ));
+            }
+            push(self.trial(&combo, true)?);
+        }
+        Ok(trials)
+    }
+
+    fn arch(&self, v: &At<Value>) -> Result<&'static dyn Architecture> {
+        let name = match &v.value {
+            Value::Str(s) => s.as_str(),
+            other => {
+                return Err((self.err)(
+                    v.span.clone(),
+                    format!("`arch` must be a name, got {other}"),
+                ))
+            }
+        };
+        plugins::find(name).ok_or_else(|| {
+            (self.err)(
+                v.span.clone(),
+                format!(
+                    "unknown architecture `{name}`; known: {} (see `runner list archs`)",
+                    plugins::names().join(", ")
+                ),
+            )
+        })
+    }
+
+    /// An axis key must be `arch`, `seed`, or a parameter of at least one of the grid's architectures.
+    fn check_key(
+        &self,
+        key: &str,
+        span: Range<usize>,
+        archs: impl Iterator<Item = &'static dyn Architecture> + Clone,
+    ) -> Result<()> {
+        if key == "arch" || key == "seed" || archs.clone().any(|a| a.params().iter().any(|p| p.name == key)) {
+            return Ok(());
+        }
+        let known: Vec<String> = archs
+            .map(|a| {
+                format!(
+                    "{}: {}",
+                    a.name(),
+                    a.params().iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+                )
+            })
+            .collect();
+        Err((self.err)(
+            span,
+            format!(
+                "unknown parameter `{key}`; valid keys are arch, seed and the architectures' parameters ({})",
+                known.join("; ")
+            ),
+        ))
+    }
+
+    /// One trial from (key, value) pairs; `strict` (an include) refuses keys its architecture lacks.
+    fn trial(&self, combo: &[(&At<String>, &At<Value>)], strict: bool) -> Result<TrialSpec> {
+        let err = self.err;
+        let arch_v = combo.iter().find(|(k, _)| k.value == "arch").map(|(_, v)| *v);
+        let arch = match arch_v {
+            Some(v) => self.arch(v)?,
+            None => return Err(err(0..0, "a trial has no `arch`".into())),
+        };
+        let mut train = self.train.clone();
+        let mut given = BTreeMap::new();
+        let mut spans: BTreeMap<String, Range<usize>> = BTreeMap::new();
+        for (k, v) in combo {
+            match k.value.as_str() {
+                "arch" => {}
+                "seed" => match v.value {
+                    Value::Int(s) if s >= 0 => train.seed = s as u64,
+                    ref other => {
+                        return Err(err(
+                            v.span.clone(),
+                            format!("`seed` must be an integer ≥ 0, got {other}"),
+                        ))
+                    }
+                },
+                name => {
+                    if arch.params().iter().any(|p| p.name == name) {
+                        given.insert(name.to_string(), v.value.clone());
+                        spans.insert(name.to_string(), v.span.clone());
+                    } else if strict {
+                        self.check_key(name, k.span.clone(), std::iter::once(arch))?;
+                    }
+                }
+            }
+        }
+        let params = arch::resolve(arch, &given).map_err(|e| {
+            let span = spans
+                .get(&e.param)
+                .cloned()
+                .or_else(|| arch_v.map(|v| v.span.clone()))
+                .unwrap_or(0..0);
+            err(span, format!("{} {}: {}", arch.name(), describe(&given), e.message))
+        })?;
+        let mut spec = TrialSpec {
+            experiment: self.experiment.to_string(),
+            arch,
+            params,
+            dataset: self.dataset.clone(),
+            train,
+            key: String::new(),
+        };
+        spec.key = hex::encode(Sha256::digest(spec.config_json().as_bytes()));
+        Ok(spec)
+    }
+}
+
+fn describe(given: &BTreeMap<String, Value>) -> String {
+    given
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(source: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(source.len());
+    let before = &source[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests;

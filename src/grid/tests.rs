@@ -1,0 +1,145 @@
+use std::path::Path;
+
+use super::*;
+
+const HEAD: &str = r#"[experiment]
+name = "t"
+
+[dataset]
+kind = "synthetic"
+
+[train]
+iterations = 10
+batch_size = 8
+"#;
+
+fn grid(body: &str) -> Result<Grid> {
+    parse(Path::new("g.toml"), &format!("{HEAD}{body}"))
+}
+
+fn grid_err(body: &str) -> (usize, usize, String) {
+    match grid(body) {
+        Err(Error::Grid {
+            line, column, message, ..
+        }) => (line, column, message),
+        other => panic!("expected a grid error, got {other:?}"),
+    }
+}
+
+fn labels(g: &Grid) -> Vec<String> {
+    g.trials.iter().map(|t| t.label()).collect()
+}
+
+#[test]
+fn cartesian_product_drops_axes_an_arch_does_not_take() {
+    let g = grid("[grid]\narch = [\"plain\", \"resnet\"]\ndepth = [8, 14]\nshortcut = [\"A\", \"B\"]\n").unwrap();
+    // plain: 2 depths (shortcut collapses); resnet: 2 depths × 2 shortcuts
+    assert_eq!(g.trials.len(), 6, "{:#?}", labels(&g));
+    assert_eq!(g.trials[0].arch.name(), "plain");
+    let keys: std::collections::HashSet<_> = g.trials.iter().map(|t| t.key.clone()).collect();
+    assert_eq!(keys.len(), 6);
+}
+
+#[test]
+fn exclude_drops_matching_combinations_and_include_adds_trials() {
+    let g = grid(
+        "[grid]\narch = [\"resnet\"]\ndepth = [8, 14]\nshortcut = [\"A\", \"B\"]\n\
+         [[exclude]]\ndepth = 14\nshortcut = \"B\"\n\
+         [[include]]\narch = \"resnet\"\ndepth = 20\nshortcut = \"C\"\n",
+    )
+    .unwrap();
+    let l = labels(&g);
+    assert_eq!(l.len(), 4, "{l:#?}");
+    assert!(!l.iter().any(|s| s.contains("depth=14") && s.contains("shortcut=B")));
+    assert!(l.iter().any(|s| s.contains("depth=20") && s.contains("shortcut=C")));
+}
+
+#[test]
+fn include_takes_single_valued_axes_as_defaults() {
+    let g = grid("[grid]\narch = [\"resnet\"]\ndepth = [8]\npreact = [true]\n[[include]]\ndepth = 14\n").unwrap();
+    assert_eq!(g.trials.len(), 2);
+    assert_eq!(g.trials[1].params.get("preact"), Some(&Value::Bool(true)));
+    assert_eq!(g.trials[1].params.get("depth"), Some(&Value::Int(14)));
+}
+
+#[test]
+fn seed_axis_changes_the_key() {
+    let g = grid("[grid]\narch = [\"resnet\"]\ndepth = [8]\nseed = [1, 2]\n").unwrap();
+    assert_eq!(g.trials.len(), 2);
+    assert_ne!(g.trials[0].key, g.trials[1].key);
+    assert_eq!(g.trials[1].train.seed, 2);
+}
+
+#[test]
+fn the_key_is_stable_and_depends_on_the_configuration() {
+    let a = grid("[grid]\narch = [\"resnet\"]\ndepth = [8]\n").unwrap();
+    let b = grid("[grid]\narch = [\"resnet\"]\ndepth = [8]\nshortcut = [\"A\"]\n").unwrap();
+    // shortcut A is the default: the same resolved trial
+    assert_eq!(a.trials[0].key, b.trials[0].key);
+    let c = parse(
+        Path::new("g.toml"),
+        &format!(
+            "{}[grid]\narch = [\"resnet\"]\ndepth = [8]\n",
+            HEAD.replace("iterations = 10", "iterations = 11")
+        ),
+    )
+    .unwrap();
+    assert_ne!(a.trials[0].key, c.trials[0].key);
+}
+
+#[test]
+fn unknown_arch_names_the_line_and_the_known_ones() {
+    let (line, _, msg) = grid_err("[grid]\narch = [\"vgg\"]\n");
+    assert_eq!(line, 11);
+    assert!(
+        msg.contains("unknown architecture `vgg`") && msg.contains("plain, resnet"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_parameter_lists_the_valid_keys() {
+    let (line, column, msg) = grid_err("[grid]\narch = [\"resnet\"]\ndepht = [20]\n");
+    assert_eq!((line, column), (12, 1));
+    assert!(
+        msg.contains("unknown parameter `depht`") && msg.contains("depth, shortcut"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bad_depth_and_shortcut_point_at_their_values() {
+    let (line, _, msg) = grid_err("[grid]\narch = [\"resnet\"]\ndepth = [20, 21]\n");
+    assert_eq!(line, 12);
+    assert!(msg.contains("depth 21") && msg.contains("6n+2"), "{msg}");
+    let (line, _, msg) = grid_err("[grid]\narch = [\"resnet\"]\nshortcut = [\"D\"]\n");
+    assert_eq!(line, 12);
+    assert!(msg.contains("A, B, C"), "{msg}");
+}
+
+#[test]
+fn toml_syntax_and_unknown_sections_are_located() {
+    let (line, _, _) = grid_err("[grid]\narch = [\"resnet\"\n");
+    assert!(line >= 11);
+    let (line, _, msg) = grid_err("[gird]\narch = [\"resnet\"]\n");
+    assert_eq!(line, 10);
+    assert!(msg.contains("gird"), "{msg}");
+    let e = parse(Path::new("g.toml"), &HEAD.replace("batch_size", "batchsize")).unwrap_err();
+    assert!(e.to_string().contains("batchsize"), "{e}");
+}
+
+#[test]
+fn train_section_is_validated() {
+    let e = parse(
+        Path::new("g.toml"),
+        &format!("{}epochs = 2\n[grid]\narch = [\"resnet\"]\n", HEAD),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not both"), "{e}");
+}
+
+#[test]
+fn line_col_counts_from_one() {
+    assert_eq!(line_col("ab\ncd", 0), (1, 1));
+    assert_eq!(line_col("ab\ncd", 4), (2, 2));
+}

@@ -1,0 +1,114 @@
+//! The layers CIFAR ResNets are made of, initialised as He et al. do: He (Kaiming) normal for
+//! convolutions (fan-in, ReLU gain), BatchNorm weight 1 and bias 0.
+
+use candle_core::{ModuleT, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use super::flops;
+
+const HE_NORMAL: Init = candle_nn::init::DEFAULT_KAIMING_NORMAL;
+
+/// A 2-D convolution without bias (every convolution in these nets is followed by BatchNorm).
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor, // (out, in, k, k)
+    stride: usize,
+    padding: usize,
+}
+
+/// A `k`×`k` convolution from `c_in` to `c_out` channels; tensor `{vb}.weight`.
+pub fn conv2d(c_in: usize, c_out: usize, k: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Conv2d> {
+    let weight = vb.get_with_hints((c_out, c_in, k, k), "weight", HE_NORMAL)?;
+    Ok(Conv2d {
+        weight,
+        stride,
+        padding,
+    })
+}
+
+impl Conv2d {
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        let (_, c_in, k, _) = self.weight.dims4()?;
+        // per output element: c_in × k × k multiply-adds
+        flops::add_macs((y.elem_count() / y.dim(0)?) as u64 * (c_in * k * k) as u64);
+        Ok(y)
+    }
+}
+
+/// Spatial batch normalisation (PyTorch's `BatchNorm2d`: eps 1e-5, momentum 0.1); tensors
+/// `{vb}.weight`, `{vb}.bias`, `{vb}.running_mean`, `{vb}.running_var`.
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    inner: candle_nn::BatchNorm,
+}
+
+pub fn batch_norm(channels: usize, vb: VarBuilder) -> Result<BatchNorm2d> {
+    let config = candle_nn::BatchNormConfig {
+        eps: 1e-5,
+        remove_mean: true,
+        affine: true,
+        momentum: 0.1,
+    };
+    Ok(BatchNorm2d {
+        inner: candle_nn::batch_norm(channels, config, vb)?,
+    })
+}
+
+impl BatchNorm2d {
+    /// Batch statistics (and a running-statistics update) when `train`, running statistics otherwise.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.inner.forward_t(x, train)
+    }
+
+    /// `relu(bn(x))`, the pair that follows most convolutions; one place to fuse them later.
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_t(x, train)?.relu()
+    }
+}
+
+/// A fully connected layer; tensors `{vb}.weight` (out, in) and `{vb}.bias`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+/// Weight: He normal (as the CIFAR ResNet reference code does); bias: PyTorch's default
+/// uniform ±1/√in.
+pub fn linear(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get_with_hints((c_out, c_in), "weight", HE_NORMAL)?;
+    let bound = 1.0 / (c_in as f64).sqrt();
+    let bias = vb.get_with_hints(c_out, "bias", Init::Uniform { lo: -bound, up: bound })?;
+    Ok(Linear { weight, bias })
+}
+
+impl Linear {
+    /// (N, in) → (N, out)
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (c_out, c_in) = self.weight.dims2()?;
+        flops::add_macs((c_in * c_out) as u64);
+        x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+    }
+}
+
+impl candle_core::Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Linear::forward(self, x)
+    }
+}
+
+impl ModuleT for BatchNorm2d {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        BatchNorm2d::forward_t(self, x, train)
+    }
+}
+
+/// (N, C, H, W) → (N, C)
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    x.mean(D::Minus1)?.mean(D::Minus1)
+}

@@ -1,0 +1,14 @@
+//! Layers, parameter storage and fused ops that the architecture plugins are built from.
+//!
+//! Plugins build models only through this module, so a faster kernel for a layer replaces it
+//! for every architecture at once. Layers count their forward multiply-adds while a
+//! [`flops::count`] is active, which is how `runner` reports `mflops` for any plugin.
+
+pub mod flops;
+mod layers;
+mod params;
+mod residual;
+
+pub use layers::{batch_norm, conv2d, global_avg_pool, linear, BatchNorm2d, Conv2d, Linear};
+pub use params::{is_buffer, ParamStore};
+pub use residual::{residual, residual_slow, Shortcut};
