@@ -137,7 +137,8 @@ fn build(arch: &dyn Architecture, given: &[(&str, Value)], classes: usize) -> (P
 #[test]
 fn every_option_gives_logits_in_train_and_eval_mode() {
     let x = Tensor::randn(0f32, 1., (2, 3, 32, 32), &Device::Cpu).unwrap();
-    let variants: Vec<(&dyn Architecture, Vec<(&str, Value)>)> = vec![
+    type Variant<'a> = (&'a dyn Architecture, Vec<(&'a str, Value)>);
+    let variants: Vec<Variant> = vec![
         (&Plain, vec![depth(8)]),
         (&ResNet, vec![depth(8), s("shortcut", "A")]),
         (&ResNet, vec![depth(8), s("shortcut", "B")]),

@@ -18,7 +18,15 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
         },
         Command::Run(args) if args.dry_run => dry_run(&args),
-        _ => anyhow::bail!("this command is not available yet"),
+        Command::Run(_) => anyhow::bail!(
+            "training is not part of this build yet: `runner run GRID --dry-run` validates a grid and prints its plan"
+        ),
+        Command::Report(_) | Command::Show(_) | Command::Export(_) => {
+            anyhow::bail!("the results store is not part of this build yet: nothing has been recorded to report")
+        }
+        Command::Bench(_) => {
+            anyhow::bail!("`runner bench` needs the training engine, which is not part of this build yet")
+        }
     }
 }
 
@@ -68,12 +76,37 @@ fn dry_run(args: &RunArgs) -> Result<i32> {
     let g = grid::load(&args.grid)?;
     let (shape, classes) = planning_shape(&g)?;
     let mut out = std::io::stdout().lock();
-    let cols = [
-        "arch", "depth", "shortcut", "preact", "block", "width", "seed", "params", "mflops", "key",
+    // (column, width in the table; negative = left-aligned)
+    const COLS: [(&str, i32); 10] = [
+        ("arch", -7),
+        ("depth", 5),
+        ("shortcut", 8),
+        ("preact", 6),
+        ("block", 10),
+        ("width", 5),
+        ("seed", 4),
+        ("params", 11),
+        ("mflops", 8),
+        ("key", -12),
     ];
-    if args.csv {
-        writeln!(out, "{}", cols.join(","))?;
-    } else {
+    let line = |cells: &[String]| -> String {
+        if args.csv {
+            return cells.join(",");
+        }
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(COLS)
+            .map(|(c, (_, w))| {
+                if w < 0 {
+                    format!("{c:<0$}", (-w) as usize)
+                } else {
+                    format!("{c:>0$}", w as usize)
+                }
+            })
+            .collect();
+        padded.join(" ")
+    };
+    if !args.csv {
         writeln!(
             out,
             "experiment {}: {} trials on {} images, {} classes",
@@ -82,49 +115,25 @@ fn dry_run(args: &RunArgs) -> Result<i32> {
             shape,
             classes
         )?;
-        writeln!(
-            out,
-            "{:>3}  {:<7} {:>5} {:>8} {:>6} {:>10} {:>5} {:>4} {:>11} {:>8}  {}",
-            "#", "arch", "depth", "shortcut", "preact", "block", "width", "seed", "params", "mflops", "key"
-        )?;
     }
-    for (i, t) in g.trials.iter().enumerate() {
+    writeln!(out, "{}", line(&COLS.map(|(c, _)| c.to_string())))?;
+    for t in &g.trials {
         let cost =
             crate::arch::cost(t.arch, &t.params, shape, classes).with_context(|| format!("building {}", t.label()))?;
         let p = |k: &str| t.params.get(k).map(|v| v.to_string()).unwrap_or_default();
-        let key = &t.key[..12];
-        if args.csv {
-            writeln!(
-                out,
-                "{},{},{},{},{},{},{},{},{:.2},{}",
-                t.arch.name(),
-                p("depth"),
-                p("shortcut"),
-                p("preact"),
-                p("block"),
-                p("width"),
-                t.train.seed,
-                cost.params,
-                cost.mflops,
-                key
-            )?;
-        } else {
-            writeln!(
-                out,
-                "{:>3}  {:<7} {:>5} {:>8} {:>6} {:>10} {:>5} {:>4} {:>11} {:>8.2}  {}",
-                i + 1,
-                t.arch.name(),
-                p("depth"),
-                p("shortcut"),
-                p("preact"),
-                p("block"),
-                p("width"),
-                t.train.seed,
-                cost.params,
-                cost.mflops,
-                key
-            )?;
-        }
+        let cells = [
+            t.arch.name().to_string(),
+            p("depth"),
+            p("shortcut"),
+            p("preact"),
+            p("block"),
+            p("width"),
+            t.train.seed.to_string(),
+            cost.params.to_string(),
+            format!("{:.2}", cost.mflops),
+            t.key[..12].to_string(),
+        ];
+        writeln!(out, "{}", line(&cells))?;
     }
     Ok(0)
 }

@@ -187,7 +187,7 @@ impl TrainConfig {
             if milestones.windows(2).any(|w| w[0] >= w[1]) {
                 return Err(format!("schedule `milestones` must increase, got {milestones:?}"));
             }
-            if !(*gamma > 0.0) {
+            if gamma.is_nan() || *gamma <= 0.0 {
                 return Err(format!("schedule `gamma` must be positive, got {gamma}"));
             }
         }
@@ -195,7 +195,7 @@ impl TrainConfig {
             if w.iterations.is_some() == w.until_train_error_below.is_some() {
                 return Err("warmup needs exactly one of `iterations` or `until_train_error_below`".into());
             }
-            if !(w.lr > 0.0) {
+            if w.lr.is_nan() || w.lr <= 0.0 {
                 return Err(format!("warmup `lr` must be positive, got {}", w.lr));
             }
         }

@@ -1,0 +1,122 @@
+//! `runner run GRID --dry-run` and `runner list archs`: validation before anything happens.
+
+use crate::util::{repo_file, Dir};
+
+const HEAD: &str = "[experiment]\nname = \"t\"\n\n[dataset]\nkind = \"synthetic\"\n\n[train]\niterations = 10\n\n";
+
+fn bad_grid(body: &str) -> (i32, String, Vec<String>) {
+    let d = Dir::new();
+    d.write("g.toml", &format!("{HEAD}{body}"));
+    let r = d.run(&["run", "g.toml", "--dry-run"]);
+    assert!(
+        r.stdout().is_empty() || !r.stdout().contains("trials on"),
+        "printed a plan: {}",
+        r.stdout()
+    );
+    (r.code(), r.stderr(), d.files())
+}
+
+#[test]
+fn every_shipped_grid_plans_without_error() {
+    for g in ["quick", "depth", "shortcuts", "preact"] {
+        let d = Dir::new();
+        let r = d.run(&["run", &repo_file(&format!("experiments/{g}.toml")), "--dry-run"]);
+        assert_eq!(r.code(), 0, "{g}: {}", r.stderr());
+        assert!(r.stdout().contains(&format!("experiment {g}:")), "{}", r.stdout());
+        assert_eq!(d.files(), Vec::<String>::new(), "a dry run writes nothing");
+    }
+}
+
+#[test]
+fn csv_plan_has_exact_params_and_flops() {
+    let d = Dir::new();
+    let r = d.run(&["run", &repo_file("experiments/depth.toml"), "--dry-run", "--csv"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let out = r.stdout();
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    for col in ["arch", "depth", "shortcut", "preact", "block", "params", "mflops"] {
+        assert!(header.contains(&col), "missing {col} in {header:?}");
+    }
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let rows: Vec<Vec<String>> = lines.map(|l| l.split(',').map(String::from).collect()).collect();
+    assert_eq!(rows.len(), 9);
+    let resnet20 = rows
+        .iter()
+        .find(|r| r[col("arch")] == "resnet" && r[col("depth")] == "20")
+        .unwrap();
+    assert_eq!(resnet20[col("params")], "269722");
+    assert_eq!(resnet20[col("mflops")], "81.10");
+    let resnet110 = rows.iter().find(|r| r[col("depth")] == "110").unwrap();
+    assert_eq!(resnet110[col("params")], "1727962");
+    let plain56 = rows
+        .iter()
+        .find(|r| r[col("arch")] == "plain" && r[col("depth")] == "56")
+        .unwrap();
+    assert_eq!(plain56[col("params")], "853018");
+    assert_eq!(plain56[col("shortcut")], "", "a plain net has no shortcut");
+}
+
+#[test]
+fn unknown_architecture_exits_2_naming_file_line_and_choices() {
+    let (code, err, files) = bad_grid("[grid]\narch = [\"vgg\"]\n");
+    assert_eq!(code, 2);
+    assert!(err.contains("g.toml:11:"), "{err}");
+    assert!(err.contains("vgg") && err.contains("plain, resnet"), "{err}");
+    assert_eq!(files, vec!["g.toml"]);
+}
+
+#[test]
+fn unknown_parameter_exits_2() {
+    let (code, err, _) = bad_grid("[grid]\narch = [\"resnet\"]\nwidht = [16]\n");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("g.toml:12:1") && err.contains("widht") && err.contains("depth, shortcut, preact"),
+        "{err}"
+    );
+}
+
+#[test]
+fn depth_21_exits_2_with_the_valid_depths() {
+    let (code, err, _) = bad_grid("[grid]\narch = [\"resnet\"]\ndepth = [20, 21]\n");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("g.toml:12:") && err.contains("depth 21") && err.contains("6n+2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn shortcut_d_exits_2_with_the_choices() {
+    let (code, err, _) = bad_grid("[grid]\narch = [\"resnet\"]\nshortcut = \"D\"\n");
+    assert_eq!(code, 2);
+    assert!(err.contains("g.toml:12:") && err.contains("A, B, C"), "{err}");
+}
+
+#[test]
+fn toml_syntax_error_exits_2_with_its_line() {
+    let (code, err, _) = bad_grid("[grid]\narch = [\"resnet\"\ndepth = [20]\n");
+    assert_eq!(code, 2);
+    assert!(err.contains("g.toml:12:") && err.contains("expected"), "{err}");
+}
+
+#[test]
+fn missing_grid_file_exits_2() {
+    let d = Dir::new();
+    let r = d.run(&["run", "nope.toml", "--dry-run"]);
+    assert_eq!(r.code(), 2);
+    assert!(r.stderr().contains("nope.toml"), "{}", r.stderr());
+}
+
+#[test]
+fn list_archs_shows_parameters_and_choices() {
+    let r = Dir::new().run(&["list", "archs"]);
+    assert_eq!(r.code(), 0);
+    let out = r.stdout();
+    assert!(out.contains("plain") && out.contains("resnet"), "{out}");
+    assert!(
+        out.contains("[A, B, C]") && out.contains("[basic, bottleneck]"),
+        "{out}"
+    );
+    assert!(out.contains("He et al."), "{out}");
+}

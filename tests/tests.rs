@@ -1,0 +1,7 @@
+//! Integration tests: the real `runner` binary, run in a temp dir per test.
+
+#[path = "suite/util.rs"]
+mod util;
+
+#[path = "suite/dry_run.rs"]
+mod dry_run;
