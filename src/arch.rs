@@ -221,11 +221,6 @@ pub fn resolve(arch: &dyn Architecture, given: &BTreeMap<String, Value>) -> std:
     Ok(params)
 }
 
-/// Applies a model to a batch: a convenience so callers need not import `ModuleT`.
-pub fn forward(model: &Model, x: &Tensor, train: bool) -> Result<Tensor> {
-    model.forward_t(x, train)
-}
-
 /// What a model costs: trainable parameters and forward MFLOPs per image (multiply-adds × 2 / 10⁶).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Cost {
