@@ -4,7 +4,8 @@
 //! stride 2 and its channels zero-padded (half the new channels before, half after, as the
 //! common CIFAR ResNet code does), with no parameters.
 
-use candle_core::{Result, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 /// What the shortcut does to `x` before the addition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,9 +16,213 @@ pub enum Shortcut {
     SubsamplePad,
 }
 
-/// `relu?(branch + S(x))`.
+/// `relu?(branch + S(x))`, in one pass forward and one pass backward.
+///
+/// The fused op takes contiguous f32 tensors on the CPU; anything else (another device, dtype
+/// or layout) goes through [`residual_slow`], which gives the same values.
 pub fn residual(branch: &Tensor, x: &Tensor, shortcut: Shortcut, relu: bool) -> Result<Tensor> {
-    residual_slow(branch, x, shortcut, relu)
+    let (n, c_out, h_out, w_out) = branch.dims4()?;
+    let (nx, c_in, h, w) = x.dims4()?;
+    let fits = nx == n
+        && match shortcut {
+            Shortcut::Identity => (c_in, h, w) == (c_out, h_out, w_out),
+            Shortcut::SubsamplePad => c_in <= c_out && (h.div_ceil(2), w.div_ceil(2)) == (h_out, w_out),
+        };
+    if !fits {
+        candle_core::bail!(
+            "residual: shortcut input {:?} does not fit branch {:?} ({shortcut:?})",
+            x.dims(),
+            branch.dims()
+        );
+    }
+    let fusable = branch.device().is_cpu()
+        && branch.dtype() == DType::F32
+        && x.dtype() == DType::F32
+        && branch.is_contiguous()
+        && x.is_contiguous();
+    if !fusable {
+        return residual_slow(branch, x, shortcut, relu);
+    }
+    let geom = Geometry {
+        n,
+        c_out,
+        h_out,
+        w_out,
+        c_in,
+        h,
+        w,
+    };
+    branch.apply_op2(x, Residual { shortcut, relu, geom })
+}
+
+/// The shapes of a residual addition: branch (n, c_out, h_out, w_out), x (n, c_in, h, w).
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    n: usize,
+    c_out: usize,
+    h_out: usize,
+    w_out: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Geometry {
+    /// One image of the branch / output.
+    fn out_image(&self) -> usize {
+        self.c_out * self.h_out * self.w_out
+    }
+    fn in_image(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+    /// Option A: the zero channels before x's channels.
+    fn before(&self) -> usize {
+        (self.c_out - self.c_in) / 2
+    }
+}
+
+/// Each thread gets at least this many output elements: below it, threads cost more than they save.
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// How many images one thread should take at least.
+fn min_images(image_len: usize) -> usize {
+    (PARALLEL_MIN / image_len.max(1)).max(1)
+}
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(d) => d.as_slice(),
+        _ => candle_core::bail!("residual: expected f32 data"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("residual: expected contiguous data"),
+    }
+}
+
+/// The forward op: out = relu?(branch + S(x)).
+struct Residual {
+    shortcut: Shortcut,
+    relu: bool,
+    geom: Geometry,
+}
+
+impl CustomOp2 for Residual {
+    fn name(&self) -> &'static str {
+        "residual"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, x) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
+        let g = self.geom;
+        let relu = self.relu;
+        let mut out = b.to_vec();
+        let (ol, il) = (g.out_image(), g.in_image());
+        out.par_chunks_mut(ol)
+            .with_min_len(min_images(ol))
+            .enumerate()
+            .for_each(|(i, o)| {
+                let xi = &x[i * il..(i + 1) * il];
+                match self.shortcut {
+                    Shortcut::Identity => o.iter_mut().zip(xi).for_each(|(o, x)| *o += x),
+                    Shortcut::SubsamplePad => {
+                        let plane = g.h_out * g.w_out;
+                        for c in 0..g.c_in {
+                            let oc = &mut o[(c + g.before()) * plane..(c + g.before() + 1) * plane];
+                            let xc = &xi[c * g.h * g.w..(c + 1) * g.h * g.w];
+                            for (r, orow) in oc.chunks_mut(g.w_out).enumerate() {
+                                let xrow = &xc[2 * r * g.w..2 * r * g.w + g.w];
+                                for (j, v) in orow.iter_mut().enumerate() {
+                                    *v += xrow[2 * j];
+                                }
+                            }
+                        }
+                    }
+                }
+                if relu {
+                    o.iter_mut().for_each(|v| *v = v.max(0.0));
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.h_out, g.w_out))))
+    }
+
+    fn bwd(
+        &self,
+        branch: &Tensor,
+        x: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let both = grad.apply_op2_no_bwd(
+            &out.contiguous()?,
+            &ResidualBackward {
+                shortcut: self.shortcut,
+                relu: self.relu,
+                geom: self.geom,
+            },
+        )?;
+        let nb = branch.elem_count();
+        let d_branch = both.narrow(0, 0, nb)?.reshape(branch.shape())?;
+        let d_x = both.narrow(0, nb, x.elem_count())?.reshape(x.shape())?;
+        Ok((Some(d_branch), Some(d_x)))
+    }
+}
+
+/// The backward op, one pass: from (grad, out) it writes [d_branch | d_x] into one buffer.
+/// d_branch = grad · [out > 0] (or grad without ReLU); d_x is d_branch for the identity, and
+/// for option A d_branch's x-channels scattered to the even positions, zero elsewhere.
+struct ResidualBackward {
+    shortcut: Shortcut,
+    relu: bool,
+    geom: Geometry,
+}
+
+impl CustomOp2 for ResidualBackward {
+    fn name(&self) -> &'static str {
+        "residual-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (grad, out) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
+        let g = self.geom;
+        let (ol, il) = (g.out_image(), g.in_image());
+        let nb = g.n * ol;
+        let mut buf = vec![0f32; nb + g.n * il];
+        let (d_branch, d_x) = buf.split_at_mut(nb);
+        let relu = self.relu;
+        let images = d_branch.par_chunks_mut(ol).zip(d_x.par_chunks_mut(il.max(1)));
+        images
+            .with_min_len(min_images(ol))
+            .enumerate()
+            .for_each(|(i, (db, dx))| {
+                let (gi, oi) = (&grad[i * ol..(i + 1) * ol], &out[i * ol..(i + 1) * ol]);
+                if relu {
+                    db.iter_mut()
+                        .zip(gi.iter().zip(oi))
+                        .for_each(|(d, (g, o))| *d = if *o > 0.0 { *g } else { 0.0 });
+                } else {
+                    db.copy_from_slice(gi);
+                }
+                match self.shortcut {
+                    Shortcut::Identity => dx.copy_from_slice(db),
+                    Shortcut::SubsamplePad => {
+                        let plane = g.h_out * g.w_out;
+                        for c in 0..g.c_in {
+                            let dc = &db[(c + g.before()) * plane..(c + g.before() + 1) * plane];
+                            let xc = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
+                            for (r, drow) in dc.chunks(g.w_out).enumerate() {
+                                let xrow = &mut xc[2 * r * g.w..2 * r * g.w + g.w];
+                                for (j, v) in drow.iter().enumerate() {
+                                    xrow[2 * j] = *v;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(buf), Shape::from(nb + g.n * il)))
+    }
 }
 
 /// The same, from plain Candle ops: the reference that fused versions are tested against.
@@ -67,7 +272,67 @@ fn subsample_pad(x: &Tensor, c_out: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{Device, Var};
+
+    /// Values and both gradients of fused vs slow, for a random loss weighting.
+    fn compare(b_shape: (usize, usize, usize, usize), x_shape: (usize, usize, usize, usize), sc: Shortcut, relu: bool) {
+        let dev = Device::Cpu;
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1., b_shape, &dev).unwrap()).unwrap();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., x_shape, &dev).unwrap()).unwrap();
+        let r = Tensor::randn(0f32, 1., b_shape, &dev).unwrap();
+        let run = |f: fn(&Tensor, &Tensor, Shortcut, bool) -> Result<Tensor>| {
+            let y = f(b.as_tensor(), x.as_tensor(), sc, relu).unwrap();
+            let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (
+                v(&y),
+                v(grads.get(b.as_tensor()).unwrap()),
+                v(grads.get(x.as_tensor()).unwrap()),
+            )
+        };
+        let (fast, slow) = (run(residual), run(residual_slow));
+        for (what, a, e) in [
+            ("out", &fast.0, &slow.0),
+            ("d_branch", &fast.1, &slow.1),
+            ("d_x", &fast.2, &slow.2),
+        ] {
+            assert_eq!(a.len(), e.len());
+            let worst = a.iter().zip(e.iter()).map(|(a, e)| (a - e).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-6, "{what} {b_shape:?} {sc:?} relu={relu}: max error {worst}");
+        }
+    }
+
+    #[test]
+    fn fused_equals_slow_on_every_cifar_stage_shape() {
+        for relu in [false, true] {
+            compare((2, 16, 32, 32), (2, 16, 32, 32), Shortcut::Identity, relu);
+            compare((2, 32, 16, 16), (2, 32, 16, 16), Shortcut::Identity, relu);
+            compare((2, 64, 8, 8), (2, 64, 8, 8), Shortcut::Identity, relu);
+            compare((2, 32, 16, 16), (2, 16, 32, 32), Shortcut::SubsamplePad, relu);
+            compare((2, 64, 8, 8), (2, 32, 16, 16), Shortcut::SubsamplePad, relu);
+            // a batch big enough to take the parallel path
+            compare((8, 32, 16, 16), (8, 16, 32, 32), Shortcut::SubsamplePad, relu);
+        }
+    }
+
+    #[test]
+    fn fused_handles_odd_sizes_and_batch_one() {
+        compare((1, 6, 4, 3), (1, 3, 7, 5), Shortcut::SubsamplePad, true);
+        compare((1, 5, 7, 5), (1, 5, 7, 5), Shortcut::Identity, true);
+        compare((3, 7, 4, 4), (3, 4, 8, 8), Shortcut::SubsamplePad, false);
+    }
+
+    #[test]
+    fn mismatched_shapes_are_refused() {
+        let b = Tensor::zeros((1, 8, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        let x = Tensor::zeros((1, 8, 5, 4), DType::F32, &Device::Cpu).unwrap();
+        assert!(residual(&b, &x, Shortcut::Identity, false).is_err());
+        let x = Tensor::zeros((1, 16, 8, 8), DType::F32, &Device::Cpu).unwrap();
+        assert!(
+            residual(&b, &x, Shortcut::SubsamplePad, false).is_err(),
+            "option A cannot drop channels"
+        );
+    }
 
     #[test]
     fn option_a_subsamples_and_pads_symmetrically() -> Result<()> {
