@@ -75,9 +75,21 @@ impl Geometry {
     fn in_image(&self) -> usize {
         self.c_in * self.h * self.w
     }
-    /// Option A: the zero channels before x's channels.
-    fn before(&self) -> usize {
-        (self.c_out - self.c_in) / 2
+    /// Option A within one image: calls `f(out index, x index)` for every output element that
+    /// x feeds (channel c + before, row r, column j ← channel c, row 2r, column 2j); the
+    /// zero-padded channels are never visited.
+    fn option_a(&self, mut f: impl FnMut(usize, usize)) {
+        let before = (self.c_out - self.c_in) / 2;
+        let plane = self.h_out * self.w_out;
+        for c in 0..self.c_in {
+            for r in 0..self.h_out {
+                let o_row = (c + before) * plane + r * self.w_out;
+                let x_row = c * self.h * self.w + 2 * r * self.w;
+                for j in 0..self.w_out {
+                    f(o_row + j, x_row + 2 * j);
+                }
+            }
+        }
     }
 }
 
@@ -125,19 +137,7 @@ impl CustomOp2 for Residual {
                 let xi = &x[i * il..(i + 1) * il];
                 match self.shortcut {
                     Shortcut::Identity => o.iter_mut().zip(xi).for_each(|(o, x)| *o += x),
-                    Shortcut::SubsamplePad => {
-                        let plane = g.h_out * g.w_out;
-                        for c in 0..g.c_in {
-                            let oc = &mut o[(c + g.before()) * plane..(c + g.before() + 1) * plane];
-                            let xc = &xi[c * g.h * g.w..(c + 1) * g.h * g.w];
-                            for (r, orow) in oc.chunks_mut(g.w_out).enumerate() {
-                                let xrow = &xc[2 * r * g.w..2 * r * g.w + g.w];
-                                for (j, v) in orow.iter_mut().enumerate() {
-                                    *v += xrow[2 * j];
-                                }
-                            }
-                        }
-                    }
+                    Shortcut::SubsamplePad => g.option_a(|oi, xj| o[oi] += xi[xj]),
                 }
                 if relu {
                     o.iter_mut().for_each(|v| *v = v.max(0.0));
@@ -206,19 +206,7 @@ impl CustomOp2 for ResidualBackward {
                 }
                 match self.shortcut {
                     Shortcut::Identity => dx.copy_from_slice(db),
-                    Shortcut::SubsamplePad => {
-                        let plane = g.h_out * g.w_out;
-                        for c in 0..g.c_in {
-                            let dc = &db[(c + g.before()) * plane..(c + g.before() + 1) * plane];
-                            let xc = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
-                            for (r, drow) in dc.chunks(g.w_out).enumerate() {
-                                let xrow = &mut xc[2 * r * g.w..2 * r * g.w + g.w];
-                                for (j, v) in drow.iter().enumerate() {
-                                    xrow[2 * j] = *v;
-                                }
-                            }
-                        }
-                    }
+                    Shortcut::SubsamplePad => g.option_a(|oi, xj| dx[xj] = db[oi]),
                 }
             });
         Ok((CpuStorage::F32(buf), Shape::from(nb + g.n * il)))
