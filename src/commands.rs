@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 
-use crate::arch::{InputShape, ParamKind};
+use crate::arch::ParamKind;
 use crate::cli::{Cli, Command, ListWhat, RunArgs};
 use crate::{data, grid, plugins};
 
@@ -54,27 +54,11 @@ pub fn list_archs() -> String {
     s
 }
 
-/// The input shape and class count for planning: from the data if it is readable, else the
-/// kind's nominal shape (with a warning), else the data's error.
-fn planning_shape(g: &grid::Grid) -> Result<(InputShape, usize)> {
-    let cfg = &g.trials[0].dataset;
-    let base = g.path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-    match data::check(cfg, &base) {
-        Ok(s) => Ok(s),
-        Err(e) => match data::nominal_shape(cfg) {
-            Some((shape, classes)) => {
-                eprintln!("warning: {e}\n         (the plan assumes {shape} images and {classes} classes)");
-                Ok((shape, classes))
-            }
-            None => Err(e.into()),
-        },
-    }
-}
-
 /// `runner run GRID --dry-run`: validate everything and print the plan.
 fn dry_run(args: &RunArgs) -> Result<i32> {
     let g = grid::load(&args.grid)?;
-    let (shape, classes) = planning_shape(&g)?;
+    let base = g.path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let (shape, classes) = data::check(&g.trials[0].dataset, &base)?;
     let mut out = std::io::stdout().lock();
     // (column, width in the table; negative = left-aligned)
     const COLS: [(&str, i32); 10] = [

@@ -113,6 +113,7 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
 }
 
 /// The forward op: out = relu?(branch + S(x)).
+#[derive(Debug, Clone, Copy)]
 struct Residual {
     shortcut: Shortcut,
     relu: bool,
@@ -154,14 +155,7 @@ impl CustomOp2 for Residual {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let both = grad.apply_op2_no_bwd(
-            &out.contiguous()?,
-            &ResidualBackward {
-                shortcut: self.shortcut,
-                relu: self.relu,
-                geom: self.geom,
-            },
-        )?;
+        let both = grad.apply_op2_no_bwd(&out.contiguous()?, &ResidualBackward(*self))?;
         let nb = branch.elem_count();
         let d_branch = both.narrow(0, 0, nb)?.reshape(branch.shape())?;
         let d_x = both.narrow(0, nb, x.elem_count())?.reshape(x.shape())?;
@@ -169,14 +163,10 @@ impl CustomOp2 for Residual {
     }
 }
 
-/// The backward op, one pass: from (grad, out) it writes [d_branch | d_x] into one buffer.
-/// d_branch = grad · [out > 0] (or grad without ReLU); d_x is d_branch for the identity, and
-/// for option A d_branch's x-channels scattered to the even positions, zero elsewhere.
-struct ResidualBackward {
-    shortcut: Shortcut,
-    relu: bool,
-    geom: Geometry,
-}
+/// The backward op of a [`Residual`], one pass: from (grad, out) it writes [d_branch | d_x]
+/// into one buffer. d_branch = grad · [out > 0] (or grad without ReLU); d_x is d_branch for the
+/// identity, and for option A d_branch's x-channels scattered to the even positions, zero elsewhere.
+struct ResidualBackward(Residual);
 
 impl CustomOp2 for ResidualBackward {
     fn name(&self) -> &'static str {
@@ -185,12 +175,15 @@ impl CustomOp2 for ResidualBackward {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (grad, out) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
-        let g = self.geom;
+        let Residual {
+            shortcut,
+            relu,
+            geom: g,
+        } = self.0;
         let (ol, il) = (g.out_image(), g.in_image());
         let nb = g.n * ol;
         let mut buf = vec![0f32; nb + g.n * il];
         let (d_branch, d_x) = buf.split_at_mut(nb);
-        let relu = self.relu;
         let images = d_branch.par_chunks_mut(ol).zip(d_x.par_chunks_mut(il.max(1)));
         images
             .with_min_len(min_images(ol))
@@ -204,7 +197,7 @@ impl CustomOp2 for ResidualBackward {
                 } else {
                     db.copy_from_slice(gi);
                 }
-                match self.shortcut {
+                match shortcut {
                     Shortcut::Identity => dx.copy_from_slice(db),
                     Shortcut::SubsamplePad => g.option_a(|oi, xj| dx[xj] = db[oi]),
                 }
