@@ -14,7 +14,9 @@ pub mod data;
 pub mod error;
 pub mod grid;
 pub mod nn;
+pub mod report;
 pub mod rng;
+pub mod store;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -1,0 +1,401 @@
+//! The results store: one SQLite file (through sqlx) that holds experiments, trials, their
+//! metrics and checkpoints, and the `trial_summary` view that reports read.
+//!
+//! The schema lives in `migrations/` (documented there, for people who query the file with
+//! `sqlite3`); it is embedded in the binary and brought up to date at open. Several runner
+//! processes may share one file: every write is an IMMEDIATE transaction, retried a bounded
+//! number of times on SQLITE_BUSY, so "database is locked" never reaches the user.
+//!
+//! The API is async (sqlx on tokio); the runner owns the runtime and calls it with `block_on`.
+//! Nothing here spawns tasks of its own.
+
+/// Runs `$op` (an expression giving a future of `sqlx::Result`: one statement or one
+/// transaction) again while the database answers SQLITE_BUSY, up to [`BUSY_RETRIES`] times.
+/// A macro rather than a function taking a closure: the closure's borrowed futures would not be
+/// provably `Send`, and callers may run the store inside `tokio::spawn`.
+macro_rules! retry {
+    ($store:expr, $op:expr) => {{
+        let mut attempt = 0;
+        loop {
+            match $op.await {
+                Ok(v) => break Ok(v),
+                Err(e) if $crate::store::is_busy(&e) && attempt < $crate::store::BUSY_RETRIES => {
+                    $crate::store::backoff(attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => break Err($store.error(e)),
+            }
+        }
+    }};
+}
+
+mod read;
+mod write;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::migrate::MigrateError;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::{Error, Result};
+
+/// How long SQLite itself waits for another writer's lock before answering SQLITE_BUSY.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Further tries after SQLITE_BUSY got past the busy timeout (heavy contention, or a lock
+/// upgrade SQLite refuses to wait for); with the backoff below this bounds a write to about a minute.
+pub(crate) const BUSY_RETRIES: u32 = 8;
+/// The runner calls the store from one thread; a second connection lets a read overlap a write.
+const MAX_CONNECTIONS: u32 = 2;
+
+/// A handle on the results database; cheap to clone (a connection pool and the path).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+/// A trial to register: one point of an expanded grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTrial {
+    /// sha256 of `config_json`: the trial's identity.
+    pub key: String,
+    pub arch: String,
+    pub config_json: String,
+    pub params: i64,
+    pub mflops: f64,
+    /// Position in the expanded grid; reports list trials in this order.
+    pub ord: i64,
+}
+
+/// A trial handed to one worker by [`Store::claim`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    pub trial_id: i64,
+    pub key: String,
+    /// The `last` checkpoint to resume from; `None` means start from scratch (the store has
+    /// already dropped whatever an earlier attempt recorded).
+    pub resume: Option<Checkpoint>,
+    /// The status before this claim: `pending`, `interrupted`, `failed`, or `running` when a
+    /// dead worker's trial was taken over.
+    pub previous_status: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointKind {
+    /// Weights and BN statistics at the lowest validation error so far.
+    Best,
+    /// Everything needed to resume training.
+    Last,
+}
+
+impl CheckpointKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointKind::Best => "best",
+            CheckpointKind::Last => "last",
+        }
+    }
+}
+
+impl FromStr for CheckpointKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "best" => Ok(CheckpointKind::Best),
+            "last" => Ok(CheckpointKind::Last),
+            other => Err(Error::Usage(format!("unknown checkpoint kind `{other}` (best, last)"))),
+        }
+    }
+}
+
+#[derive(Clone, PartialEq)]
+pub struct Checkpoint {
+    pub kind: CheckpointKind,
+    pub step: i64,
+    /// Hex sha256 of `bytes`, checked when the checkpoint is read back.
+    pub sha256: String,
+    pub bytes: Vec<u8>,
+}
+
+impl Checkpoint {
+    pub fn new(kind: CheckpointKind, step: i64, bytes: Vec<u8>) -> Checkpoint {
+        Checkpoint {
+            kind,
+            step,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            bytes,
+        }
+    }
+}
+
+// By hand, so that a log line never prints megabytes of weights.
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("kind", &self.kind)
+            .field("step", &self.step)
+            .field("sha256", &self.sha256)
+            .field("bytes", &format_args!("<{} bytes>", self.bytes.len()))
+            .finish()
+    }
+}
+
+/// One value of one step, e.g. `("val", "error", 0.12)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    pub split: String,
+    pub name: String,
+    pub value: f64,
+}
+
+/// What the trainer reports at an evaluation point; written by [`Store::record`] in one transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub step: i64,
+    pub epoch: f64,
+    pub metrics: Vec<Metric>,
+    /// A new best: its validation error (fraction) and checkpoint.
+    pub best: Option<(f64, Checkpoint)>,
+    pub last: Option<Checkpoint>,
+    pub train_loss: Option<f64>,
+    pub images_per_s: Option<f64>,
+    /// Training time so far, seconds.
+    pub wall_s: f64,
+}
+
+/// How a trial's attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Done { test_error: Option<f64>, wall_s: f64 },
+    Failed { error: String, wall_s: f64 },
+    Interrupted,
+}
+
+/// One row of the `trial_summary` view (see `migrations/0001_initial.sql`). Errors are fractions.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct SummaryRow {
+    pub experiment: String,
+    pub trial: i64,
+    /// The first 12 hex characters of the trial key.
+    pub key: String,
+    pub arch: String,
+    pub depth: Option<i64>,
+    pub shortcut: Option<String>,
+    pub preact: Option<bool>,
+    pub block: Option<String>,
+    pub width: Option<i64>,
+    pub seed: Option<i64>,
+    pub dataset: Option<String>,
+    pub params: i64,
+    pub mflops: f64,
+    pub status: String,
+    pub steps: Option<i64>,
+    pub best_val_error: Option<f64>,
+    pub best_step: Option<i64>,
+    pub test_error: Option<f64>,
+    pub train_loss: Option<f64>,
+    pub wall_s: Option<f64>,
+    pub images_per_s: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// Everything about one trial (`runner show`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrialDetail {
+    pub summary: SummaryRow,
+    /// The full trial key (the summary has a prefix).
+    pub key: String,
+    pub ord: i64,
+    pub config_json: String,
+    pub worker: Option<String>,
+    pub heartbeat_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub attempts: i64,
+}
+
+/// One metrics row, in long format.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct MetricRow {
+    pub step: i64,
+    pub epoch: f64,
+    pub split: String,
+    pub name: String,
+    pub value: f64,
+}
+
+impl Store {
+    /// Opens the database at `path`, creating it if missing, and runs the migrations this binary
+    /// carries. Fails with [`Error::Store`] if the file is not an SQLite database, was written by
+    /// a newer runner, or cannot be created or opened.
+    pub async fn open(path: &Path) -> Result<Store> {
+        Store::connect(path, true).await
+    }
+
+    /// Opens an existing database, for commands that only read results.
+    pub async fn open_existing(path: &Path) -> Result<Store> {
+        if !path.is_file() {
+            return Err(Error::Store {
+                path: path.to_path_buf(),
+                message: format!("no results database at {}: run `runner run GRID` first", path.display()),
+            });
+        }
+        Store::connect(path, false).await
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Copies the WAL into the main file and closes every connection, so that `runs.db` alone
+    /// holds every result (to copy or mail it). Call it before exiting.
+    pub async fn close(&self) {
+        // SQLite checkpoints when its last connection closes, but the pool may still be
+        // returning a connection when it is closed; checkpoint explicitly. Best effort: another
+        // process reading the file can keep part of the WAL alive, and it checkpoints later.
+        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await;
+        self.pool.close().await;
+    }
+
+    async fn connect(path: &Path, create: bool) -> Result<Store> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(create)
+            // Readers never block the writer and the writer never blocks readers; `report`
+            // works while a run is writing.
+            .journal_mode(SqliteJournalMode::Wal)
+            // In WAL mode NORMAL is durable against a process crash, which is what a killed
+            // training run is; only a power cut may lose the last transactions.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .min_connections(0)
+            .connect_with(options)
+            .await
+            .map_err(|e| open_error(path, create, e))?;
+        let store = Store {
+            pool,
+            path: path.to_path_buf(),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Runs the embedded migrations inside one IMMEDIATE transaction, so that two runners
+    /// opening a new file at the same moment do not both try to create the tables.
+    async fn migrate(&self) -> Result<()> {
+        let migrator = sqlx::migrate!("./migrations");
+        let mut last = None;
+        for attempt in 0..=BUSY_RETRIES {
+            let mut tx = match self.pool.begin_with("BEGIN IMMEDIATE").await {
+                Ok(tx) => tx,
+                Err(e) if is_busy(&e) => {
+                    last = Some(MigrateError::Execute(e));
+                    backoff(attempt).await;
+                    continue;
+                }
+                Err(e) => return Err(self.error(e)),
+            };
+            // `run_direct` is `run` without the `Acquire` bound that makes the future of `open`
+            // fail to be `Send` (sqlx's own workaround, hidden from its docs but public).
+            let result = match migrator.run_direct(&mut *tx).await {
+                Ok(()) => tx.commit().await.map_err(MigrateError::Execute),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(MigrateError::Execute(e)) if is_busy(&e) => {
+                    last = Some(MigrateError::Execute(e));
+                    backoff(attempt).await;
+                }
+                Err(e) => return Err(self.migrate_error(e)),
+            }
+        }
+        Err(self.migrate_error(last.unwrap_or(MigrateError::Execute(sqlx::Error::PoolTimedOut))))
+    }
+
+    fn migrate_error(&self, e: MigrateError) -> Error {
+        let message = match &e {
+            MigrateError::VersionMissing(v) => format!(
+                "was written by a newer runner (schema migration {v} is not known to this binary): \
+                 upgrade runner, or use another --db"
+            ),
+            MigrateError::VersionMismatch(v) => format!(
+                "schema migration {v} differs from the one this binary carries (a development build \
+                 wrote this file?): use another --db"
+            ),
+            MigrateError::Execute(db) | MigrateError::ExecuteMigration(db, _) => describe(db),
+            other => other.to_string(),
+        };
+        Error::Store {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    /// Any other failure of the database, with the path it concerns.
+    fn error(&self, e: sqlx::Error) -> Error {
+        Error::Store {
+            path: self.path.clone(),
+            message: describe(&e),
+        }
+    }
+}
+
+pub(crate) async fn backoff(attempt: u32) {
+    tokio::time::sleep(Duration::from_millis(50 * (1 << attempt.min(6)))).await;
+}
+
+/// The primary SQLite result code of a database error (extended codes are on, so the low byte).
+fn sqlite_code(e: &sqlx::Error) -> Option<i32> {
+    match e {
+        sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff),
+        _ => None,
+    }
+}
+
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
+const SQLITE_READONLY: i32 = 8;
+const SQLITE_CANTOPEN: i32 = 14;
+const SQLITE_NOTADB: i32 = 26;
+
+pub(crate) fn is_busy(e: &sqlx::Error) -> bool {
+    matches!(sqlite_code(e), Some(SQLITE_BUSY | SQLITE_LOCKED))
+}
+
+fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Says in the user's terms why the file could not be opened.
+fn open_error(path: &Path, create: bool, e: sqlx::Error) -> Error {
+    let message = match sqlite_code(&e) {
+        Some(SQLITE_NOTADB) => "is not an SQLite database (give another file with --db)".to_string(),
+        Some(SQLITE_CANTOPEN) if create => format!(
+            "cannot be created or opened ({}): is its directory there and writable?",
+            describe(&e)
+        ),
+        Some(SQLITE_CANTOPEN) => format!("cannot be opened ({})", describe(&e)),
+        Some(SQLITE_READONLY) => format!("is read-only ({}): runner needs to write to it", describe(&e)),
+        _ => describe(&e),
+    };
+    Error::Store {
+        path: path.to_path_buf(),
+        message,
+    }
+}

@@ -1,0 +1,191 @@
+//! Reading results back: the summary that reports print, one trial in detail, its metrics and
+//! checkpoints. Plain statements; WAL lets them run while a runner is writing.
+
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::SqliteRow;
+use sqlx::FromRow;
+
+use super::{Checkpoint, CheckpointKind, MetricRow, Store, SummaryRow, TrialDetail};
+use crate::{Error, Result};
+
+/// The fewest key characters accepted to name a trial: short prefixes would match by accident.
+const MIN_PREFIX: usize = 6;
+
+/// What `trial` adds to the summary row.
+#[derive(sqlx::FromRow)]
+struct DetailColumns {
+    full_key: String,
+    ord: i64,
+    config_json: String,
+    worker: Option<String>,
+    heartbeat_at: Option<String>,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    attempts: i64,
+}
+
+impl Store {
+    /// One row per trial from the `trial_summary` view, experiments in the order they were first
+    /// run and trials in grid order. An experiment that is not in the file is a usage error.
+    pub async fn summary(&self, experiment: Option<&str>) -> Result<Vec<SummaryRow>> {
+        if let Some(name) = experiment {
+            let known = self.experiments().await?;
+            if !known.iter().any(|k| k == name) {
+                let known = if known.is_empty() {
+                    "none yet".to_string()
+                } else {
+                    known.join(", ")
+                };
+                return Err(Error::Usage(format!(
+                    "no experiment `{name}` in {} (experiments: {known})",
+                    self.path.display()
+                )));
+            }
+        }
+        retry!(self, async {
+            sqlx::query_as::<_, SummaryRow>(
+                r#"
+                SELECT s.* FROM trial_summary s
+                JOIN trials t ON t.id = s.trial
+                WHERE ?1 IS NULL OR s.experiment = ?1
+                ORDER BY t.experiment_id, s.ord, s.trial
+                "#,
+            )
+            .bind(experiment)
+            .fetch_all(&self.pool)
+            .await
+        })
+    }
+
+    /// A trial by id (`12`) or by a prefix of its key (at least 6 hex characters).
+    pub async fn trial(&self, which: &str) -> Result<TrialDetail> {
+        let which = which.trim();
+        let usage = || {
+            Error::Usage(format!(
+                "`{which}` names no trial: give a trial id or at least {MIN_PREFIX} hex characters of its key \
+                 (see `runner report`)"
+            ))
+        };
+        if !which.is_empty() && which.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(id) = which.parse::<i64>() {
+                if let Some(detail) = self.trial_by_id(id).await? {
+                    return Ok(detail);
+                }
+            }
+            // Digits can also be a key prefix.
+            if which.len() < MIN_PREFIX {
+                return Err(Error::Usage(format!("no trial {which} in {}", self.path.display())));
+            }
+        }
+        if which.len() < MIN_PREFIX || !which.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(usage());
+        }
+        let prefix = which.to_ascii_lowercase();
+        let prefix = prefix.as_str();
+        let matches: Vec<(i64, String)> = retry!(self, async {
+            sqlx::query_as("SELECT id, key FROM trials WHERE substr(key, 1, length(?1)) = ?1 ORDER BY id LIMIT 6")
+                .bind(prefix)
+                .fetch_all(&self.pool)
+                .await
+        })?;
+        match matches.as_slice() {
+            [] => Err(Error::Usage(format!(
+                "no trial with a key starting `{which}` in {}",
+                self.path.display()
+            ))),
+            [(id, _)] => self.trial_by_id(*id).await?.ok_or_else(|| self.no_trial(*id)),
+            several => {
+                let list: Vec<String> = several
+                    .iter()
+                    .take(5)
+                    .map(|(id, key)| format!("{id} ({})", &key[..key.len().min(12)]))
+                    .collect();
+                Err(Error::Usage(format!(
+                    "`{which}` matches several trials: {}{}; give more characters or the id",
+                    list.join(", "),
+                    if several.len() > 5 { ", ..." } else { "" }
+                )))
+            }
+        }
+    }
+
+    async fn trial_by_id(&self, id: i64) -> Result<Option<TrialDetail>> {
+        let row: Option<SqliteRow> = retry!(self, async {
+            sqlx::query(
+                r#"
+                    SELECT s.*, t.key AS full_key, t.config_json, t.worker, t.heartbeat_at, t.attempts
+                    FROM trial_summary s JOIN trials t ON t.id = s.trial
+                    WHERE s.trial = ?1
+                    "#,
+            )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+        })?;
+        let Some(row) = row else { return Ok(None) };
+        let (summary, more) = SummaryRow::from_row(&row)
+            .and_then(|s| Ok((s, DetailColumns::from_row(&row)?)))
+            .map_err(|e| self.error(e))?;
+        Ok(Some(TrialDetail {
+            summary,
+            key: more.full_key,
+            ord: more.ord,
+            config_json: more.config_json,
+            worker: more.worker,
+            heartbeat_at: more.heartbeat_at,
+            started_at: more.started_at,
+            finished_at: more.finished_at,
+            attempts: more.attempts,
+        }))
+    }
+
+    /// The trial's checkpoint of this kind, its digest checked.
+    pub async fn checkpoint(&self, trial_id: i64, kind: CheckpointKind) -> Result<Option<Checkpoint>> {
+        let row: Option<(i64, String, Vec<u8>)> = retry!(self, async {
+            sqlx::query_as("SELECT step, sha256, bytes FROM checkpoints WHERE trial_id = ?1 AND kind = ?2")
+                .bind(trial_id)
+                .bind(kind.as_str())
+                .fetch_optional(&self.pool)
+                .await
+        })?;
+        let Some((step, sha256, bytes)) = row else {
+            return Ok(None);
+        };
+        if hex::encode(Sha256::digest(&bytes)) != sha256 {
+            return Err(Error::Store {
+                path: self.path.clone(),
+                message: format!(
+                    "the {} checkpoint of trial {trial_id} is damaged (its sha256 does not match)",
+                    kind.as_str()
+                ),
+            });
+        }
+        Ok(Some(Checkpoint {
+            kind,
+            step,
+            sha256,
+            bytes,
+        }))
+    }
+
+    /// Every recorded value of the trial, by step, split and name.
+    pub async fn metrics(&self, trial_id: i64) -> Result<Vec<MetricRow>> {
+        retry!(self, async {
+            sqlx::query_as::<_, MetricRow>(
+                "SELECT step, epoch, split, name, value FROM metrics WHERE trial_id = ?1 ORDER BY step, split, name",
+            )
+            .bind(trial_id)
+            .fetch_all(&self.pool)
+            .await
+        })
+    }
+
+    /// Experiment names, in the order they were first run.
+    pub async fn experiments(&self) -> Result<Vec<String>> {
+        retry!(self, async {
+            sqlx::query_scalar::<_, String>("SELECT name FROM experiments ORDER BY id")
+                .fetch_all(&self.pool)
+                .await
+        })
+    }
+}

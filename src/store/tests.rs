@@ -1,0 +1,588 @@
+//! Store tests: each on a fresh database in its own temp dir.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+use super::*;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// The config_json of a trial, shaped like the grid module writes it.
+fn config(experiment: &str, arch: &str, depth: i64, seed: i64) -> String {
+    let params = if arch == "resnet" {
+        serde_json::json!({"block": "basic", "depth": depth, "preact": true, "shortcut": "B", "width": 16})
+    } else {
+        serde_json::json!({"depth": depth, "width": 16})
+    };
+    serde_json::json!({
+        "experiment": experiment,
+        "arch": arch,
+        "params": params,
+        "dataset": {"kind": "synthetic", "validation": 100},
+        "train": {"iterations": 10, "batch_size": 8},
+        "seed": seed,
+    })
+    .to_string()
+}
+
+fn trial(experiment: &str, ord: i64, arch: &str, depth: i64) -> NewTrial {
+    let config_json = config(experiment, arch, depth, 1);
+    NewTrial {
+        key: hex::encode(Sha256::digest(config_json.as_bytes())),
+        arch: arch.to_string(),
+        config_json,
+        params: 1000 * depth,
+        mflops: 2.5 * depth as f64,
+        ord,
+    }
+}
+
+fn grid(experiment: &str, n: i64) -> Vec<NewTrial> {
+    (0..n).map(|i| trial(experiment, i, "resnet", 6 * i + 8)).collect()
+}
+
+fn keys(trials: &[NewTrial]) -> Vec<String> {
+    trials.iter().map(|t| t.key.clone()).collect()
+}
+
+async fn fresh() -> (TempDir, Store) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&dir.path().join("runs.db")).await.expect("open");
+    (dir, store)
+}
+
+fn record(step: i64, val_error: f64) -> Record {
+    Record {
+        step,
+        epoch: step as f64 / 10.0,
+        metrics: vec![
+            Metric {
+                split: "val".into(),
+                name: "error".into(),
+                value: val_error,
+            },
+            Metric {
+                split: "train".into(),
+                name: "loss".into(),
+                value: 2.0 - step as f64 / 1000.0,
+            },
+        ],
+        best: None,
+        last: None,
+        train_loss: Some(2.0 - step as f64 / 1000.0),
+        images_per_s: Some(100.0 + step as f64),
+        wall_s: step as f64 / 10.0,
+    }
+}
+
+async fn claim_one(store: &Store, keys: &[String], worker: &str) -> Claim {
+    store
+        .claim(keys, worker, false, HOUR)
+        .await
+        .expect("claim")
+        .expect("a trial to claim")
+}
+
+#[tokio::test]
+async fn open_sets_wal_foreign_keys_and_busy_timeout() {
+    let (_dir, store) = fresh().await;
+    let mut conn = store.pool.acquire().await.unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    assert_eq!(fk, 1);
+    assert_eq!(busy, BUSY_TIMEOUT.as_millis() as i64);
+}
+
+#[tokio::test]
+async fn register_twice_does_not_duplicate() {
+    let (_dir, store) = fresh().await;
+    let trials = grid("depth", 3);
+    let id = store.register("depth", "v1", &trials).await.unwrap();
+    let first = store.summary(None).await.unwrap();
+    // A claimed trial must survive re-registration untouched.
+    let claimed = claim_one(&store, &keys(&trials), "w").await;
+
+    let mut more = trials.clone();
+    more.push(trial("depth", 3, "plain", 20));
+    let again = store.register("depth", "v2", &more).await.unwrap();
+    assert_eq!(again, id);
+
+    let rows = store.summary(None).await.unwrap();
+    assert_eq!(rows.len(), 4);
+    for (before, after) in first.iter().zip(&rows) {
+        assert_eq!(before.trial, after.trial);
+        assert_eq!(before.key, after.key);
+    }
+    let status = |t: i64| rows.iter().find(|r| r.trial == t).map(|r| r.status.clone());
+    assert_eq!(status(claimed.trial_id).as_deref(), Some("running"));
+    let toml: String = sqlx::query_scalar("SELECT grid_toml FROM experiments WHERE id = ?1")
+        .bind(id)
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(toml, "v2");
+    assert_eq!(store.experiments().await.unwrap(), vec!["depth".to_string()]);
+}
+
+#[tokio::test]
+async fn summary_lists_trials_in_grid_order_per_experiment() {
+    let (_dir, store) = fresh().await;
+    // Inserted in reverse grid order.
+    let mut b = grid("b-first", 4);
+    b.reverse();
+    store.register("b-first", "", &b).await.unwrap();
+    store.register("a-second", "", &grid("a-second", 2)).await.unwrap();
+
+    let rows = store.summary(None).await.unwrap();
+    let order: Vec<(String, i64)> = rows.iter().map(|r| (r.experiment.clone(), r.depth.unwrap())).collect();
+    let expected: Vec<(String, i64)> = (0..4)
+        .map(|i| ("b-first".to_string(), 6 * i + 8))
+        .chain((0..2).map(|i| ("a-second".to_string(), 6 * i + 8)))
+        .collect();
+    assert_eq!(order, expected);
+
+    let only = store.summary(Some("a-second")).await.unwrap();
+    assert_eq!(only.len(), 2);
+    assert!(only.iter().all(|r| r.experiment == "a-second"));
+    assert!(matches!(store.summary(Some("nope")).await, Err(Error::Usage(_))));
+}
+
+#[tokio::test]
+async fn view_extracts_architecture_columns_from_config() {
+    let (_dir, store) = fresh().await;
+    let resnet = trial("e", 0, "resnet", 20);
+    let plain = trial("e", 1, "plain", 20);
+    store.register("e", "", &[resnet.clone(), plain.clone()]).await.unwrap();
+    let rows = store.summary(None).await.unwrap();
+
+    let r = &rows[0];
+    assert_eq!(r.arch, "resnet");
+    assert_eq!(r.depth, Some(20));
+    assert_eq!(r.shortcut.as_deref(), Some("B"));
+    assert_eq!(r.preact, Some(true));
+    assert_eq!(r.block.as_deref(), Some("basic"));
+    assert_eq!(r.width, Some(16));
+    assert_eq!(r.seed, Some(1));
+    assert_eq!(r.dataset.as_deref(), Some("synthetic"));
+    assert_eq!(r.params, resnet.params);
+    assert_eq!(r.mflops, resnet.mflops);
+    assert_eq!(r.status, "pending");
+    assert!(resnet.key.starts_with(&r.key) && r.key.len() < resnet.key.len());
+
+    let p = &rows[1];
+    assert_eq!(p.arch, "plain");
+    assert_eq!(p.depth, Some(20));
+    assert_eq!((p.shortcut.clone(), p.preact, p.block.clone()), (None, None, None));
+}
+
+#[tokio::test]
+async fn claims_follow_key_order_and_never_repeat() {
+    let (dir, store) = fresh().await;
+    let trials = grid("e", 3);
+    store.register("e", "", &trials).await.unwrap();
+    let order = vec![trials[2].key.clone(), trials[0].key.clone(), trials[1].key.clone()];
+
+    let other = Store::open(&dir.path().join("runs.db")).await.unwrap();
+    let first = claim_one(&store, &order, "a").await;
+    let second = claim_one(&other, &order, "b").await;
+    let third = claim_one(&store, &order, "a").await;
+    let claimed: Vec<&str> = [&first, &second, &third].iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(claimed, order.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(first.resume.is_none());
+    assert_eq!(first.previous_status, "pending");
+    assert!(store.claim(&order, "a", true, HOUR).await.unwrap().is_none());
+    assert!(other.claim(&order, "b", true, HOUR).await.unwrap().is_none());
+
+    let detail = store.trial(&second.trial_id.to_string()).await.unwrap();
+    assert_eq!(detail.worker.as_deref(), Some("b"));
+    assert_eq!(detail.summary.status, "running");
+    assert_eq!(detail.attempts, 1);
+    assert!(detail.started_at.is_some() && detail.heartbeat_at.is_some());
+}
+
+#[tokio::test]
+async fn claims_only_among_the_given_keys() {
+    let (_dir, store) = fresh().await;
+    let trials = grid("e", 3);
+    store.register("e", "", &trials).await.unwrap();
+    let only = vec![trials[1].key.clone()];
+    assert_eq!(claim_one(&store, &only, "w").await.key, trials[1].key);
+    assert!(store.claim(&only, "w", false, HOUR).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_from_separate_stores_take_each_trial_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join("runs.db");
+    let trials = grid("e", 24);
+    let keys = keys(&trials);
+    Store::open(&path)
+        .await
+        .unwrap()
+        .register("e", "", &trials)
+        .await
+        .unwrap();
+
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (path, keys) = (path.clone(), keys.clone());
+        tasks.push(tokio::spawn(async move {
+            // Each worker opens its own store, as separate processes would.
+            let store = Store::open(&path).await.unwrap();
+            let worker = format!("w{w}");
+            let mut mine = Vec::new();
+            while let Some(c) = store.claim(&keys, &worker, false, HOUR).await.unwrap() {
+                mine.push(c.trial_id);
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let unique: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), trials.len(), "claims: {all:?}");
+    assert_eq!(unique.len(), trials.len());
+}
+
+#[tokio::test]
+async fn stale_running_trial_is_taken_over() {
+    let (_dir, store) = fresh().await;
+    let trials = grid("e", 1);
+    let keys = keys(&trials);
+    store.register("e", "", &trials).await.unwrap();
+    let a = claim_one(&store, &keys, "a").await;
+    // Fresh heartbeat: nobody else may take it.
+    assert!(store.claim(&keys, "b", false, HOUR).await.unwrap().is_none());
+
+    sqlx::query("UPDATE trials SET heartbeat_at = '2000-01-01T00:00:00.000Z' WHERE id = ?1")
+        .bind(a.trial_id)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    let b = claim_one(&store, &keys, "b").await;
+    assert_eq!(b.trial_id, a.trial_id);
+    assert_eq!(b.previous_status, "running");
+    let detail = store.trial(&a.trial_id.to_string()).await.unwrap();
+    assert_eq!(detail.worker.as_deref(), Some("b"));
+    assert_eq!(detail.attempts, 2);
+
+    // The old owner learns that it lost the trial; the new one keeps it alive.
+    assert!(store.heartbeat(a.trial_id, "a").await.is_err());
+    store.heartbeat(b.trial_id, "b").await.unwrap();
+    // Releasing as the old owner must not touch the new owner's run.
+    store.release(a.trial_id, "a").await.unwrap();
+    assert_eq!(
+        store.trial(&a.trial_id.to_string()).await.unwrap().summary.status,
+        "running"
+    );
+}
+
+#[tokio::test]
+async fn failed_trials_are_claimed_again_only_when_asked() {
+    let (_dir, store) = fresh().await;
+    let trials = grid("e", 1);
+    let keys = keys(&trials);
+    store.register("e", "", &trials).await.unwrap();
+    let c = claim_one(&store, &keys, "w").await;
+    store
+        .finish(
+            c.trial_id,
+            &Outcome::Failed {
+                error: "out of memory".into(),
+                wall_s: 3.0,
+            },
+        )
+        .await
+        .unwrap();
+    let row = &store.summary(None).await.unwrap()[0];
+    assert_eq!(
+        (row.status.as_str(), row.error.as_deref()),
+        ("failed", Some("out of memory"))
+    );
+
+    assert!(store.claim(&keys, "w", false, HOUR).await.unwrap().is_none());
+    let again = store.claim(&keys, "w", true, HOUR).await.unwrap().unwrap();
+    assert_eq!(again.previous_status, "failed");
+    let row = &store.summary(None).await.unwrap()[0];
+    assert_eq!((row.status.as_str(), row.error.as_deref()), ("running", None));
+}
+
+#[tokio::test]
+async fn resume_keeps_metrics_up_to_the_last_checkpoint() {
+    let (_dir, store) = fresh().await;
+    let trials = grid("e", 1);
+    let keys = keys(&trials);
+    store.register("e", "", &trials).await.unwrap();
+    let c = claim_one(&store, &keys, "w").await;
+
+    let state = vec![7u8; 64];
+    let mut at100 = record(100, 0.5);
+    at100.last = Some(Checkpoint::new(CheckpointKind::Last, 100, state.clone()));
+    store.record(c.trial_id, &at100).await.unwrap();
+    store.record(c.trial_id, &record(200, 0.4)).await.unwrap();
+    store.release(c.trial_id, "w").await.unwrap();
+    assert_eq!(store.summary(None).await.unwrap()[0].status, "interrupted");
+
+    let resumed = claim_one(&store, &keys, "w2").await;
+    assert_eq!(resumed.previous_status, "interrupted");
+    let ckpt = resumed.resume.expect("resume from the last checkpoint");
+    assert_eq!((ckpt.kind, ckpt.step, ckpt.bytes), (CheckpointKind::Last, 100, state));
+    let steps: HashSet<i64> = store
+        .metrics(c.trial_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.step)
+        .collect();
+    assert_eq!(steps, HashSet::from([100]));
+
+    // The resumed run records step 200 again, with other values: rewritten, not duplicated.
+    store.record(c.trial_id, &record(200, 0.3)).await.unwrap();
+    store.record(c.trial_id, &record(200, 0.25)).await.unwrap();
+    let rows = store.metrics(c.trial_id).await.unwrap();
+    let val200: Vec<f64> = rows
+        .iter()
+        .filter(|m| m.step == 200 && m.split == "val")
+        .map(|m| m.value)
+        .collect();
+    assert_eq!(val200, vec![0.25]);
+}
+
+#[tokio::test]
+async fn restart_without_checkpoint_drops_earlier_results() {
+    let (_dir, store) = fresh().await;
+    let trials = grid("e", 1);
+    let keys = keys(&trials);
+    store.register("e", "", &trials).await.unwrap();
+    let c = claim_one(&store, &keys, "w").await;
+    let mut rec = record(100, 0.5);
+    rec.best = Some((0.5, Checkpoint::new(CheckpointKind::Best, 100, vec![1, 2, 3])));
+    store.record(c.trial_id, &rec).await.unwrap();
+    store.finish(c.trial_id, &Outcome::Interrupted).await.unwrap();
+
+    let again = claim_one(&store, &keys, "w").await;
+    assert!(again.resume.is_none());
+    assert!(store.metrics(c.trial_id).await.unwrap().is_empty());
+    assert!(store
+        .checkpoint(c.trial_id, CheckpointKind::Best)
+        .await
+        .unwrap()
+        .is_none());
+    let row = &store.summary(None).await.unwrap()[0];
+    assert_eq!((row.best_val_error, row.steps), (None, None));
+}
+
+#[tokio::test]
+async fn best_checkpoint_is_replaced_together_with_best_val_error() {
+    let (_dir, store) = fresh().await;
+    let trials = grid("e", 1);
+    store.register("e", "", &trials).await.unwrap();
+    let c = claim_one(&store, &keys(&trials), "w").await;
+
+    let mut first = record(100, 0.4);
+    first.best = Some((0.4, Checkpoint::new(CheckpointKind::Best, 100, vec![1; 10])));
+    store.record(c.trial_id, &first).await.unwrap();
+    let mut better = record(200, 0.3);
+    better.best = Some((0.3, Checkpoint::new(CheckpointKind::Best, 200, vec![2; 10])));
+    store.record(c.trial_id, &better).await.unwrap();
+    // Not a new best: the best stays where it was.
+    store.record(c.trial_id, &record(300, 0.35)).await.unwrap();
+
+    let best = store
+        .checkpoint(c.trial_id, CheckpointKind::Best)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((best.step, best.bytes.clone()), (200, vec![2; 10]));
+    assert_eq!(best, Checkpoint::new(CheckpointKind::Best, 200, vec![2; 10]));
+    let row = &store.summary(None).await.unwrap()[0];
+    assert_eq!(
+        (row.best_val_error, row.best_step, row.steps),
+        (Some(0.3), Some(200), Some(300))
+    );
+    assert_eq!(row.train_loss, record(300, 0.0).train_loss);
+    assert!(store
+        .checkpoint(c.trial_id, CheckpointKind::Last)
+        .await
+        .unwrap()
+        .is_none());
+
+    store
+        .finish(
+            c.trial_id,
+            &Outcome::Done {
+                test_error: Some(0.31),
+                wall_s: 42.0,
+            },
+        )
+        .await
+        .unwrap();
+    let row = &store.summary(None).await.unwrap()[0];
+    assert_eq!(
+        (row.status.as_str(), row.test_error, row.wall_s),
+        ("done", Some(0.31), Some(42.0))
+    );
+    assert!(store
+        .claim(&keys(&trials), "w", true, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn damaged_checkpoint_is_reported() {
+    let (_dir, store) = fresh().await;
+    let trials = grid("e", 1);
+    store.register("e", "", &trials).await.unwrap();
+    let c = claim_one(&store, &keys(&trials), "w").await;
+    let mut rec = record(100, 0.4);
+    rec.best = Some((0.4, Checkpoint::new(CheckpointKind::Best, 100, vec![1; 10])));
+    store.record(c.trial_id, &rec).await.unwrap();
+    sqlx::query("UPDATE checkpoints SET bytes = x'00' WHERE trial_id = ?1")
+        .bind(c.trial_id)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.checkpoint(c.trial_id, CheckpointKind::Best).await,
+        Err(Error::Store { .. })
+    ));
+}
+
+#[tokio::test]
+async fn record_for_an_unknown_trial_is_an_error() {
+    let (_dir, store) = fresh().await;
+    assert!(store.record(99, &record(1, 0.5)).await.is_err());
+    let mut rec = record(1, 0.5);
+    rec.metrics.clear();
+    assert!(store.record(99, &rec).await.is_err());
+    assert!(store.finish(99, &Outcome::Interrupted).await.is_err());
+}
+
+#[tokio::test]
+async fn trial_by_id_or_key_prefix() {
+    let (_dir, store) = fresh().await;
+    let trials = grid("e", 40);
+    store.register("e", "", &trials).await.unwrap();
+    let rows = store.summary(None).await.unwrap();
+
+    let by_id = store.trial(&rows[3].trial.to_string()).await.unwrap();
+    assert_eq!(by_id.key, trials[3].key);
+    assert_eq!(by_id.config_json, trials[3].config_json);
+    assert_eq!(by_id.ord, 3);
+    assert_eq!(by_id.summary, rows[3]);
+
+    let by_key = store.trial(&trials[5].key[..8].to_uppercase()).await.unwrap();
+    assert_eq!(by_key.summary.trial, rows[5].trial);
+
+    for bad in ["", "abc", "12ab", "not-hex!", "99999"] {
+        assert!(matches!(store.trial(bad).await, Err(Error::Usage(_))), "{bad:?}");
+    }
+    assert!(matches!(store.trial("ffffffffffff0").await, Err(Error::Usage(_))));
+}
+
+#[tokio::test]
+async fn ambiguous_key_prefix_is_a_usage_error() {
+    let (_dir, store) = fresh().await;
+    let mut a = trial("e", 0, "resnet", 20);
+    let mut b = trial("e", 1, "resnet", 32);
+    a.key = format!("abcdef0{}", &a.key[7..]);
+    b.key = format!("abcdef1{}", &b.key[7..]);
+    store.register("e", "", &[a.clone(), b]).await.unwrap();
+    match store.trial("abcdef").await {
+        Err(Error::Usage(m)) => assert!(m.contains("several"), "{m}"),
+        other => panic!("expected an ambiguity error, got {other:?}"),
+    }
+    assert_eq!(store.trial("abcdef0").await.unwrap().key, a.key);
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_sqlite_is_a_store_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.db");
+    std::fs::write(&path, "these are my notes, not a database\n".repeat(200)).unwrap();
+    match Store::open(&path).await {
+        Err(e @ Error::Store { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains(&path.display().to_string()), "{text}");
+            assert!(text.contains("not an SQLite database"), "{text}");
+        }
+        other => panic!("expected Error::Store, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_runner_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let store = Store::open(&path).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99990101000000, 'from the future', TRUE, x'00', 0)",
+    )
+    .execute(&store.pool)
+    .await
+    .unwrap();
+    store.close().await;
+
+    match Store::open(&path).await {
+        Err(e @ Error::Store { .. }) => assert!(e.to_string().contains("newer runner"), "{e}"),
+        other => panic!("expected Error::Store, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn open_existing_does_not_create_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    match Store::open_existing(&path).await {
+        Err(e @ Error::Store { .. }) => assert!(e.to_string().contains("runner run GRID"), "{e}"),
+        other => panic!("expected Error::Store, got {other:?}"),
+    }
+    assert!(!path.exists());
+
+    Store::open(&path).await.unwrap().close().await;
+    let store = Store::open_existing(&path).await.unwrap();
+    assert_eq!(store.path(), path.as_path());
+    assert!(store.summary(None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_location_that_cannot_be_created_is_a_store_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-such-dir").join("runs.db");
+    assert!(matches!(Store::open(&path).await, Err(Error::Store { .. })));
+}
+
+#[tokio::test]
+async fn after_close_the_main_file_alone_holds_the_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let store = Store::open(&path).await.unwrap();
+    store.register("e", "", &grid("e", 3)).await.unwrap();
+    store.close().await;
+
+    // Only the main file travels; whatever stayed in runs.db-wal would be lost.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let copy = elsewhere.path().join("runs.db");
+    std::fs::copy(&path, &copy).unwrap();
+    let again = Store::open_existing(&copy).await.unwrap();
+    assert_eq!(again.summary(None).await.unwrap().len(), 3);
+}

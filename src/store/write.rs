@@ -1,0 +1,362 @@
+//! Everything that changes the database: registering a grid, claiming trials, recording their
+//! progress and their end. Each public function is one IMMEDIATE transaction (or one
+//! statement), retried on SQLITE_BUSY by `retry!`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::{Checkpoint, CheckpointKind, Claim, NewTrial, Outcome, Record, Store};
+use crate::{Error, Result};
+
+/// Taking the write lock when the transaction begins (not at its first write) means two
+/// writers never both read and then fail to upgrade: the second simply waits.
+const BEGIN: &str = "BEGIN IMMEDIATE";
+
+impl Store {
+    /// Inserts the experiment (or updates its grid_toml) and the trials that are not there yet
+    /// (by key), in one transaction; returns the experiment id. Existing trials keep their status
+    /// and results; only their `ord` follows the grid, so that listings match the file as it is now.
+    pub async fn register(&self, experiment: &str, grid_toml: &str, trials: &[NewTrial]) -> Result<i64> {
+        retry!(self, self.register_once(experiment, grid_toml, trials))
+    }
+
+    async fn register_once(&self, experiment: &str, grid_toml: &str, trials: &[NewTrial]) -> sqlx::Result<i64> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let (id,): (i64,) = sqlx::query_as(
+            r#"
+            INSERT INTO experiments (name, grid_toml) VALUES (?1, ?2)
+            ON CONFLICT (name) DO UPDATE SET grid_toml = excluded.grid_toml
+            RETURNING id
+            "#,
+        )
+        .bind(experiment)
+        .bind(grid_toml)
+        .fetch_one(&mut *tx)
+        .await?;
+        for t in trials {
+            sqlx::query(
+                r#"
+                INSERT INTO trials (experiment_id, key, ord, arch, config_json, params, mflops)
+                VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                ON CONFLICT (key) DO UPDATE SET ord = excluded.ord
+                    WHERE trials.experiment_id = excluded.experiment_id
+                "#,
+            )
+            .bind(id)
+            .bind(&t.key)
+            .bind(t.ord)
+            .bind(&t.arch)
+            .bind(&t.config_json)
+            .bind(t.params)
+            .bind(t.mflops)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Claims the next trial to run among `keys`, in their order: a `pending` or `interrupted`
+    /// one, a `failed` one if `retry_failed`, or a `running` one whose heartbeat is older than
+    /// `stale_after` (its worker died). Marks it running for `worker` with a fresh heartbeat and
+    /// counts the attempt. With a `last` checkpoint the trial resumes: metrics past that step are
+    /// dropped and the checkpoint returned. Without one (or with one whose digest does not
+    /// match) it starts over: its metrics, checkpoints and results are dropped.
+    pub async fn claim(
+        &self,
+        keys: &[String],
+        worker: &str,
+        retry_failed: bool,
+        stale_after: Duration,
+    ) -> Result<Option<Claim>> {
+        retry!(self, self.claim_once(keys, worker, retry_failed, stale_after))
+    }
+
+    async fn claim_once(
+        &self,
+        keys: &[String],
+        worker: &str,
+        retry_failed: bool,
+        stale_after: Duration,
+    ) -> sqlx::Result<Option<Claim>> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        // Every claimable trial of the file (a few thousand at most), then the first in `keys`
+        // order: one query whatever the length of `keys`.
+        let claimable: Vec<(i64, String, String)> = sqlx::query_as(
+            r#"
+            SELECT id, key, status FROM trials
+            WHERE status IN ('pending', 'interrupted')
+               OR (status = 'failed' AND ?1)
+               OR (status = 'running'
+                   AND (heartbeat_at IS NULL
+                        OR (julianday('now') - julianday(heartbeat_at)) * 86400.0 > ?2))
+            "#,
+        )
+        .bind(retry_failed)
+        .bind(stale_after.as_secs_f64())
+        .fetch_all(&mut *tx)
+        .await?;
+        let by_key: HashMap<&str, (i64, &str)> = claimable
+            .iter()
+            .map(|(id, key, status)| (key.as_str(), (*id, status.as_str())))
+            .collect();
+        let found = keys.iter().find_map(|k| {
+            by_key
+                .get(k.as_str())
+                .map(|&(id, status)| (id, k.clone(), status.to_string()))
+        });
+        let Some((trial_id, key, previous_status)) = found else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+
+        let last: Option<(i64, String, Vec<u8>)> =
+            sqlx::query_as("SELECT step, sha256, bytes FROM checkpoints WHERE trial_id = ?1 AND kind = 'last'")
+                .bind(trial_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let resume = last
+            .map(|(step, sha256, bytes)| Checkpoint {
+                kind: CheckpointKind::Last,
+                step,
+                sha256,
+                bytes,
+            })
+            .filter(|c| hex::encode(Sha256::digest(&c.bytes)) == c.sha256);
+
+        if let Some(ckpt) = &resume {
+            // The steps after the checkpoint will be trained again and recorded again.
+            sqlx::query("DELETE FROM metrics WHERE trial_id = ?1 AND step > ?2")
+                .bind(trial_id)
+                .bind(ckpt.step)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                r#"
+                UPDATE trials SET
+                    status = 'running', worker = ?2,
+                    heartbeat_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                    started_at = coalesce(started_at, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+                    finished_at = NULL, error = NULL, test_error = NULL,
+                    steps = ?3, attempts = attempts + 1
+                WHERE id = ?1
+                "#,
+            )
+            .bind(trial_id)
+            .bind(worker)
+            .bind(ckpt.step)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query("DELETE FROM metrics WHERE trial_id = ?1")
+                .bind(trial_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM checkpoints WHERE trial_id = ?1")
+                .bind(trial_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                r#"
+                UPDATE trials SET
+                    status = 'running', worker = ?2,
+                    heartbeat_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                    started_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                    finished_at = NULL, error = NULL,
+                    best_val_error = NULL, best_step = NULL, test_error = NULL,
+                    steps = NULL, train_loss = NULL, wall_s = NULL, images_per_s = NULL,
+                    attempts = attempts + 1
+                WHERE id = ?1
+                "#,
+            )
+            .bind(trial_id)
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(Claim {
+            trial_id,
+            key,
+            resume,
+            previous_status,
+        }))
+    }
+
+    /// Says that `worker` is still running the trial. Fails if another worker has taken the
+    /// trial over (this one's heartbeat went stale): the caller should stop training it.
+    pub async fn heartbeat(&self, trial_id: i64, worker: &str) -> Result<()> {
+        let updated = retry!(self, async {
+            sqlx::query(
+                r#"
+                    UPDATE trials SET heartbeat_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                    WHERE id = ?1 AND worker = ?2 AND status = 'running'
+                    "#,
+            )
+            .bind(trial_id)
+            .bind(worker)
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
+        })?;
+        if updated > 0 {
+            return Ok(());
+        }
+        let owner: Option<(String, Option<String>)> = retry!(self, async {
+            sqlx::query_as("SELECT status, worker FROM trials WHERE id = ?1")
+                .bind(trial_id)
+                .fetch_optional(&self.pool)
+                .await
+        })?;
+        match owner {
+            None => Err(self.no_trial(trial_id)),
+            Some((status, Some(other))) if status == "running" && other != worker => Err(Error::Other(format!(
+                "trial {trial_id} was taken over by worker {other} after this worker ({worker}) \
+                 missed its heartbeats"
+            ))),
+            // Finished or released in the meantime: nothing to keep alive.
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Writes one evaluation point in one transaction: the metrics (replacing those of the same
+    /// step, which a resumed trial records again), a new best checkpoint with its validation
+    /// error, the last checkpoint, the trial's progress and its heartbeat.
+    pub async fn record(&self, trial_id: i64, rec: &Record) -> Result<()> {
+        let updated = retry!(self, self.record_once(trial_id, rec))?;
+        if updated == 0 {
+            return Err(self.no_trial(trial_id));
+        }
+        Ok(())
+    }
+
+    async fn record_once(&self, trial_id: i64, rec: &Record) -> sqlx::Result<u64> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        for m in &rec.metrics {
+            sqlx::query(
+                r#"
+                INSERT OR REPLACE INTO metrics (trial_id, step, epoch, split, name, value)
+                VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "#,
+            )
+            .bind(trial_id)
+            .bind(rec.step)
+            .bind(rec.epoch)
+            .bind(&m.split)
+            .bind(&m.name)
+            .bind(m.value)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // The slot decides the kind, whatever the checkpoint says.
+        let checkpoints = rec
+            .best
+            .as_ref()
+            .map(|(_, c)| (CheckpointKind::Best, c))
+            .into_iter()
+            .chain(rec.last.as_ref().map(|c| (CheckpointKind::Last, c)));
+        for (kind, c) in checkpoints {
+            sqlx::query(
+                r#"
+                INSERT OR REPLACE INTO checkpoints (trial_id, kind, step, sha256, bytes)
+                VALUES (?1, ?2, ?3, ?4, ?5)
+                "#,
+            )
+            .bind(trial_id)
+            .bind(kind.as_str())
+            .bind(c.step)
+            .bind(&c.sha256)
+            .bind(&c.bytes)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some((val_error, c)) = &rec.best {
+            sqlx::query("UPDATE trials SET best_val_error = ?2, best_step = ?3 WHERE id = ?1")
+                .bind(trial_id)
+                .bind(val_error)
+                .bind(c.step)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let updated = sqlx::query(
+            r#"
+            UPDATE trials SET
+                steps = ?2,
+                train_loss = coalesce(?3, train_loss),
+                images_per_s = coalesce(?4, images_per_s),
+                wall_s = ?5,
+                heartbeat_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+            WHERE id = ?1
+            "#,
+        )
+        .bind(trial_id)
+        .bind(rec.step)
+        .bind(rec.train_loss)
+        .bind(rec.images_per_s)
+        .bind(rec.wall_s)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(updated)
+    }
+
+    /// Records how the attempt ended. `Interrupted` leaves the results so far in place for a
+    /// later run to resume from.
+    pub async fn finish(&self, trial_id: i64, outcome: &Outcome) -> Result<()> {
+        let updated = retry!(self, async {
+            let query = match outcome {
+                Outcome::Done { test_error, wall_s } => sqlx::query(
+                    r#"
+                        UPDATE trials SET status = 'done', test_error = ?2, wall_s = ?3, error = NULL,
+                            finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                        WHERE id = ?1
+                        "#,
+                )
+                .bind(trial_id)
+                .bind(*test_error)
+                .bind(*wall_s),
+                Outcome::Failed { error, wall_s } => sqlx::query(
+                    r#"
+                        UPDATE trials SET status = 'failed', error = ?2, wall_s = ?3,
+                            finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                        WHERE id = ?1
+                        "#,
+                )
+                .bind(trial_id)
+                .bind(error.as_str())
+                .bind(*wall_s),
+                Outcome::Interrupted => {
+                    sqlx::query("UPDATE trials SET status = 'interrupted' WHERE id = ?1").bind(trial_id)
+                }
+            };
+            query.execute(&self.pool).await.map(|r| r.rows_affected())
+        })?;
+        if updated == 0 {
+            return Err(self.no_trial(trial_id));
+        }
+        Ok(())
+    }
+
+    /// Marks the trial interrupted if `worker` is still running it (the Ctrl-C path), so that the
+    /// next run resumes it at once instead of waiting for its heartbeat to go stale.
+    pub async fn release(&self, trial_id: i64, worker: &str) -> Result<()> {
+        retry!(self, async {
+            sqlx::query("UPDATE trials SET status = 'interrupted' WHERE id = ?1 AND worker = ?2 AND status = 'running'")
+                .bind(trial_id)
+                .bind(worker)
+                .execute(&self.pool)
+                .await
+        })?;
+        Ok(())
+    }
+
+    pub(super) fn no_trial(&self, trial_id: i64) -> Error {
+        Error::Store {
+            path: self.path.clone(),
+            message: format!("has no trial {trial_id}"),
+        }
+    }
+}
