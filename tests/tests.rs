@@ -5,3 +5,6 @@ mod util;
 
 #[path = "suite/dry_run.rs"]
 mod dry_run;
+
+#[path = "suite/run.rs"]
+mod run;

@@ -8,6 +8,12 @@ use crate::arch::ParamKind;
 use crate::cli::{Cli, Command, ListWhat, RunArgs};
 use crate::{data, grid, plugins};
 
+mod bench;
+mod progress;
+mod results;
+mod run;
+
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
@@ -18,16 +24,31 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
         },
         Command::Run(args) if args.dry_run => dry_run(&args),
-        Command::Run(_) => anyhow::bail!(
-            "training is not part of this build yet: `runner run GRID --dry-run` validates a grid and prints its plan"
-        ),
-        Command::Report(_) | Command::Show(_) | Command::Export(_) => {
-            anyhow::bail!("the results store is not part of this build yet: nothing has been recorded to report")
+        Command::Run(args) => {
+            set_threads(args.threads)?;
+            run::run(&args)
         }
-        Command::Bench(_) => {
-            anyhow::bail!("`runner bench` needs the training engine, which is not part of this build yet")
+        Command::Report(args) => results::report(&args),
+        Command::Show(args) => results::show(&args),
+        Command::Export(args) => results::export(&args),
+        Command::Bench(args) => {
+            set_threads(args.threads)?;
+            bench::bench(&args)
         }
     }
+}
+
+/// `--threads N`: the thread count of Candle's CPU kernels and of our own (rayon). Called
+/// before any worker thread exists, which is when changing the environment is sound.
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    let Some(n) = threads else { return Ok(()) };
+    if n == 0 {
+        return Err(crate::Error::Usage("--threads must be at least 1".into()).into());
+    }
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    // An error here means a pool already exists (a library user set one up); theirs stands.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    Ok(())
 }
 
 /// `runner list archs`: every plugin, its summary, and its parameters with allowed values.
@@ -57,8 +78,20 @@ pub fn list_archs() -> String {
 /// `runner run GRID --dry-run`: validate everything and print the plan.
 fn dry_run(args: &RunArgs) -> Result<i32> {
     let g = grid::load(&args.grid)?;
-    let base = g.path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-    let (shape, classes) = data::check(&g.trials[0].dataset, &base)?;
+    let base = run::grid_dir(&g.path);
+    // A plan is useful before the data is downloaded: say what is missing, plan with the
+    // shape the kind always has, and leave the hard error to `runner run`.
+    let (shape, classes) = match data::check(&g.trials[0].dataset, &base) {
+        Ok(found) => found,
+        Err(e @ crate::Error::Data { .. }) => match data::nominal_shape(&g.trials[0].dataset) {
+            Some(nominal) => {
+                eprintln!("warning: {e}\nwarning: planning with the usual shape of this data set; `runner run` needs the files");
+                nominal
+            }
+            None => return Err(e.into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
     let mut out = std::io::stdout().lock();
     // (column, width in the table; negative = left-aligned)
     const COLS: [(&str, i32); 10] = [

@@ -1,0 +1,155 @@
+//! `runner bench`: the yardstick for every speed change. Times full training steps (forward,
+//! loss, backward, SGD) and evaluation batches of one model on random CIFAR-shaped data, after
+//! a warm-up, and prints the medians.
+//!
+//! Compare two builds or two settings in the same session, alternating, on the same machine:
+//! the numbers of one run alone say little on a shared host.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::Tensor;
+
+use super::run::parse_device;
+use crate::arch::{self, InputShape, Value};
+use crate::cli::BenchArgs;
+use crate::nn::ParamStore;
+use crate::rng::Rng;
+use crate::train::config::OptimizerConfig;
+use crate::train::optim::Sgd;
+use crate::{plugins, Error};
+
+const CLASSES: usize = 10;
+
+pub fn bench(args: &BenchArgs) -> Result<i32> {
+    if args.steps == 0 || args.batch == 0 {
+        return Err(Error::Usage("--steps and --batch must be at least 1".into()).into());
+    }
+    let device = parse_device(&args.device)?;
+    let a = plugins::find(&args.arch).ok_or_else(|| {
+        Error::Usage(format!(
+            "unknown architecture `{}`: choose one of {}",
+            args.arch,
+            plugins::names().join(", ")
+        ))
+    })?;
+    let mut given = BTreeMap::from([("depth".to_string(), Value::Int(args.depth))]);
+    if let Some(s) = &args.shortcut {
+        given.insert("shortcut".into(), Value::Str(s.clone()));
+    }
+    if args.preact {
+        given.insert("preact".into(), Value::Bool(true));
+    }
+    let params = arch::resolve(a, &given).map_err(|e| Error::Usage(format!("--{}: {}", e.param, e.message)))?;
+    let shape = InputShape::CIFAR;
+    let cost = arch::cost(a, &params, shape, CLASSES)?;
+
+    let store = ParamStore::new(1);
+    let model = a.build(&params, shape, CLASSES, store.var_builder(&device))?;
+    let mut sgd = Sgd::new(store.trainable(), &OptimizerConfig::default());
+    let mut rng = Rng::new(7);
+    let n = args.batch * shape.channels * shape.height * shape.width;
+    let x = Tensor::from_vec((0..n).map(|_| rng.normal() as f32).collect::<Vec<_>>(), (args.batch, shape.channels, shape.height, shape.width), &device)?;
+    let y = Tensor::from_vec((0..args.batch).map(|_| rng.below(CLASSES as u64) as u32).collect::<Vec<_>>(), args.batch, &device)?;
+
+    let train_step = |sgd: &mut Sgd| -> Result<()> {
+        let logits = model.forward_t(&x, true)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        let grads = loss.backward()?;
+        sgd.step(&grads, 0.01)?;
+        // Reading the loss waits for the device, so the time covers the whole step.
+        loss.to_scalar::<f32>()?;
+        Ok(())
+    };
+    let eval_step = || -> Result<()> {
+        model.forward_t(&x, false)?.sum_all()?.to_scalar::<f32>()?;
+        Ok(())
+    };
+    if !args.json {
+        eprintln!(
+            "{} {} ({} parameters, {:.1} MFLOPs/image), batch {}, {} threads, {} warm-up + {} timed steps",
+            a.name(),
+            params.0.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+            cost.params,
+            cost.mflops,
+            args.batch,
+            candle_core::utils::get_num_threads(),
+            args.warmup,
+            args.steps
+        );
+    }
+    let mut train_s = Vec::new();
+    for i in 0..args.warmup + args.steps {
+        let t0 = Instant::now();
+        train_step(&mut sgd).context("training step")?;
+        if i >= args.warmup {
+            train_s.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let mut eval_s = Vec::new();
+    for i in 0..args.warmup + args.steps {
+        let t0 = Instant::now();
+        eval_step().context("evaluation batch")?;
+        if i >= args.warmup {
+            eval_s.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let step = median(&mut train_s);
+    let eval = median(&mut eval_s);
+    let b = args.batch as f64;
+    let rss = peak_rss_mib();
+    if args.json {
+        let line = serde_json::json!({
+            "arch": a.name(),
+            "params": params,
+            "trainable": cost.params,
+            "mflops": cost.mflops,
+            "batch": args.batch,
+            "threads": candle_core::utils::get_num_threads(),
+            "device": args.device,
+            "steps": args.steps,
+            "train_step_ms": step * 1e3,
+            "train_images_per_s": b / step,
+            "eval_batch_ms": eval * 1e3,
+            "eval_images_per_s": b / eval,
+            "peak_rss_mib": rss,
+            "cpu": cpu_model(),
+        });
+        println!("{line}");
+    } else {
+        println!("training   {:>8.1} images/s   step {:>8.1} ms (median of {})", b / step, step * 1e3, args.steps);
+        println!("evaluation {:>8.1} images/s  batch {:>8.1} ms", b / eval, eval * 1e3);
+        if let Some(r) = rss {
+            println!("peak resident memory {r:.0} MiB");
+        }
+        if let Some(c) = cpu_model() {
+            println!("cpu: {c}");
+        }
+    }
+    Ok(0)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// The process's peak resident set (Linux `VmHWM`), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
+}

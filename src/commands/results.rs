@@ -1,0 +1,157 @@
+//! The read-only commands over a results database: `report`, `show`, `export`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+
+use crate::cli::{CheckpointArg, ExportArgs, Format, ReportArgs, ShowArgs};
+use crate::report;
+use crate::store::{CheckpointKind, Store};
+use crate::train::checkpoint;
+use crate::Error;
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the store's runtime")
+}
+
+/// `runner report`: one row per trial.
+pub fn report(args: &ReportArgs) -> Result<i32> {
+    let rt = runtime()?;
+    let rows = rt.block_on(async {
+        let store = Store::open_existing(&args.db).await?;
+        let rows = store.summary(args.experiment.as_deref()).await;
+        if rows.as_ref().is_ok_and(|r| r.is_empty()) {
+            if let Some(name) = &args.experiment {
+                let known = store.experiments().await?;
+                return Err(Error::Usage(format!(
+                    "no experiment `{name}` in {}; it has: {}",
+                    args.db.display(),
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )));
+            }
+        }
+        store.close().await;
+        rows
+    })?;
+    let text = match args.format() {
+        Format::Table => report::table(&rows),
+        Format::Csv => report::csv(&rows),
+        Format::Json => report::json(&rows),
+        Format::Markdown => report::markdown(&rows),
+    };
+    let mut out = std::io::stdout().lock();
+    write!(out, "{text}")?;
+    if !text.ends_with('\n') {
+        writeln!(out)?;
+    }
+    Ok(0)
+}
+
+/// `runner show TRIAL`: configuration, status, and a summary of each metric's history.
+pub fn show(args: &ShowArgs) -> Result<i32> {
+    let rt = runtime()?;
+    let (detail, metrics) = rt.block_on(async {
+        let store = Store::open_existing(&args.db).await?;
+        let detail = store.trial(&args.trial).await?;
+        let metrics = store.metrics(detail.summary.trial).await?;
+        store.close().await;
+        Ok::<_, Error>((detail, metrics))
+    })?;
+    let s = &detail.summary;
+    let mut out = String::new();
+    out.push_str(&format!("trial {} ({}) of experiment {}\n", s.trial, s.key, s.experiment));
+    out.push_str(&format!("status       {}\n", s.status));
+    if let Some(e) = &s.error {
+        out.push_str(&format!("error        {e}\n"));
+    }
+    let pct = |e: Option<f64>| e.map(|e| format!("{:.2}%", e * 100.0)).unwrap_or_else(|| "-".into());
+    out.push_str(&format!("arch         {} ({} parameters, {:.2} MFLOPs)\n", s.arch, s.params, s.mflops));
+    out.push_str(&format!("steps        {}\n", s.steps.map(|v| v.to_string()).unwrap_or_else(|| "-".into())));
+    out.push_str(&format!(
+        "best val     {} at step {}\n",
+        pct(s.best_val_error),
+        s.best_step.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+    ));
+    out.push_str(&format!("test error   {} (weights of the best validation)\n", pct(s.test_error)));
+    if let Some(w) = s.wall_s {
+        out.push_str(&format!("wall time    {w:.1} s\n"));
+    }
+    if let Some(r) = s.images_per_s {
+        out.push_str(&format!("throughput   {r:.0} images/s\n"));
+    }
+    let config: serde_json::Value = serde_json::from_str(&detail.config_json).unwrap_or(serde_json::Value::Null);
+    out.push_str("configuration\n");
+    out.push_str(&serde_json::to_string_pretty(&config).unwrap_or_else(|_| detail.config_json.clone()));
+    out.push('\n');
+    // Per series: how many values, the first, the last, and the lowest with its step.
+    let mut series: BTreeMap<(String, String), Vec<(i64, f64)>> = BTreeMap::new();
+    for m in &metrics {
+        series.entry((m.split.clone(), m.name.clone())).or_default().push((m.step, m.value));
+    }
+    if !series.is_empty() {
+        out.push_str(&format!(
+            "metrics\n  {:<12} {:>6} {:>12} {:>12} {:>12} {:>8}\n",
+            "series", "values", "first", "last", "min", "at step"
+        ));
+        for ((split, name), v) in &series {
+            let min = v.iter().copied().fold((0, f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
+            out.push_str(&format!(
+                "  {:<12} {:>6} {:>12.5} {:>12.5} {:>12.5} {:>8}\n",
+                format!("{split}/{name}"),
+                v.len(),
+                v[0].1,
+                v[v.len() - 1].1,
+                min.1,
+                min.0
+            ));
+        }
+    }
+    print!("{out}");
+    Ok(0)
+}
+
+/// `runner export TRIAL --out FILE`: the model's tensors under their PyTorch names, as a
+/// safetensors file (`safetensors.torch.load_file`, then `model.load_state_dict`).
+pub fn export(args: &ExportArgs) -> Result<i32> {
+    let rt = runtime()?;
+    let kind = match args.kind {
+        CheckpointArg::Best => CheckpointKind::Best,
+        CheckpointArg::Last => CheckpointKind::Last,
+    };
+    let (trial, ckpt) = rt.block_on(async {
+        let store = Store::open_existing(&args.db).await?;
+        let detail = store.trial(&args.trial).await?;
+        let ckpt = store.checkpoint(detail.summary.trial, kind).await?;
+        store.close().await;
+        Ok::<_, Error>((detail.summary.trial, ckpt))
+    })?;
+    let Some(ckpt) = ckpt else {
+        let why = match kind {
+            CheckpointKind::Best => "a best checkpoint is written at each evaluation that improves the validation error; this trial has none (no validation split, or no evaluation yet): try --kind last",
+            CheckpointKind::Last => "a last checkpoint is written at evaluations; this trial has not reached one",
+        };
+        return Err(Error::Usage(format!("trial {trial} has no `{}` checkpoint: {why}", kind.as_str())).into());
+    };
+    let bytes = match kind {
+        CheckpointKind::Best => ckpt.bytes,
+        // The resumable form carries momentum and loop state too; keep the model only.
+        CheckpointKind::Last => {
+            let last = checkpoint::decode_last(&ckpt.bytes, &Device::Cpu)?;
+            checkpoint::encode_best(&last.model)?
+        }
+    };
+    std::fs::write(&args.out, &bytes).with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "wrote {} ({} checkpoint of trial {trial} at step {}, {} bytes)",
+        args.out.display(),
+        kind.as_str(),
+        ckpt.step,
+        bytes.len()
+    );
+    Ok(0)
+}

@@ -1,0 +1,165 @@
+//! `runner run` → `runner report` / `show` / `export` on tiny synthetic grids, and the promises
+//! around them: a second run trains nothing, a trial interrupted by SIGINT resumes to the same
+//! metrics, a diverging trial fails alone.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use runner::store::{MetricRow, Store};
+
+use crate::util::Dir;
+
+/// Two depth-8 nets on 512 synthetic images; a few seconds each.
+fn grid(iterations: u32, lr: &str) -> String {
+    format!(
+        "[experiment]\nname = \"tiny\"\n\n\
+         [dataset]\nkind = \"synthetic\"\ntrain = 512\ntest = 128\nvalidation = 128\naugment = [\"pad-crop:4\", \"hflip\"]\n\n\
+         [train]\niterations = {iterations}\nbatch_size = 16\neval_every = 4\n\
+         optimizer = {{ kind = \"sgd\", lr = {lr} }}\n\n\
+         [grid]\narch = [\"plain\", \"resnet\"]\ndepth = [8]\n"
+    )
+}
+
+fn metrics(dir: &Dir) -> Vec<Vec<(i64, String, String, f64)>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let store = Store::open_existing(&dir.path().join("runs.db")).await.unwrap();
+        let mut all = Vec::new();
+        for row in store.summary(None).await.unwrap() {
+            let m: Vec<MetricRow> = store.metrics(row.trial).await.unwrap();
+            all.push(m.into_iter().map(|m| (m.step, m.split, m.name, m.value)).collect());
+        }
+        store.close().await;
+        all
+    })
+}
+
+fn csv_rows(dir: &Dir) -> (Vec<String>, Vec<Vec<String>>) {
+    let r = dir.run(&["report", "--csv"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let out = r.stdout();
+    let mut lines = out.lines();
+    let header = lines.next().expect("a header").split(',').map(String::from).collect();
+    (header, lines.map(|l| l.split(',').map(String::from).collect()).collect())
+}
+
+#[test]
+fn a_grid_runs_reports_and_a_second_run_trains_nothing() {
+    let d = Dir::new();
+    d.write("g.toml", &grid(8, "0.05"));
+    let r = d.run(&["run", "g.toml"]);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    assert!(r.stdout().contains("2 trained, 0 failed"), "{}", r.stdout());
+
+    let (header, rows) = csv_rows(&d);
+    let expected = "experiment,trial,arch,depth,shortcut,preact,block,params,status,steps,best_val_error,\
+                    test_error,train_loss,wall_s,images_per_s";
+    assert_eq!(header[..15].join(","), expected);
+    assert_eq!(rows.len(), 2);
+    let col = |row: &Vec<String>, name: &str| row[header.iter().position(|h| h == name).unwrap()].clone();
+    for row in &rows {
+        assert_eq!(col(row, "status"), "done");
+        assert_eq!(col(row, "steps"), "8");
+        assert_eq!(col(row, "depth"), "8");
+        for e in ["best_val_error", "test_error"] {
+            let v: f64 = col(row, e).parse().unwrap_or_else(|_| panic!("{e} in {row:?}"));
+            assert!((0.0..=1.0).contains(&v), "{e} = {v} is not a fraction");
+        }
+    }
+    assert_eq!(col(&rows[0], "arch"), "plain");
+    assert_eq!(col(&rows[1], "shortcut"), "A");
+    let before = metrics(&d);
+
+    let again = d.run(&["run", "g.toml"]);
+    assert_eq!(again.code(), 0, "{}", again.stderr());
+    assert!(again.stdout().contains("0 trained, 0 failed"), "{}", again.stdout());
+    assert_eq!(metrics(&d), before, "a second run changed recorded metrics");
+
+    // `show` by id prints the configuration and the metric history.
+    let show = d.run(&["show", "1"]);
+    assert_eq!(show.code(), 0, "{}", show.stderr());
+    assert!(show.stdout().contains("status       done"), "{}", show.stdout());
+    assert!(show.stdout().contains("val/error"), "{}", show.stdout());
+}
+
+#[test]
+fn an_interrupted_trial_resumes_to_the_metrics_of_an_uninterrupted_one() {
+    let text = grid(24, "0.05");
+    let whole = Dir::new();
+    whole.write("g.toml", &text);
+    assert_eq!(whole.run(&["run", "g.toml"]).code(), 0);
+
+    let cut = Dir::new();
+    cut.write("g.toml", &text);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["run", "g.toml"])
+        .current_dir(cut.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Interrupt once the first trial has recorded its second evaluation.
+    // Keep reading to the end: a closed pipe would make the runner's next line fail.
+    let stdout = child.stdout.take().unwrap();
+    let mut sent = false;
+    for line in BufReader::new(stdout).lines() {
+        if !sent && line.unwrap().contains("step 8/24") {
+            let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+            assert!(kill.success());
+            sent = true;
+        }
+    }
+    assert!(sent, "the run ended before its second evaluation");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let (header, rows) = csv_rows(&cut);
+    let status_col = header.iter().position(|h| h == "status").unwrap();
+    assert_eq!(rows[0][status_col], "interrupted");
+
+    let rest = cut.run(&["run", "g.toml"]);
+    assert_eq!(rest.code(), 0, "{}", rest.stderr());
+    assert!(rest.stdout().contains("(resuming)"), "{}", rest.stdout());
+    assert_eq!(metrics(&cut), metrics(&whole));
+}
+
+#[test]
+fn diverging_trials_fail_one_by_one_and_the_grid_goes_on() {
+    let d = Dir::new();
+    d.write("g.toml", &grid(8, "1e6"));
+    let r = d.run(&["run", "g.toml"]);
+    assert_eq!(r.code(), 1, "{}", r.stdout());
+    assert!(r.stdout().contains("0 trained, 2 failed"), "{}", r.stdout());
+    let (header, rows) = csv_rows(&d);
+    let status = header.iter().position(|h| h == "status").unwrap();
+    assert_eq!(rows.iter().map(|r| r[status].as_str()).collect::<Vec<_>>(), ["failed", "failed"]);
+    let show = d.run(&["show", "2"]);
+    assert!(show.stdout().contains("diverged at step"), "{}", show.stdout());
+}
+
+#[test]
+fn export_writes_the_models_tensor_names_and_shapes() {
+    let d = Dir::new();
+    d.write("g.toml", &grid(4, "0.05").replace("[\"plain\", \"resnet\"]", "[\"resnet\"]"));
+    assert_eq!(d.run(&["run", "g.toml"]).code(), 0);
+    let r = d.run(&["export", "1", "--out", "best.safetensors"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let bytes = std::fs::read(d.path().join("best.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut exported: Vec<(String, Vec<usize>)> =
+        file.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+    exported.sort();
+
+    // The same model built directly.
+    let arch = runner::plugins::find("resnet").unwrap();
+    let given = [("depth".to_string(), runner::arch::Value::Int(8))].into();
+    let params = runner::arch::resolve(arch, &given).unwrap();
+    let store = runner::nn::ParamStore::new(1);
+    arch.build(&params, runner::arch::InputShape::CIFAR, 10, store.var_builder(&candle_core::Device::Cpu))
+        .unwrap();
+    let model: Vec<(String, Vec<usize>)> = store.all().into_iter().map(|(n, v)| (n, v.dims().to_vec())).collect();
+    assert_eq!(exported, model);
+    assert!(exported.iter().any(|(n, _)| n == "layer1.0.bn1.running_mean"));
+
+    let missing = d.run(&["export", "99", "--out", "x.safetensors"]);
+    assert_eq!(missing.code(), 2, "{}", missing.stderr());
+}
