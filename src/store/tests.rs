@@ -610,7 +610,10 @@ async fn opening_an_up_to_date_file_does_not_wait_for_a_writer() {
 async fn a_key_registered_by_another_experiment_stays_there() {
     let (_dir, store) = fresh().await;
     let shared = trial("first", 0, "resnet", 20);
-    store.register("first", "", &[shared.clone()]).await.unwrap();
+    store
+        .register("first", "", std::slice::from_ref(&shared))
+        .await
+        .unwrap();
     let mut moved = shared.clone();
     moved.ord = 7;
     store.register("second", "", &[moved]).await.unwrap();
