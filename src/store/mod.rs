@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::migrate::MigrateError;
+use sqlx::migrate::{Migrate, MigrateError, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::{Error, Result};
@@ -296,6 +296,9 @@ impl Store {
     /// opening a new file at the same moment do not both try to create the tables.
     async fn migrate(&self) -> Result<()> {
         let migrator = sqlx::migrate!("./migrations");
+        if self.schema_is_current(&migrator).await? {
+            return Ok(());
+        }
         let mut last = None;
         for attempt in 0..=BUSY_RETRIES {
             let mut tx = match self.pool.begin_with("BEGIN IMMEDIATE").await {
@@ -323,6 +326,31 @@ impl Store {
             }
         }
         Err(self.migrate_error(last.unwrap_or(MigrateError::Execute(sqlx::Error::PoolTimedOut))))
+    }
+
+    /// Whether every migration this binary carries is applied, and nothing else: then opening
+    /// needs no write lock, and `runner report` never waits for a running batch's transactions.
+    /// Anything else (a new file, an older or newer schema) goes through the migrator, which
+    /// applies or explains.
+    async fn schema_is_current(&self, migrator: &Migrator) -> Result<bool> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
+        let tracked: Option<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| self.error(e))?;
+        if tracked.is_none() {
+            return Ok(false);
+        }
+        let applied = conn
+            .list_applied_migrations()
+            .await
+            .map_err(|e| self.migrate_error(e))?;
+        let known: Vec<_> = migrator.iter().filter(|m| m.migration_type.is_up_migration()).collect();
+        Ok(applied.len() == known.len()
+            && applied
+                .iter()
+                .all(|a| known.iter().any(|m| m.version == a.version && m.checksum == a.checksum)))
     }
 
     fn migrate_error(&self, e: MigrateError) -> Error {
@@ -377,6 +405,8 @@ pub(crate) fn is_busy(e: &sqlx::Error) -> bool {
 
 fn describe(e: &sqlx::Error) -> String {
     match e {
+        // Only after the busy timeout and every retry: a minute of waiting.
+        _ if is_busy(e) => "stayed locked by another process for over a minute (database is locked)".to_string(),
         sqlx::Error::Database(db) => db.message().to_string(),
         other => other.to_string(),
     }

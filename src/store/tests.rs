@@ -586,3 +586,43 @@ async fn after_close_the_main_file_alone_holds_the_results() {
     let again = Store::open_existing(&copy).await.unwrap();
     assert_eq!(again.summary(None).await.unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn opening_an_up_to_date_file_does_not_wait_for_a_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let writer = Store::open(&path).await.unwrap();
+    writer.register("e", "", &grid("e", 2)).await.unwrap();
+    // A batch in the middle of a write transaction.
+    let mut tx = writer.pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    sqlx::query("UPDATE trials SET status = 'running'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    let reader = Store::open_existing(&path).await.unwrap();
+    let rows = reader.summary(None).await.unwrap();
+    assert!(rows.iter().all(|r| r.status == "pending"));
+    tx.rollback().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_registered_by_another_experiment_stays_there() {
+    let (_dir, store) = fresh().await;
+    let shared = trial("first", 0, "resnet", 20);
+    store
+        .register("first", "", std::slice::from_ref(&shared))
+        .await
+        .unwrap();
+    let mut moved = shared.clone();
+    moved.ord = 7;
+    store.register("second", "", &[moved]).await.unwrap();
+
+    assert_eq!(
+        store.experiments().await.unwrap(),
+        vec!["first".to_string(), "second".to_string()]
+    );
+    assert_eq!(store.summary(Some("first")).await.unwrap().len(), 1);
+    assert!(store.summary(Some("second")).await.unwrap().is_empty());
+    assert_eq!(store.trial(&shared.key[..10]).await.unwrap().ord, 0);
+}
