@@ -50,8 +50,18 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
     let mut sgd = Sgd::new(store.trainable(), &OptimizerConfig::default());
     let mut rng = Rng::new(7);
     let n = args.batch * shape.channels * shape.height * shape.width;
-    let x = Tensor::from_vec((0..n).map(|_| rng.normal() as f32).collect::<Vec<_>>(), (args.batch, shape.channels, shape.height, shape.width), &device)?;
-    let y = Tensor::from_vec((0..args.batch).map(|_| rng.below(CLASSES as u64) as u32).collect::<Vec<_>>(), args.batch, &device)?;
+    let x = Tensor::from_vec(
+        (0..n).map(|_| rng.normal() as f32).collect::<Vec<_>>(),
+        (args.batch, shape.channels, shape.height, shape.width),
+        &device,
+    )?;
+    let y = Tensor::from_vec(
+        (0..args.batch)
+            .map(|_| rng.below(CLASSES as u64) as u32)
+            .collect::<Vec<_>>(),
+        args.batch,
+        &device,
+    )?;
 
     let train_step = |sgd: &mut Sgd| -> Result<()> {
         let logits = model.forward_t(&x, true)?;
@@ -70,7 +80,12 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
         eprintln!(
             "{} {} ({} parameters, {:.1} MFLOPs/image), batch {}, {} threads, {} warm-up + {} timed steps",
             a.name(),
-            params.0.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+            params
+                .0
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
             cost.params,
             cost.mflops,
             args.batch,
@@ -118,7 +133,12 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
         });
         println!("{line}");
     } else {
-        println!("training   {:>8.1} images/s   step {:>8.1} ms (median of {})", b / step, step * 1e3, args.steps);
+        println!(
+            "training   {:>8.1} images/s   step {:>8.1} ms (median of {})",
+            b / step,
+            step * 1e3,
+            args.steps
+        );
         println!("evaluation {:>8.1} images/s  batch {:>8.1} ms", b / eval, eval * 1e3);
         if let Some(r) = rss {
             println!("peak resident memory {r:.0} MiB");

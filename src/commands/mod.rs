@@ -13,7 +13,6 @@ mod progress;
 mod results;
 mod run;
 
-
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {

@@ -91,7 +91,10 @@ impl Progress {
         if let Some((first, t0)) = self.first {
             let secs = t0.elapsed().as_secs_f64();
             if step > first && secs > 0.0 {
-                msg.push_str(&format!("  {:.0} img/s", (step - first) as f64 * self.batch_size as f64 / secs));
+                msg.push_str(&format!(
+                    "  {:.0} img/s",
+                    (step - first) as f64 * self.batch_size as f64 / secs
+                ));
             }
         }
         b.trial.set_message(msg);
@@ -118,7 +121,10 @@ impl Progress {
             }
         }
         if let Some(e) = get("test", "error") {
-            line.push_str(&format!("  test err {:.2}% (weights of the best validation)", e * 100.0));
+            line.push_str(&format!(
+                "  test err {:.2}% (weights of the best validation)",
+                e * 100.0
+            ));
         }
         if let Some(r) = ev.images_per_s {
             line.push_str(&format!("  {r:.0} img/s"));
@@ -133,7 +139,9 @@ impl Progress {
     pub fn end_trial(&mut self, outcome: &Outcome) {
         let line = match outcome {
             Outcome::Done { test_error, wall_s } => {
-                let test = test_error.map(|e| format!(", test error {:.2}%", e * 100.0)).unwrap_or_default();
+                let test = test_error
+                    .map(|e| format!(", test error {:.2}%", e * 100.0))
+                    .unwrap_or_default();
                 format!("  done in {wall_s:.1} s{test}")
             }
             Outcome::Failed { error, .. } => format!("  failed: {error}"),

@@ -31,7 +31,11 @@ pub fn report(args: &ReportArgs) -> Result<i32> {
                 return Err(Error::Usage(format!(
                     "no experiment `{name}` in {}; it has: {}",
                     args.db.display(),
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 )));
             }
         }
@@ -64,20 +68,32 @@ pub fn show(args: &ShowArgs) -> Result<i32> {
     })?;
     let s = &detail.summary;
     let mut out = String::new();
-    out.push_str(&format!("trial {} ({}) of experiment {}\n", s.trial, s.key, s.experiment));
+    out.push_str(&format!(
+        "trial {} ({}) of experiment {}\n",
+        s.trial, s.key, s.experiment
+    ));
     out.push_str(&format!("status       {}\n", s.status));
     if let Some(e) = &s.error {
         out.push_str(&format!("error        {e}\n"));
     }
     let pct = |e: Option<f64>| e.map(|e| format!("{:.2}%", e * 100.0)).unwrap_or_else(|| "-".into());
-    out.push_str(&format!("arch         {} ({} parameters, {:.2} MFLOPs)\n", s.arch, s.params, s.mflops));
-    out.push_str(&format!("steps        {}\n", s.steps.map(|v| v.to_string()).unwrap_or_else(|| "-".into())));
+    out.push_str(&format!(
+        "arch         {} ({} parameters, {:.2} MFLOPs)\n",
+        s.arch, s.params, s.mflops
+    ));
+    out.push_str(&format!(
+        "steps        {}\n",
+        s.steps.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+    ));
     out.push_str(&format!(
         "best val     {} at step {}\n",
         pct(s.best_val_error),
         s.best_step.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
     ));
-    out.push_str(&format!("test error   {} (weights of the best validation)\n", pct(s.test_error)));
+    out.push_str(&format!(
+        "test error   {} (weights of the best validation)\n",
+        pct(s.test_error)
+    ));
     if let Some(w) = s.wall_s {
         out.push_str(&format!("wall time    {w:.1} s\n"));
     }
@@ -91,7 +107,10 @@ pub fn show(args: &ShowArgs) -> Result<i32> {
     // Per series: how many values, the first, the last, and the lowest with its step.
     let mut series: BTreeMap<(String, String), Vec<(i64, f64)>> = BTreeMap::new();
     for m in &metrics {
-        series.entry((m.split.clone(), m.name.clone())).or_default().push((m.step, m.value));
+        series
+            .entry((m.split.clone(), m.name.clone()))
+            .or_default()
+            .push((m.step, m.value));
     }
     if !series.is_empty() {
         out.push_str(&format!(
@@ -99,7 +118,10 @@ pub fn show(args: &ShowArgs) -> Result<i32> {
             "series", "values", "first", "last", "min", "at step"
         ));
         for ((split, name), v) in &series {
-            let min = v.iter().copied().fold((0, f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
+            let min = v
+                .iter()
+                .copied()
+                .fold((0, f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
             out.push_str(&format!(
                 "  {:<12} {:>6} {:>12.5} {:>12.5} {:>12.5} {:>8}\n",
                 format!("{split}/{name}"),

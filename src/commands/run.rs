@@ -85,11 +85,23 @@ pub fn run(args: &RunArgs) -> Result<i32> {
                 (d, n)
             }
         };
-        let outcome = run_trial(&rt, &store, &worker, &claim, spec, data, norm, &device, &stop, &mut progress)?;
+        let outcome = run_trial(
+            &rt,
+            &store,
+            &worker,
+            &claim,
+            spec,
+            data,
+            norm,
+            &device,
+            &stop,
+            &mut progress,
+        )?;
         match outcome {
-            Outcome::Done { .. } => trained += 1,
-            Outcome::Failed { .. } => failed += 1,
-            Outcome::Interrupted => break,
+            Some(Outcome::Done { .. }) => trained += 1,
+            Some(Outcome::Failed { .. }) => failed += 1,
+            Some(Outcome::Interrupted) => break,
+            None => {}
         }
     }
     progress.finish();
@@ -111,12 +123,16 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         args.db.display()
     );
     if rows.iter().any(|r| r.status == "failed") && !args.retry_failed {
-        println!("failed trials are kept as they are; `runner run {} --retry-failed` trains them again", args.grid.display());
+        println!(
+            "failed trials are kept as they are; `runner run {} --retry-failed` trains them again",
+            args.grid.display()
+        );
     }
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
-/// Trains one claimed trial, recording its events; returns how it ended.
+/// Trains one claimed trial, recording its events; returns how it ended, or `None` when
+/// another runner took the trial over (this one's heartbeat was late) and it was left to them.
 #[allow(clippy::too_many_arguments)]
 fn run_trial(
     rt: &tokio::runtime::Runtime,
@@ -129,36 +145,42 @@ fn run_trial(
     device: &Device,
     stop: &Arc<AtomicBool>,
     progress: &mut Progress,
-) -> Result<Outcome> {
+) -> Result<Option<Outcome>> {
     let id = claim.trial_id;
     let resume = match &claim.resume {
         Some(last) => Some(train::Resume {
             last: last.bytes.clone(),
-            best: rt.block_on(store.checkpoint(id, CheckpointKind::Best))?.map(|c| c.bytes),
+            best: rt
+                .block_on(store.checkpoint(id, CheckpointKind::Best))?
+                .map(|c| c.bytes),
         }),
         None => None,
     };
     progress.start_trial(spec, id, resume.is_some());
+    // Set on Ctrl-C, or when another runner has taken the trial over.
+    let trial_stop = Arc::new(AtomicBool::new(false));
     let trial = train::Trial {
         spec,
         data,
         norm,
         device: device.clone(),
         resume,
-        stop: stop.clone(),
+        stop: trial_stop.clone(),
     };
     let (tx, rx) = mpsc::channel();
-    std::thread::scope(|s| -> Result<Outcome> {
+    std::thread::scope(|s| -> Result<Option<Outcome>> {
         let trainer = std::thread::Builder::new()
             .name("trainer".into())
             .spawn_scoped(s, move || train::train(trial, &tx))
             .context("starting the trainer thread")?;
         let mut beat = Instant::now();
         let mut released = false;
+        let mut lost = false;
         let outcome = loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(Event::Started { step, total }) => progress.started(step, total),
                 Ok(Event::Step { step, loss, lr }) => progress.step(step, loss, lr),
+                Ok(Event::Record(_)) if lost => {}
                 Ok(Event::Record(ev)) => {
                     progress.record(&ev);
                     rt.block_on(store.record(id, &to_record(ev)))?;
@@ -173,22 +195,30 @@ fn run_trial(
                     }
                 }
             }
-            if stop.load(Ordering::SeqCst) && !released {
+            if stop.load(Ordering::SeqCst) && !released && !lost {
+                trial_stop.store(true, Ordering::SeqCst);
                 // Marked at once, so a second Ctrl-C that exits on the spot leaves the trial
                 // `interrupted` with its previous `last` checkpoint.
                 rt.block_on(store.release(id, worker))?;
                 released = true;
                 progress.note("stopping after this step (Ctrl-C again to quit at once)");
             }
-            if beat.elapsed() >= HEARTBEAT && !released {
-                rt.block_on(store.heartbeat(id, worker))?;
+            if beat.elapsed() >= HEARTBEAT && !released && !lost {
+                if let Err(e) = rt.block_on(store.heartbeat(id, worker)) {
+                    progress.note(&format!("  {e}: stopping; the runner that took it over continues it"));
+                    lost = true;
+                    trial_stop.store(true, Ordering::SeqCst);
+                }
                 beat = Instant::now();
             }
         };
         let _ = trainer.join();
+        if lost {
+            return Ok(None);
+        }
         rt.block_on(store.finish(id, &to_store_outcome(&outcome)))?;
         progress.end_trial(&outcome);
-        Ok(outcome)
+        Ok(Some(outcome))
     })
 }
 
@@ -208,7 +238,9 @@ fn to_record(ev: train::Evaluation) -> store::Record {
         best: ev
             .best
             .map(|(err, bytes)| (err, Checkpoint::new(CheckpointKind::Best, ev.step as i64, bytes))),
-        last: ev.last.map(|bytes| Checkpoint::new(CheckpointKind::Last, ev.step as i64, bytes)),
+        last: ev
+            .last
+            .map(|bytes| Checkpoint::new(CheckpointKind::Last, ev.step as i64, bytes)),
         train_loss: ev.train_loss,
         images_per_s: ev.images_per_s,
         wall_s: ev.wall_s,
@@ -240,7 +272,9 @@ pub fn parse_device(s: &str) -> crate::Result<Device> {
         return Ok(Device::Cpu);
     }
     let Some(n) = s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) else {
-        return Err(Error::Usage(format!("unknown device `{s}`: use `cpu` or `cuda:N` (e.g. cuda:0)")));
+        return Err(Error::Usage(format!(
+            "unknown device `{s}`: use `cpu` or `cuda:N` (e.g. cuda:0)"
+        )));
     };
     if !candle_core::utils::cuda_is_available() {
         return Err(Error::Usage(format!(

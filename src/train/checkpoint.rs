@@ -55,7 +55,9 @@ pub fn encode_best(model: &BTreeMap<String, Tensor>) -> Result<Vec<u8>> {
 
 /// Reads a `best` checkpoint (or any safetensors file of model tensors).
 pub fn decode_best(bytes: &[u8], device: &Device) -> Result<BTreeMap<String, Tensor>> {
-    Ok(candle_core::safetensors::load_buffer(bytes, device)?.into_iter().collect())
+    Ok(candle_core::safetensors::load_buffer(bytes, device)?
+        .into_iter()
+        .collect())
 }
 
 /// Bytes of a `last` checkpoint.
@@ -93,7 +95,11 @@ pub fn decode_last(bytes: &[u8], device: &Device) -> Result<Last> {
         return Err(bad(&format!("not a `{FORMAT}` checkpoint")));
     }
     let get = |k: &str| meta.get(k).ok_or_else(|| bad(&format!("no `{k}` entry")));
-    let int = |k: &str| get(k)?.parse::<u64>().map_err(|_| bad(&format!("`{k}` is not a count")));
+    let int = |k: &str| {
+        get(k)?
+            .parse::<u64>()
+            .map_err(|_| bad(&format!("`{k}` is not a count")))
+    };
     let float = |k: &str| {
         u64::from_str_radix(get(k)?, 16)
             .map(f64::from_bits)
@@ -135,7 +141,10 @@ mod tests {
     fn tensors() -> BTreeMap<String, Tensor> {
         let d = Device::Cpu;
         BTreeMap::from([
-            ("conv1.weight".to_string(), Tensor::new(&[[1.5f32, -2.0], [0.1, 3.0]], &d).unwrap()),
+            (
+                "conv1.weight".to_string(),
+                Tensor::new(&[[1.5f32, -2.0], [0.1, 3.0]], &d).unwrap(),
+            ),
             ("bn1.running_var".to_string(), Tensor::new(&[0.25f32, 4.0], &d).unwrap()),
         ])
     }
@@ -157,7 +166,10 @@ mod tests {
             wall_s: 12.5,
         };
         let model = tensors();
-        let momentum = vec![("conv1.weight".to_string(), Tensor::new(&[[0.5f32, 0.0], [1.0, -1.0]], &Device::Cpu).unwrap())];
+        let momentum = vec![(
+            "conv1.weight".to_string(),
+            Tensor::new(&[[0.5f32, 0.0], [1.0, -1.0]], &Device::Cpu).unwrap(),
+        )];
         let bytes = encode_last(&state, &model, &momentum).unwrap();
         let back = decode_last(&bytes, &Device::Cpu).unwrap();
         assert_eq!(back.state, state);

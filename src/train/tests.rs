@@ -144,7 +144,12 @@ fn a_resumed_run_continues_exactly_as_an_uninterrupted_one() {
     };
     let rest = run(&s, Some(resume), Arc::new(AtomicBool::new(false)));
     assert_eq!(rest.outcome, full.outcome.clone().with_wall_s_of(&rest.outcome));
-    for (split, name) in [("train", "loss"), ("train", "error"), ("val", "loss"), ("test", "error")] {
+    for (split, name) in [
+        ("train", "loss"),
+        ("train", "error"),
+        ("val", "loss"),
+        ("test", "error"),
+    ] {
         let tail: Vec<_> = full.metric(split, name).into_iter().filter(|m| m.0 > 3).collect();
         assert_eq!(rest.metric(split, name), tail, "{split}/{name}");
     }
@@ -166,7 +171,11 @@ fn a_stop_request_ends_the_run_with_a_resumable_checkpoint() {
 
 #[test]
 fn a_huge_learning_rate_fails_the_trial_as_diverged() {
-    let s = spec("plain", "iterations = 50\nbatch_size = 16\noptimizer = { kind = \"sgd\", lr = 1e6 }", SMALL);
+    let s = spec(
+        "plain",
+        "iterations = 50\nbatch_size = 16\noptimizer = { kind = \"sgd\", lr = 1e6 }",
+        SMALL,
+    );
     let r = go(&s);
     match &r.outcome {
         Outcome::Failed { error, .. } => assert!(error.starts_with("diverged at step "), "{error}"),

@@ -79,8 +79,14 @@ pub struct Evaluation {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Trained to the end; the test error of the validation-best weights when there is a test set.
-    Done { test_error: Option<f64>, wall_s: f64 },
-    Failed { error: String, wall_s: f64 },
+    Done {
+        test_error: Option<f64>,
+        wall_s: f64,
+    },
+    Failed {
+        error: String,
+        wall_s: f64,
+    },
     /// Stopped by Ctrl-C after writing a `last` checkpoint.
     Interrupted,
 }
@@ -124,7 +130,9 @@ impl<'a> Run<'a> {
         let cfg = &spec.train;
         let params = ParamStore::new(cfg.seed);
         let vb = params.var_builder(&trial.device);
-        let model = spec.arch.build(&spec.params, trial.data.shape, trial.data.classes, vb)?;
+        let model = spec
+            .arch
+            .build(&spec.params, trial.data.shape, trial.data.classes, vb)?;
         let mut sgd = Sgd::new(params.trainable(), &cfg.optimizer);
         let steps_per_epoch = data::batches_per_epoch(trial.data.train.len(), cfg.batch_size);
         if steps_per_epoch == 0 {
@@ -153,7 +161,9 @@ impl<'a> Run<'a> {
             best_bytes = resume.best.clone();
         }
         let total = schedule::total_steps(cfg, steps_per_epoch);
-        let evaluations = (1..=state.step).filter(|s| is_eval_step(cfg.eval_every, *s, steps_per_epoch)).count() as u64;
+        let evaluations = (1..=state.step)
+            .filter(|s| is_eval_step(cfg.eval_every, *s, steps_per_epoch))
+            .count() as u64;
         Ok(Run {
             trial,
             tx,
@@ -272,7 +282,11 @@ impl<'a> Run<'a> {
 
     fn tensors(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
         let s = self.trial.data.shape;
-        let x = Tensor::from_slice(&batch.images, (batch.len, s.channels, s.height, s.width), &self.trial.device)?;
+        let x = Tensor::from_slice(
+            &batch.images,
+            (batch.len, s.channels, s.height, s.width),
+            &self.trial.device,
+        )?;
         let y = Tensor::from_slice(&batch.labels, batch.len, &self.trial.device)?;
         Ok((x, y))
     }
@@ -378,10 +392,7 @@ fn is_eval_step(every: EvalEvery, step: u64, steps_per_epoch: u64) -> bool {
 }
 
 fn cfg_augment(names: &[String]) -> Result<Vec<Augment>> {
-    names
-        .iter()
-        .map(|a| Augment::parse(a).map_err(Error::Usage))
-        .collect()
+    names.iter().map(|a| Augment::parse(a).map_err(Error::Usage)).collect()
 }
 
 /// The number of rows whose largest logit is at the label.

@@ -21,7 +21,10 @@ fn grid(iterations: u32, lr: &str) -> String {
 }
 
 fn metrics(dir: &Dir) -> Vec<Vec<(i64, String, String, f64)>> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let store = Store::open_existing(&dir.path().join("runs.db")).await.unwrap();
         let mut all = Vec::new();
@@ -40,7 +43,10 @@ fn csv_rows(dir: &Dir) -> (Vec<String>, Vec<Vec<String>>) {
     let out = r.stdout();
     let mut lines = out.lines();
     let header = lines.next().expect("a header").split(',').map(String::from).collect();
-    (header, lines.map(|l| l.split(',').map(String::from).collect()).collect())
+    (
+        header,
+        lines.map(|l| l.split(',').map(String::from).collect()).collect(),
+    )
 }
 
 #[test]
@@ -104,7 +110,10 @@ fn an_interrupted_trial_resumes_to_the_metrics_of_an_uninterrupted_one() {
     let mut sent = false;
     for line in BufReader::new(stdout).lines() {
         if !sent && line.unwrap().contains("step 8/24") {
-            let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+            let kill = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .unwrap();
             assert!(kill.success());
             sent = true;
         }
@@ -131,7 +140,10 @@ fn diverging_trials_fail_one_by_one_and_the_grid_goes_on() {
     assert!(r.stdout().contains("0 trained, 2 failed"), "{}", r.stdout());
     let (header, rows) = csv_rows(&d);
     let status = header.iter().position(|h| h == "status").unwrap();
-    assert_eq!(rows.iter().map(|r| r[status].as_str()).collect::<Vec<_>>(), ["failed", "failed"]);
+    assert_eq!(
+        rows.iter().map(|r| r[status].as_str()).collect::<Vec<_>>(),
+        ["failed", "failed"]
+    );
     let show = d.run(&["show", "2"]);
     assert!(show.stdout().contains("diverged at step"), "{}", show.stdout());
 }
@@ -139,14 +151,20 @@ fn diverging_trials_fail_one_by_one_and_the_grid_goes_on() {
 #[test]
 fn export_writes_the_models_tensor_names_and_shapes() {
     let d = Dir::new();
-    d.write("g.toml", &grid(4, "0.05").replace("[\"plain\", \"resnet\"]", "[\"resnet\"]"));
+    d.write(
+        "g.toml",
+        &grid(4, "0.05").replace("[\"plain\", \"resnet\"]", "[\"resnet\"]"),
+    );
     assert_eq!(d.run(&["run", "g.toml"]).code(), 0);
     let r = d.run(&["export", "1", "--out", "best.safetensors"]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let bytes = std::fs::read(d.path().join("best.safetensors")).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut exported: Vec<(String, Vec<usize>)> =
-        file.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+    let mut exported: Vec<(String, Vec<usize>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.shape().to_vec()))
+        .collect();
     exported.sort();
 
     // The same model built directly.
@@ -154,8 +172,13 @@ fn export_writes_the_models_tensor_names_and_shapes() {
     let given = [("depth".to_string(), runner::arch::Value::Int(8))].into();
     let params = runner::arch::resolve(arch, &given).unwrap();
     let store = runner::nn::ParamStore::new(1);
-    arch.build(&params, runner::arch::InputShape::CIFAR, 10, store.var_builder(&candle_core::Device::Cpu))
-        .unwrap();
+    arch.build(
+        &params,
+        runner::arch::InputShape::CIFAR,
+        10,
+        store.var_builder(&candle_core::Device::Cpu),
+    )
+    .unwrap();
     let model: Vec<(String, Vec<usize>)> = store.all().into_iter().map(|(n, v)| (n, v.dims().to_vec())).collect();
     assert_eq!(exported, model);
     assert!(exported.iter().any(|(n, _)| n == "layer1.0.bn1.running_mean"));
