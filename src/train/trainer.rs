@@ -243,7 +243,7 @@ impl<'a> Run<'a> {
                 let mut ev = self.evaluate(lr)?;
                 ev.images_per_s = (interval_train_s > 0.0).then(|| images / interval_train_s);
                 self.evaluations += 1;
-                if done || self.evaluations % cfg.checkpoint_every == 0 {
+                if done || self.evaluations.is_multiple_of(cfg.checkpoint_every) {
                     ev.wall_s = self.wall_s();
                     self.state.wall_s = ev.wall_s;
                     ev.last = Some(self.encode_last()?);
@@ -388,7 +388,7 @@ fn is_eval_step(every: EvalEvery, step: u64, steps_per_epoch: u64) -> bool {
         EvalEvery::Iterations(n) => n,
         EvalEvery::Epoch(_) => steps_per_epoch,
     };
-    step > 0 && step % n.max(1) == 0
+    step > 0 && step.is_multiple_of(n.max(1))
 }
 
 fn cfg_augment(names: &[String]) -> Result<Vec<Augment>> {
