@@ -298,13 +298,15 @@ fn image_header(path: &Path, h: &Header, file_len: u64) -> Result<(usize, InputS
             height,
             width,
         },
-        [_, c, _, _] if (1..=4).contains(&c) => return Err(data_err(
-            path,
-            format!(
+        [_, c, _, _] if (1..=4).contains(&c) => {
+            return Err(data_err(
+                path,
+                format!(
                 "shape {:?} looks channels-first (N,C,H,W): save images as (N,H,W,C), e.g. with .transpose(0, 2, 3, 1)",
                 h.shape
             ),
-        )),
+            ))
+        }
         _ => {
             return Err(data_err(
                 path,
