@@ -39,15 +39,25 @@ mod imp {
         let src = job.src.as_ptr().add(img * job.src_img);
         let wp = job.wp.as_ptr().add(tile * job.taps.len() * job.nin * OT);
         let out = out.add(img * job.out_img + tile * OT * job.out_ch);
+        // tiles of 3 vectors, and of 2 for the remainder (a lone 1-vector tile has too few
+        // independent accumulators to hide the FMA latency)
+        let (threes, twos) = match nv % 3 {
+            _ if nv < 2 => (0, 0),
+            0 => (nv / 3, 0),
+            1 => ((nv - 4) / 3, 2),
+            _ => ((nv - 2) / 3, 1),
+        };
         let mut v = 0;
-        while v + 3 <= nv {
+        for _ in 0..threes {
             fwd_tile::<3>(job, src, wp, v, out, nvalid, hw);
             v += 3;
         }
-        match nv - v {
-            2 => fwd_tile::<2>(job, src, wp, v, out, nvalid, hw),
-            1 => fwd_tile::<1>(job, src, wp, v, out, nvalid, hw),
-            _ => {}
+        for _ in 0..twos {
+            fwd_tile::<2>(job, src, wp, v, out, nvalid, hw);
+            v += 2;
+        }
+        if v < nv {
+            fwd_tile::<1>(job, src, wp, v, out, nvalid, hw);
         }
     }
 

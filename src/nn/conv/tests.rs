@@ -95,6 +95,7 @@ fn odd_sizes_and_channel_counts_match_candle_on_every_path() {
         compare(isa, (2, 24, 3, 9), 3, 3, 1);
         compare(isa, (1, 5, 1, 1), 7, 3, 1); // one pixel: only the centre tap reads it
         compare(isa, (1, 9, 2, 1), 9, 3, 2);
+        compare(isa, (1, 8, 8, 10), 8, 3, 1); // 5 pixel vectors: a tile of 3 and one of 2
     }
 }
 
