@@ -1,11 +1,13 @@
-//! AVX-512F kernels: 16 pixels of one channel plane per register, masked loads for the taps
+//! AVX-512 (F + VL) kernels: 16 pixels of one channel plane per register, masked loads for the taps
 //! that reach past the plane's edge (masked-off lanes are neither read nor faulted on).
 //!
 //! Register budget (32 zmm): the forward tile is 3 pixel vectors × 8 output channels = 24
 //! accumulators, 3 input vectors and 1 broadcast weight; the weight-gradient tile is 4 output
 //! × 2 input channels × 3 taps = 24 accumulators (4 × 6 × 1 for 1×1 kernels), 4 output-gradient
 //! vectors and 1 input vector. Tiles are const-generic so every index is a constant and LLVM
-//! keeps the accumulators in registers.
+//! keeps the accumulators in registers. VL matters although every vector is 512 bits: without
+//! it the 128/256-bit shuffles of a horizontal sum can only name zmm0–15, so LLVM confined the
+//! weight-gradient accumulators there and spilled a third of them.
 
 // Kernel loops index several arrays with the same constant bounds; iterators would hide that.
 #![allow(clippy::needless_range_loop)]
@@ -29,8 +31,8 @@ mod imp {
     /// One image × one tile of 8 output channels of a [`Job`].
     ///
     /// # Safety
-    /// The CPU must support AVX-512F; `out` must be valid for writes of this unit's planes.
-    #[target_feature(enable = "avx512f")]
+    /// The CPU must support AVX-512F and VL; `out` must be valid for writes of this unit's planes.
+    #[target_feature(enable = "avx512f,avx512vl")]
     pub(in super::super) unsafe fn fwd_unit(job: &Job, img: usize, tile: usize, out: *mut f32) {
         debug_assert_eq!(job.out_tile, OT);
         let hw = job.ho * job.wo;
@@ -62,7 +64,7 @@ mod imp {
     }
 
     /// P pixel vectors from vector `v0` × 8 output channels, over every tap and input channel.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
     unsafe fn fwd_tile<const P: usize>(
         job: &Job,
@@ -110,8 +112,8 @@ mod imp {
     /// Adds the weight gradient of images `imgs` to `part` ([out][in][tap]).
     ///
     /// # Safety
-    /// The CPU must support AVX-512F; the job's slices must hold every image in `imgs`.
-    #[target_feature(enable = "avx512f")]
+    /// The CPU must support AVX-512F and VL; the job's slices must hold every image in `imgs`.
+    #[target_feature(enable = "avx512f,avx512vl")]
     pub(in super::super) unsafe fn dw_images(job: &DwJob, imgs: Range<usize>, part: &mut [f32]) {
         let nv = (job.ho * job.wo).div_ceil(16);
         // enough pixel vectors per register reduction to amortise its horizontal sums
@@ -131,7 +133,7 @@ mod imp {
     /// Every (A output × B input channels × T taps) tile over images `imgs`. Channel indices
     /// past the end are clamped to the last one and their sums dropped, so odd channel counts
     /// need no tile variants.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
     unsafe fn dw_block<const A: usize, const B: usize, const T: usize>(
         job: &DwJob,
@@ -158,7 +160,7 @@ mod imp {
         }
     }
 
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
     unsafe fn dw_tile<const A: usize, const B: usize, const T: usize>(
         job: &DwJob,

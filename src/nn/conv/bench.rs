@@ -220,7 +220,7 @@ fn fma_loop(iters: usize) -> f64 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 unsafe fn fma_avx512(iters: usize) -> f64 {
     use std::arch::x86_64::*;
     // 12 chains: enough to cover the FMA latency (4 cycles) on two ports
@@ -240,6 +240,76 @@ unsafe fn fma_avx512(iters: usize) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+
+    extern "C" {
+        // from the C library std already links; a dependency for one test-only call is not worth it
+        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    }
+
+    /// Nanoseconds this thread has run on a CPU (Linux): immune to time spent descheduled.
+    fn cpu_ns() -> u64 {
+        const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+        let mut ts = Timespec { sec: 0, nsec: 0 };
+        // SAFETY: `ts` is a valid timespec for the call to fill in
+        unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.sec as u64 * 1_000_000_000 + ts.nsec as u64
+    }
+
+    /// Single-threaded kernel efficiency against a single-threaded FMA loop, both in CPU time,
+    /// for tuning on a busy host: `cargo test --release --lib conv::bench::tests::tune -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a tuning aid: run it in release mode"]
+    fn tune() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        pool.install(|| {
+            let t = cpu_ns();
+            let f = fma_loop(20_000_000);
+            let peak = f / (cpu_ns() - t) as f64;
+            println!("single-thread FMA peak {peak:.1} GFLOP/s (CPU time)");
+            let batch = 32;
+            let isa = Isa::detect();
+            for c in &CASES {
+                let dev = Device::Cpu;
+                let x = Tensor::randn(0f32, 1.0, (batch, c.cin, c.h, c.h), &dev).unwrap();
+                let w = Tensor::randn(0f32, 0.1, (c.cout, c.cin, c.k, c.k), &dev).unwrap();
+                let g = Geom::new(batch, c.cin, c.cout, c.h, c.h, c.k, c.stride);
+                let dy = Tensor::randn(0f32, 1.0, (batch, c.cout, g.ho, g.wo), &dev).unwrap();
+                let op = ConvOp { g, isa };
+                let flop = 2.0 * (batch * c.cout * c.cin * c.k * c.k * g.hw()) as f64;
+                let mut line = format!("{:<18}", c.name);
+                for pass in 0..3 {
+                    let run = || match pass {
+                        0 => conv2d(&x, &w, c.stride, c.k / 2).unwrap(),
+                        1 => dy.apply_op2_no_bwd(&w, &InputGradOp(op)).unwrap(),
+                        _ => x.apply_op2_no_bwd(&dy, &WeightGradOp(op)).unwrap(),
+                    };
+                    run();
+                    let mut best = u64::MAX;
+                    for _ in 0..5 {
+                        let t = cpu_ns();
+                        run();
+                        best = best.min(cpu_ns() - t);
+                    }
+                    let gf = flop / best as f64;
+                    line += &format!(
+                        " {:>4} {:6.1} GF/s {:3.0}%",
+                        ["fwd", "dx", "dw"][pass],
+                        gf,
+                        100.0 * gf / peak
+                    );
+                }
+                println!("{line}");
+            }
+        });
+    }
+
     /// `cargo test --release --lib conv::bench -- --ignored --nocapture`
     #[test]
     #[ignore = "a benchmark: run it in release mode"]
