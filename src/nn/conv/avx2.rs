@@ -38,8 +38,7 @@ mod imp {
     #[target_feature(enable = "avx2,fma")]
     pub(in super::super) unsafe fn fwd_unit(job: &Job, img: usize, tile: usize, out: *mut f32) {
         debug_assert_eq!(job.out_tile, OT);
-        let hw = job.ho * job.wo;
-        let nv = hw.div_ceil(8);
+        let nv = 2 * job.masks.nv;
         let nvalid = (job.nout - tile * OT).min(OT);
         let src = job.src.as_ptr().add(img * job.src_img);
         let wp = job.wp.as_ptr().add(tile * job.taps.len() * job.nin * OT);
@@ -66,12 +65,13 @@ mod imp {
     ) {
         let mut acc = [[_mm256_setzero_ps(); P]; OT];
         let (nin, sch) = (job.nin, job.src_ch);
+        let q0 = (v0 * 8) as isize - job.masks.shift as isize;
         for (j, tap) in job.taps.iter().enumerate() {
             let mut m = [_mm256_setzero_si256(); P];
             for p in 0..P {
                 m[p] = mask(job.masks, tap.kind, v0 + p);
             }
-            let mut xp = src.wrapping_offset(tap.off + (v0 * 8) as isize);
+            let mut xp = src.wrapping_offset(tap.off + q0);
             let mut wj = wp.add(j * nin * OT);
             for _ in 0..nin {
                 let mut xs = [_mm256_setzero_ps(); P];
@@ -91,7 +91,11 @@ mod imp {
         for p in 0..P {
             let sm = mask(job.masks, CENTRE, v0 + p);
             for c in 0..nvalid {
-                _mm256_maskstore_ps(out.add(c * job.out_ch + (v0 + p) * 8), sm, acc[c][p]);
+                _mm256_maskstore_ps(
+                    out.wrapping_offset((c * job.out_ch) as isize + q0 + (p * 8) as isize),
+                    sm,
+                    acc[c][p],
+                );
             }
         }
     }
@@ -102,7 +106,7 @@ mod imp {
     /// The CPU must support AVX2 and FMA; the job's slices must hold every image in `imgs`.
     #[target_feature(enable = "avx2,fma")]
     pub(in super::super) unsafe fn dw_images(job: &DwJob, imgs: Range<usize>, part: &mut [f32]) {
-        let nv = (job.ho * job.wo).div_ceil(8);
+        let nv = 2 * job.masks.nv;
         let block = (128 / nv).max(1);
         let mut b0 = imgs.start;
         while b0 < imgs.end {
@@ -162,7 +166,8 @@ mod imp {
         taps: &[KTap; T],
     ) -> [[[f32; T]; B]; A] {
         let hw = job.ho * job.wo;
-        let nv = hw.div_ceil(8);
+        let nv = 2 * job.masks.nv;
+        let shift = job.masks.shift as isize;
         let mut acc = [[[_mm256_setzero_ps(); T]; B]; A];
         for img in imgs {
             let dyb = job.dy.as_ptr().add(img * job.nout * hw);
@@ -181,7 +186,7 @@ mod imp {
                 let cm = mask(job.masks, CENTRE, v);
                 let mut d = [_mm256_setzero_ps(); A];
                 for a in 0..A {
-                    d[a] = _mm256_maskload_ps(dp[a].wrapping_add(v * 8), cm);
+                    d[a] = _mm256_maskload_ps(dp[a].wrapping_offset((v * 8) as isize - shift), cm);
                 }
                 let mut tm = [cm; T];
                 for t in 0..T {
@@ -189,7 +194,7 @@ mod imp {
                 }
                 for b in 0..B {
                     for t in 0..T {
-                        let x = _mm256_maskload_ps(sp[b][t].wrapping_add(v * 8), tm[t]);
+                        let x = _mm256_maskload_ps(sp[b][t].wrapping_offset((v * 8) as isize - shift), tm[t]);
                         for a in 0..A {
                             acc[a][b][t] = _mm256_fmadd_ps(d[a], x, acc[a][b][t]);
                         }

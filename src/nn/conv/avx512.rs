@@ -35,8 +35,7 @@ mod imp {
     #[target_feature(enable = "avx512f,avx512vl")]
     pub(in super::super) unsafe fn fwd_unit(job: &Job, img: usize, tile: usize, out: *mut f32) {
         debug_assert_eq!(job.out_tile, OT);
-        let hw = job.ho * job.wo;
-        let nv = hw.div_ceil(16);
+        let nv = job.masks.nv;
         let nvalid = (job.nout - tile * OT).min(OT);
         let src = job.src.as_ptr().add(img * job.src_img);
         let wp = job.wp.as_ptr().add(tile * job.taps.len() * job.nin * OT);
@@ -51,15 +50,15 @@ mod imp {
         };
         let mut v = 0;
         for _ in 0..threes {
-            fwd_tile::<3>(job, src, wp, v, out, nvalid, hw);
+            fwd_tile::<3>(job, src, wp, v, out, nvalid);
             v += 3;
         }
         for _ in 0..twos {
-            fwd_tile::<2>(job, src, wp, v, out, nvalid, hw);
+            fwd_tile::<2>(job, src, wp, v, out, nvalid);
             v += 2;
         }
         if v < nv {
-            fwd_tile::<1>(job, src, wp, v, out, nvalid, hw);
+            fwd_tile::<1>(job, src, wp, v, out, nvalid);
         }
     }
 
@@ -73,16 +72,16 @@ mod imp {
         v0: usize,
         out: *mut f32,
         nvalid: usize,
-        hw: usize,
     ) {
         let mut acc = [[_mm512_setzero_ps(); P]; OT];
+        let q0 = (v0 * 16) as isize - job.masks.shift as isize;
         let (nin, sch) = (job.nin, job.src_ch);
         for (j, tap) in job.taps.iter().enumerate() {
             let mut m = [0u16; P];
             for p in 0..P {
                 m[p] = job.masks.get(tap.kind, v0 + p);
             }
-            let mut xp = src.wrapping_offset(tap.off + (v0 * 16) as isize);
+            let mut xp = src.wrapping_offset(tap.off + q0);
             let mut wj = wp.add(j * nin * OT);
             for _ in 0..nin {
                 let mut xs = [_mm512_setzero_ps(); P];
@@ -99,12 +98,11 @@ mod imp {
                 xp = xp.wrapping_add(sch);
             }
         }
-        for c in 0..nvalid {
-            for p in 0..P {
-                let q = (v0 + p) * 16;
-                let rem = hw - q;
-                let sm = if rem >= 16 { 0xffff } else { (1u16 << rem) - 1 };
-                _mm512_mask_storeu_ps(out.add(c * job.out_ch + q), sm, acc[c][p]);
+        for p in 0..P {
+            let sm = job.masks.get(CENTRE, v0 + p);
+            for c in 0..nvalid {
+                let o = out.wrapping_offset((c * job.out_ch) as isize + q0 + (p * 16) as isize);
+                _mm512_mask_storeu_ps(o, sm, acc[c][p]);
             }
         }
     }
@@ -115,9 +113,11 @@ mod imp {
     /// The CPU must support AVX-512F and VL; the job's slices must hold every image in `imgs`.
     #[target_feature(enable = "avx512f,avx512vl")]
     pub(in super::super) unsafe fn dw_images(job: &DwJob, imgs: Range<usize>, part: &mut [f32]) {
-        let nv = (job.ho * job.wo).div_ceil(16);
-        // enough pixel vectors per register reduction to amortise its horizontal sums
-        let block = (64 / nv).max(1);
+        let nv = job.masks.nv;
+        // Images per block: enough pixel vectors per register reduction to amortise its
+        // horizontal sums, few enough for the block's x and dy to stay in L2.
+        let image_bytes = (job.nin * job.src_ch + job.nout * job.ho * job.wo) * 4;
+        let block = (256 / nv).clamp(1, ((512 << 10) / image_bytes).max(1));
         let mut b0 = imgs.start;
         while b0 < imgs.end {
             let b1 = (b0 + block).min(imgs.end);
@@ -170,34 +170,38 @@ mod imp {
         taps: &[KTap; T],
     ) -> [[[f32; T]; B]; A] {
         let hw = job.ho * job.wo;
-        let nv = hw.div_ceil(16);
+        let nv = job.masks.nv;
         let mut acc = [[[_mm512_setzero_ps(); T]; B]; A];
-        for img in imgs {
-            let dyb = job.dy.as_ptr().add(img * job.nout * hw);
-            let sb = job.src.as_ptr().add(img * job.src_img);
-            let mut dp = [dyb; A];
-            for a in 0..A {
-                dp[a] = dyb.add(co[a] * hw);
+        let (dyb, sb) = (job.dy.as_ptr(), job.src.as_ptr());
+        let mut dp = [dyb; A];
+        for a in 0..A {
+            dp[a] = dyb.add(co[a] * hw);
+        }
+        let mut sp = [[sb; T]; B];
+        for b in 0..B {
+            for t in 0..T {
+                sp[b][t] = sb.wrapping_offset((ci[b] * job.src_ch) as isize + taps[t].off);
             }
-            let mut sp = [[sb; T]; B];
-            for b in 0..B {
-                for t in 0..T {
-                    sp[b][t] = sb.wrapping_offset((ci[b] * job.src_ch) as isize + taps[t].off);
-                }
+        }
+        let (dy_img, src_img) = (job.nout * hw, job.src_img);
+        // pixel vectors outside, images inside: the lane masks depend only on the vector, so
+        // they stay in mask registers while the images stream past
+        for v in 0..nv {
+            let cm = job.masks.get(CENTRE, v);
+            let mut tm = [0u16; T];
+            for t in 0..T {
+                tm[t] = job.masks.get(taps[t].kind, v);
             }
-            for v in 0..nv {
-                let cm = job.masks.get(CENTRE, v);
+            let q = (v * 16) as isize - job.masks.shift as isize;
+            for img in imgs.clone() {
+                let (od, os) = ((img * dy_img) as isize + q, (img * src_img) as isize + q);
                 let mut d = [_mm512_setzero_ps(); A];
                 for a in 0..A {
-                    d[a] = _mm512_maskz_loadu_ps(cm, dp[a].wrapping_add(v * 16));
-                }
-                let mut tm = [0u16; T];
-                for t in 0..T {
-                    tm[t] = job.masks.get(taps[t].kind, v);
+                    d[a] = _mm512_maskz_loadu_ps(cm, dp[a].wrapping_offset(od));
                 }
                 for b in 0..B {
                     for t in 0..T {
-                        let x = _mm512_maskz_loadu_ps(tm[t], sp[b][t].wrapping_add(v * 16));
+                        let x = _mm512_maskz_loadu_ps(tm[t], sp[b][t].wrapping_offset(os));
                         for a in 0..A {
                             acc[a][b][t] = _mm512_fmadd_ps(d[a], x, acc[a][b][t]);
                         }

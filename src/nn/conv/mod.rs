@@ -24,6 +24,8 @@ mod scalar;
 #[cfg(test)]
 mod tests;
 
+use std::ops::Range;
+
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -215,17 +217,27 @@ fn mask_kind(dy: isize, dx: isize) -> usize {
 /// The centre tap's masks: which lanes of a pixel vector lie inside the plane.
 const CENTRE: usize = 4;
 
+/// How many floats `p` lies past a 64-byte boundary.
+fn misalignment(p: *const f32) -> usize {
+    (p as usize / 4) % 16
+}
+
 /// For each (dy, dx) in {−1, 0, 1}² and each 16-pixel vector of a `ho` × `wo` plane, the lanes
 /// whose pixel is inside the plane and whose neighbour at (dy, dx) is too.
+///
+/// Vector v covers pixels 16·v − `shift` ..: a grid shifted so that the loads a kernel makes
+/// most are 64-byte aligned (a misaligned 64-byte load straddles two cache lines and costs two
+/// loads; the weight gradient ran ~1.4× faster on aligned buffers).
 struct Masks {
     nv: usize,
+    shift: usize,
     bits: Vec<u16>,
 }
 
 impl Masks {
-    fn new(ho: usize, wo: usize) -> Masks {
+    fn new(ho: usize, wo: usize, shift: usize) -> Masks {
         let hw = ho * wo;
-        let nv = hw.div_ceil(16);
+        let nv = (hw + shift).div_ceil(16);
         let mut bits = vec![0u16; 9 * nv];
         for dy in -1..=1isize {
             for dx in -1..=1isize {
@@ -233,12 +245,20 @@ impl Masks {
                 for q in 0..hw {
                     let (r, c) = ((q / wo) as isize, (q % wo) as isize);
                     if (0..ho as isize).contains(&(r + dy)) && (0..wo as isize).contains(&(c + dx)) {
-                        bits[kind * nv + q / 16] |= 1 << (q % 16);
+                        let l = q + shift;
+                        bits[kind * nv + l / 16] |= 1 << (l % 16);
                     }
                 }
             }
         }
-        Masks { nv, bits }
+        Masks { nv, shift, bits }
+    }
+
+    /// Masks whose grid aligns the vectors of planes starting at `p` every `stride` floats (no
+    /// shift when the planes' alignments differ).
+    fn aligned_to(ho: usize, wo: usize, p: *const f32, stride: usize) -> Masks {
+        let shift = if stride.is_multiple_of(16) { misalignment(p) } else { 0 };
+        Masks::new(ho, wo, shift)
     }
 
     #[inline(always)]
@@ -359,11 +379,15 @@ fn pack(w: &[f32], g: &Geom, ts: &[usize], transpose: bool, ot: usize) -> Vec<f3
 }
 
 /// The stride-2 input as phase planes: [n][c][plane][ho·wo], plane (py, px) at (r, c) holding
-/// x[2r + py][2c + px], or 0 past the edge (the convolution's own zero padding).
-fn phases(x: &[f32], g: &Geom) -> Vec<f32> {
+/// x[2r + py][2c + px], or 0 past the edge (the convolution's own zero padding). They are
+/// written `misalign` floats past a 64-byte boundary of `buf`; the returned range holds them.
+fn phases(x: &[f32], g: &Geom, buf: &mut Vec<f32>, misalign: usize) -> Range<usize> {
     let (np, hw) = (g.planes(), g.hw());
-    let mut out = vec![0f32; g.n * g.cin * np * hw];
-    out.par_chunks_mut(np * hw)
+    let len = g.n * g.cin * np * hw;
+    *buf = vec![0f32; len + 16];
+    let start = (misalign + 16 - misalignment(buf.as_ptr())) % 16;
+    buf[start..start + len]
+        .par_chunks_mut(np * hw)
         .zip(x.par_chunks(g.h * g.w))
         .for_each(|(o, xc)| {
             for p in 0..np {
@@ -382,7 +406,7 @@ fn phases(x: &[f32], g: &Geom) -> Vec<f32> {
                 }
             }
         });
-    out
+    start..start + len
 }
 
 /// The inverse of [`phases`] for gradients: x positions no plane holds get 0.
@@ -404,20 +428,30 @@ fn unphase(ph: &[f32], g: &Geom) -> Vec<f32> {
     out
 }
 
-/// The input as the kernels read it: x itself at stride 1, its phase planes at stride 2.
-fn source<'a>(x: &'a [f32], g: &Geom, store: &'a mut Vec<f32>) -> (&'a [f32], usize) {
+/// The input as the kernels read it, and its channel stride: x itself at stride 1, its phase
+/// planes at stride 2 (in `store`, `misalign` floats past a 64-byte boundary).
+fn source<'a>(x: &'a [f32], g: &Geom, store: &'a mut Vec<f32>, misalign: usize) -> (&'a [f32], usize) {
     if g.stride == 1 {
         (x, g.h * g.w)
     } else {
-        *store = phases(x, g);
-        (store.as_slice(), g.planes() * g.hw())
+        let range = phases(x, g, store, misalign);
+        (&store[range], g.planes() * g.hw())
     }
 }
 
 fn forward(g: &Geom, isa: Isa, x: &[f32], w: &[f32]) -> Vec<f32> {
-    let (hw, masks) = (g.hw(), Masks::new(g.ho, g.wo));
+    let mut out = vec![0f32; g.n * g.cout * g.hw()];
+    forward_into(g, isa, x, w, &mut out);
+    out
+}
+
+/// [`forward`] into `out`, which must hold n·cout·ho·wo values (every one is overwritten).
+fn forward_into(g: &Geom, isa: Isa, x: &[f32], w: &[f32], out: &mut [f32]) {
+    let hw = g.hw();
     let mut store = Vec::new();
-    let (src, src_ch) = source(x, g, &mut store);
+    let (src, src_ch) = source(x, g, &mut store, 0);
+    // align the input loads
+    let masks = Masks::aligned_to(g.ho, g.wo, src.as_ptr(), src_ch);
     let taps = g.taps();
     let ktaps: Vec<KTap> = taps.iter().map(|t| ktap(hw, g.wo, t.plane, t.dy, t.dx)).collect();
     let ts: Vec<usize> = taps.iter().map(|t| t.t).collect();
@@ -438,15 +472,14 @@ fn forward(g: &Geom, isa: Isa, x: &[f32], w: &[f32]) -> Vec<f32> {
         wo: g.wo,
         masks: &masks,
     };
-    let mut out = vec![0f32; g.n * g.cout * hw];
-    run_job(&job, isa, &mut out, g.n);
-    out
+    run_job(&job, isa, out, g.n);
 }
 
 /// dx: for each input plane, the output gradient convolved with the transposed weights of the
 /// taps that read that plane, at negated offsets.
 fn input_grad(g: &Geom, isa: Isa, dy: &[f32], w: &[f32]) -> Vec<f32> {
-    let (hw, np, masks) = (g.hw(), g.planes(), Masks::new(g.ho, g.wo));
+    let (hw, np) = (g.hw(), g.planes());
+    let masks = Masks::aligned_to(g.ho, g.wo, dy.as_ptr(), hw);
     let ot = isa.out_tile();
     let mut dsrc = vec![0f32; g.n * g.cin * np * hw];
     let taps = g.taps();
@@ -483,9 +516,11 @@ fn input_grad(g: &Geom, isa: Isa, dy: &[f32], w: &[f32]) -> Vec<f32> {
 }
 
 fn weight_grad(g: &Geom, isa: Isa, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let (hw, masks) = (g.hw(), Masks::new(g.ho, g.wo));
+    let hw = g.hw();
+    // align the output-gradient loads (4 of every 10), and the phase planes with them
+    let masks = Masks::aligned_to(g.ho, g.wo, dy.as_ptr(), hw);
     let mut store = Vec::new();
-    let (src, src_ch) = source(x, g, &mut store);
+    let (src, src_ch) = source(x, g, &mut store, misalignment(dy.as_ptr()));
     // in weight-index order, so the result is dW[o][i][t] as Candle lays weights out
     let ktaps: Vec<KTap> = g.taps().iter().map(|t| ktap(hw, g.wo, t.plane, t.dy, t.dx)).collect();
     let job = DwJob {
