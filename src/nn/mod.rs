@@ -8,6 +8,7 @@ pub mod flops;
 mod layers;
 mod params;
 mod residual;
+pub mod residual_bench;
 
 pub use layers::{batch_norm, conv2d, global_avg_pool, linear, BatchNorm2d, Conv2d, Linear};
 pub use params::{is_buffer, ParamStore};

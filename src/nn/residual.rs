@@ -512,6 +512,68 @@ mod tests {
         compare((3, 7, 4, 4), (3, 4, 8, 8), Shortcut::SubsamplePad, false);
     }
 
+    /// The fused backward against central differences of the fused forward, for the loss
+    /// L = Σ out · r summed in f64. Inputs are nudged away from ReLU's kink so that the function is
+    /// linear within ±EPS of them and the difference quotient is exact up to f32 rounding of `out`.
+    fn gradient_check(b_shape: (usize, usize, usize, usize), x_shape: (usize, usize, usize, usize), sc: Shortcut) {
+        const EPS: f32 = 1e-2;
+        let dev = Device::Cpu;
+        let vec = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for relu in [false, true] {
+            let x = Tensor::randn(0f32, 1., x_shape, &dev).unwrap();
+            let pre = residual_slow(&Tensor::zeros(b_shape, DType::F32, &dev).unwrap(), &x, sc, false).unwrap();
+            let mut b = vec(&Tensor::randn(0f32, 1., b_shape, &dev).unwrap());
+            for (b, s) in b.iter_mut().zip(vec(&pre)) {
+                if (*b + s).abs() < 4.0 * EPS {
+                    *b += 8.0 * EPS;
+                }
+            }
+            let x = vec(&x);
+            let r = vec(&Tensor::randn(0f32, 1., b_shape, &dev).unwrap());
+            let loss = |b: &[f32], x: &[f32]| -> f64 {
+                let b = Tensor::from_slice(b, b_shape, &dev).unwrap();
+                let x = Tensor::from_slice(x, x_shape, &dev).unwrap();
+                let y = vec(&residual(&b, &x, sc, relu).unwrap());
+                y.iter().zip(&r).map(|(y, r)| f64::from(*y) * f64::from(*r)).sum()
+            };
+            let bv = Var::from_slice(&b, b_shape, &dev).unwrap();
+            let xv = Var::from_slice(&x, x_shape, &dev).unwrap();
+            let rt = Tensor::from_slice(&r, b_shape, &dev).unwrap();
+            let y = residual(bv.as_tensor(), xv.as_tensor(), sc, relu).unwrap();
+            let grads = (&y * &rt).unwrap().sum_all().unwrap().backward().unwrap();
+            let d_b = vec(grads.get(bv.as_tensor()).unwrap());
+            let d_x = vec(grads.get(xv.as_tensor()).unwrap());
+            let mut worst = 0f64;
+            for (of_b, analytic) in [(true, &d_b), (false, &d_x)] {
+                for (i, d) in analytic.iter().enumerate() {
+                    let at = |delta: f32| {
+                        let (mut b, mut x) = (b.clone(), x.clone());
+                        if of_b {
+                            b[i] += delta;
+                        } else {
+                            x[i] += delta;
+                        }
+                        loss(&b, &x)
+                    };
+                    let numeric = (at(EPS) - at(-EPS)) / (2.0 * f64::from(EPS));
+                    worst = worst.max((numeric - f64::from(*d)).abs());
+                }
+            }
+            assert!(
+                worst < 1e-3,
+                "{b_shape:?} {sc:?} relu={relu}: max |numeric - analytic| {worst}"
+            );
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        gradient_check((2, 3, 3, 4), (2, 3, 3, 4), Shortcut::Identity);
+        gradient_check((2, 4, 3, 3), (2, 2, 5, 5), Shortcut::SubsamplePad);
+        // odd padding split (1 before, 2 after) and an even/odd spatial mix
+        gradient_check((1, 5, 2, 2), (1, 2, 4, 3), Shortcut::SubsamplePad);
+    }
+
     #[test]
     fn mismatched_shapes_are_refused() {
         let b = Tensor::zeros((1, 8, 4, 4), DType::F32, &Device::Cpu).unwrap();
