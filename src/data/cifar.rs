@@ -96,7 +96,7 @@ impl Layout {
                 format!("empty file: expected {rec}-byte {} records", self.name),
             ));
         }
-        if bytes % rec != 0 {
+        if !bytes.is_multiple_of(rec) {
             return Err(data_err(
                 path,
                 format!(

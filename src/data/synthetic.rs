@@ -93,7 +93,7 @@ fn draw(class: usize, r: &mut Rng, out: &mut [u8]) {
         let (bx, by, br) = (uniform(r, 0.0, 32.0), uniform(r, 0.0, 32.0), uniform(r, 1.5, 3.0));
         let col = hsv(uniform(r, 0.0, 360.0), uniform(r, 0.2, 0.9), uniform(r, 0.3, 1.0));
         let alpha = uniform(r, 0.3, 0.7);
-        paint(&mut img, col, |x, y| {
+        paint(&mut img, col, (bx, by, br), |x, y| {
             let d2 = (x - bx).powi(2) + (y - by).powi(2);
             alpha * (1.0 - d2 / (br * br)).max(0.0)
         });
@@ -115,7 +115,8 @@ fn draw(class: usize, r: &mut Rng, out: &mut [u8]) {
     let wavelength = uniform(r, 3.5, 6.0);
     let phase = uniform(r, 0.0, std::f32::consts::TAU);
     let ring_half_width = (0.2 * rad).max(1.0);
-    paint(&mut img, col, |x, y| {
+    // A square's corners reach 0.8·√2 ≈ 1.13 radii from the centre.
+    paint(&mut img, col, (cx, cy, 1.2 * rad), |x, y| {
         let (dx, dy) = (x - cx, y - cy);
         let len = (dx * dx + dy * dy).sqrt();
         let a = match shape {
@@ -149,10 +150,18 @@ fn draw(class: usize, r: &mut Rng, out: &mut [u8]) {
     }
 }
 
-/// Blends `col` over the image with per-pixel opacity `alpha(x, y)` (pixel centres).
-fn paint(img: &mut [[f32; PLANE]; 3], col: [f32; 3], alpha: impl Fn(f32, f32) -> f32) {
-    for y in 0..SIDE {
-        for x in 0..SIDE {
+/// Blends `col` over the image with per-pixel opacity `alpha(x, y)` (at pixel centres), which
+/// is zero outside the disc `(cx, cy, r)`.
+fn paint(img: &mut [[f32; PLANE]; 3], col: [f32; 3], (cx, cy, r): (f32, f32, f32), alpha: impl Fn(f32, f32) -> f32) {
+    let span = |c: f32| {
+        (
+            (c - r - 1.0).max(0.0) as usize,
+            ((c + r + 1.0).max(0.0) as usize).min(SIDE),
+        )
+    };
+    let ((x0, x1), (y0, y1)) = (span(cx), span(cy));
+    for y in y0..y1 {
+        for x in x0..x1 {
             let a = alpha(x as f32 + 0.5, y as f32 + 0.5);
             if a > 0.0 {
                 let p = y * SIDE + x;

@@ -32,7 +32,7 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        let y = super::conv::conv2d(x, &self.weight, self.stride, self.padding)?;
         let (_, c_in, k, _) = self.weight.dims4()?;
         // per output element: c_in × k × k multiply-adds
         flops::add_macs((y.elem_count() / y.dim(0)?) as u64 * (c_in * k * k) as u64);

@@ -4,10 +4,12 @@
 //! for every architecture at once. Layers count their forward multiply-adds while a
 //! [`flops::count`] is active, which is how `runner` reports `mflops` for any plugin.
 
+pub mod conv;
 pub mod flops;
 mod layers;
 mod params;
 mod residual;
+pub mod residual_bench;
 
 pub use layers::{batch_norm, conv2d, global_avg_pool, linear, BatchNorm2d, Conv2d, Linear};
 pub use params::{is_buffer, ParamStore};

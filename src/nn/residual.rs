@@ -18,8 +18,11 @@ pub enum Shortcut {
 
 /// `relu?(branch + S(x))`, in one pass forward and one pass backward.
 ///
-/// The fused op takes contiguous f32 tensors on the CPU; anything else (another device, dtype
-/// or layout) goes through [`residual_slow`], which gives the same values.
+/// The fused op takes contiguous f32 tensors on the CPU or (with the `cuda` feature) a CUDA
+/// device. Anything else (another device, dtype or layout) goes through [`residual_slow`], which
+/// gives the same values: a strided view would need its own index maths in every kernel for a case
+/// the models never produce (conv and batch-norm outputs are contiguous), so falling back beats
+/// an error.
 pub fn residual(branch: &Tensor, x: &Tensor, shortcut: Shortcut, relu: bool) -> Result<Tensor> {
     let (n, c_out, h_out, w_out) = branch.dims4()?;
     let (nx, c_in, h, w) = x.dims4()?;
@@ -35,7 +38,8 @@ pub fn residual(branch: &Tensor, x: &Tensor, shortcut: Shortcut, relu: bool) -> 
             branch.dims()
         );
     }
-    let fusable = branch.device().is_cpu()
+    let fusable = (branch.device().is_cpu() || branch.device().is_cuda())
+        && branch.device().same_device(x.device())
         && branch.dtype() == DType::F32
         && x.dtype() == DType::F32
         && branch.is_contiguous()
@@ -147,6 +151,19 @@ impl CustomOp2 for Residual {
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.h_out, g.w_out))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = self.geom;
+        let out = cuda::forward(self, s1, l1, s2, l2)?;
+        Ok((out, Shape::from((g.n, g.c_out, g.h_out, g.w_out))))
+    }
+
     fn bwd(
         &self,
         branch: &Tensor,
@@ -203,6 +220,198 @@ impl CustomOp2 for ResidualBackward {
                 }
             });
         Ok((CpuStorage::F32(buf), Shape::from(nb + g.n * il)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = self.0.geom;
+        let buf = cuda::backward(&self.0, s1, l1, s2, l2)?;
+        Ok((buf, Shape::from(g.n * (g.out_image() + g.in_image()))))
+    }
+}
+
+/// The CUDA side of the fused op: the kernels of `kernels/residual.cu`, compiled with NVRTC the
+/// first time they are needed and launched on Candle's own stream, so they are ordered with every
+/// other op on the device without extra synchronisation.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::{Geometry, Residual, Shortcut};
+    use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaView, DevicePtr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
+    use candle_core::{Layout, Result};
+    use std::sync::OnceLock;
+
+    const SOURCE: &str = include_str!("kernels/residual.cu");
+    /// The name Candle caches the loaded module under, per device.
+    const MODULE: &str = "runner_residual";
+    const BLOCK: u32 = 256;
+    /// More blocks than this only queue up; the kernels' grid-stride loops cover the rest.
+    const MAX_BLOCKS: usize = 1 << 16;
+
+    /// The PTX, compiled once per process (NVRTC takes tens of milliseconds; loading it into a
+    /// device is cached by Candle).
+    fn ptx() -> Result<&'static str> {
+        static PTX: OnceLock<String> = OnceLock::new();
+        if let Some(p) = PTX.get() {
+            return Ok(p);
+        }
+        let compiled = candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SOURCE)
+            .w()?
+            .to_src();
+        Ok(PTX.get_or_init(|| compiled))
+    }
+
+    fn func(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
+        Ok(dev.get_or_load_custom_func(name, MODULE, ptx()?)?.into_cuda_function())
+    }
+
+    fn view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
+        let data = s.as_cuda_slice::<f32>()?;
+        match l.contiguous_offsets() {
+            Some((a, b)) => Ok(data.slice(a..b)),
+            None => candle_core::bail!("residual: expected contiguous data"),
+        }
+    }
+
+    /// float4 loads need every pointer 16-byte aligned and whole groups of four.
+    fn vec4_fits(dev: &CudaDevice, total: usize, views: &[&CudaView<'_, f32>]) -> bool {
+        let stream = dev.cuda_stream();
+        total % 4 == 0
+            && views.iter().all(|v| {
+                let (ptr, _record) = v.device_ptr(&stream);
+                ptr % 16 == 0
+            })
+    }
+
+    fn launch_config(items: usize) -> LaunchConfig {
+        let blocks = items.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS) as u32;
+        LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// The kernels' int arguments: c_out, h_out, w_out, c_in, h, w.
+    fn dims(g: &Geometry) -> Result<[i32; 6]> {
+        let mut out = [0; 6];
+        for (o, v) in out.iter_mut().zip([g.c_out, g.h_out, g.w_out, g.c_in, g.h, g.w]) {
+            *o = i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("residual: dimension {v} too large")))?;
+        }
+        Ok(out)
+    }
+
+    fn count(v: usize) -> Result<i64> {
+        i64::try_from(v).map_err(|_| candle_core::Error::Msg(format!("residual: {v} elements too many")))
+    }
+
+    /// out = relu?(branch + S(x)), one launch.
+    pub(super) fn forward(
+        op: &Residual,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<CudaStorage> {
+        let dev = &s1.device;
+        let (branch, x) = (view(s1, l1)?, view(s2, l2)?);
+        let g = op.geom;
+        let total = g.n * g.out_image();
+        // SAFETY: every element is written by the kernel below before anyone reads it.
+        let mut out = unsafe { dev.alloc::<f32>(total)? };
+        let relu = i32::from(op.relu);
+        // Candle's own stream: ordered after the ops that produced the inputs.
+        let stream = dev.cuda_stream();
+        match op.shortcut {
+            Shortcut::Identity if vec4_fits(dev, total, &[&branch, &x, &out.slice(..)]) => {
+                let f = func(dev, "residual_fwd_identity_vec4")?;
+                let total4 = count(total / 4)?;
+                let mut args = stream.launch_builder(&f);
+                args.arg(&mut out).arg(&branch).arg(&x).arg(&total4).arg(&relu);
+                // SAFETY: the argument list matches the kernel's signature; sizes were checked by `residual`.
+                unsafe { args.launch(launch_config(total / 4)) }.w()?;
+            }
+            Shortcut::Identity => {
+                let f = func(dev, "residual_fwd_identity")?;
+                let total_ = count(total)?;
+                let mut args = stream.launch_builder(&f);
+                args.arg(&mut out).arg(&branch).arg(&x).arg(&total_).arg(&relu);
+                // SAFETY: as above.
+                unsafe { args.launch(launch_config(total)) }.w()?;
+            }
+            Shortcut::SubsamplePad => {
+                let f = func(dev, "residual_fwd_option_a")?;
+                let total_ = count(total)?;
+                let dims = dims(&g)?;
+                let mut args = stream.launch_builder(&f);
+                args.arg(&mut out).arg(&branch).arg(&x).arg(&total_);
+                for v in &dims {
+                    args.arg(v);
+                }
+                args.arg(&relu);
+                // SAFETY: as above.
+                unsafe { args.launch(launch_config(total)) }.w()?;
+            }
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    }
+
+    /// [d_branch | d_x] from (grad, out), one launch.
+    pub(super) fn backward(
+        op: &Residual,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<CudaStorage> {
+        let dev = &s1.device;
+        let (grad, out) = (view(s1, l1)?, view(s2, l2)?);
+        let g = op.geom;
+        let total = g.n * g.out_image();
+        // SAFETY: the kernels write all of d_branch and all of d_x (option A: every x position
+        // belongs to exactly one output element's 2×2 block).
+        let mut d = unsafe { dev.alloc::<f32>(total + g.n * g.in_image())? };
+        let relu = i32::from(op.relu);
+        // Candle's own stream: ordered after the ops that produced the inputs.
+        let stream = dev.cuda_stream();
+        match op.shortcut {
+            Shortcut::Identity if vec4_fits(dev, total, &[&grad, &out, &d.slice(..)]) => {
+                let f = func(dev, "residual_bwd_identity_vec4")?;
+                let total4 = count(total / 4)?;
+                let mut args = stream.launch_builder(&f);
+                args.arg(&mut d).arg(&grad).arg(&out).arg(&total4).arg(&relu);
+                // SAFETY: the argument list matches the kernel's signature; d holds 2 × total.
+                unsafe { args.launch(launch_config(total / 4)) }.w()?;
+            }
+            Shortcut::Identity => {
+                let f = func(dev, "residual_bwd_identity")?;
+                let total_ = count(total)?;
+                let mut args = stream.launch_builder(&f);
+                args.arg(&mut d).arg(&grad).arg(&out).arg(&total_).arg(&relu);
+                // SAFETY: as above.
+                unsafe { args.launch(launch_config(total)) }.w()?;
+            }
+            Shortcut::SubsamplePad => {
+                let f = func(dev, "residual_bwd_option_a")?;
+                let total_ = count(total)?;
+                let dims = dims(&g)?;
+                let mut args = stream.launch_builder(&f);
+                args.arg(&mut d).arg(&grad).arg(&out).arg(&total_);
+                for v in &dims {
+                    args.arg(v);
+                }
+                args.arg(&relu);
+                // SAFETY: as above; d holds total + n × c_in × h × w.
+                unsafe { args.launch(launch_config(total)) }.w()?;
+            }
+        }
+        Ok(CudaStorage::wrap_cuda_slice(d, dev.clone()))
     }
 }
 
@@ -301,6 +510,68 @@ mod tests {
         compare((1, 6, 4, 3), (1, 3, 7, 5), Shortcut::SubsamplePad, true);
         compare((1, 5, 7, 5), (1, 5, 7, 5), Shortcut::Identity, true);
         compare((3, 7, 4, 4), (3, 4, 8, 8), Shortcut::SubsamplePad, false);
+    }
+
+    /// The fused backward against central differences of the fused forward, for the loss
+    /// L = Σ out · r summed in f64. Inputs are nudged away from ReLU's kink so that the function is
+    /// linear within ±EPS of them and the difference quotient is exact up to f32 rounding of `out`.
+    fn gradient_check(b_shape: (usize, usize, usize, usize), x_shape: (usize, usize, usize, usize), sc: Shortcut) {
+        const EPS: f32 = 1e-2;
+        let dev = Device::Cpu;
+        let vec = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for relu in [false, true] {
+            let x = Tensor::randn(0f32, 1., x_shape, &dev).unwrap();
+            let pre = residual_slow(&Tensor::zeros(b_shape, DType::F32, &dev).unwrap(), &x, sc, false).unwrap();
+            let mut b = vec(&Tensor::randn(0f32, 1., b_shape, &dev).unwrap());
+            for (b, s) in b.iter_mut().zip(vec(&pre)) {
+                if (*b + s).abs() < 4.0 * EPS {
+                    *b += 8.0 * EPS;
+                }
+            }
+            let x = vec(&x);
+            let r = vec(&Tensor::randn(0f32, 1., b_shape, &dev).unwrap());
+            let loss = |b: &[f32], x: &[f32]| -> f64 {
+                let b = Tensor::from_slice(b, b_shape, &dev).unwrap();
+                let x = Tensor::from_slice(x, x_shape, &dev).unwrap();
+                let y = vec(&residual(&b, &x, sc, relu).unwrap());
+                y.iter().zip(&r).map(|(y, r)| f64::from(*y) * f64::from(*r)).sum()
+            };
+            let bv = Var::from_slice(&b, b_shape, &dev).unwrap();
+            let xv = Var::from_slice(&x, x_shape, &dev).unwrap();
+            let rt = Tensor::from_slice(&r, b_shape, &dev).unwrap();
+            let y = residual(bv.as_tensor(), xv.as_tensor(), sc, relu).unwrap();
+            let grads = (&y * &rt).unwrap().sum_all().unwrap().backward().unwrap();
+            let d_b = vec(grads.get(bv.as_tensor()).unwrap());
+            let d_x = vec(grads.get(xv.as_tensor()).unwrap());
+            let mut worst = 0f64;
+            for (of_b, analytic) in [(true, &d_b), (false, &d_x)] {
+                for (i, d) in analytic.iter().enumerate() {
+                    let at = |delta: f32| {
+                        let (mut b, mut x) = (b.clone(), x.clone());
+                        if of_b {
+                            b[i] += delta;
+                        } else {
+                            x[i] += delta;
+                        }
+                        loss(&b, &x)
+                    };
+                    let numeric = (at(EPS) - at(-EPS)) / (2.0 * f64::from(EPS));
+                    worst = worst.max((numeric - f64::from(*d)).abs());
+                }
+            }
+            assert!(
+                worst < 1e-3,
+                "{b_shape:?} {sc:?} relu={relu}: max |numeric - analytic| {worst}"
+            );
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        gradient_check((2, 3, 3, 4), (2, 3, 3, 4), Shortcut::Identity);
+        gradient_check((2, 4, 3, 3), (2, 2, 5, 5), Shortcut::SubsamplePad);
+        // odd padding split (1 before, 2 after) and an even/odd spatial mix
+        gradient_check((1, 5, 2, 2), (1, 2, 4, 3), Shortcut::SubsamplePad);
     }
 
     #[test]

@@ -1,0 +1,167 @@
+//! The fast op against Candle's convolution: values and both gradients, on every kernel path
+//! this machine supports.
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use super::*;
+
+fn isas() -> Vec<Isa> {
+    let all = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+    all.into_iter().filter(|i| i.supported()).collect()
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Each element within 1e-4 of the expected value, relative to its size plus the typical size
+/// (sums of many products can cancel to near zero).
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let rms = (want.iter().map(|v| v * v).sum::<f32>() / want.len().max(1) as f32).sqrt();
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = 1e-4 * (w.abs() + rms);
+        assert!((g - w).abs() <= tol, "{what}[{i}]: got {g}, want {w} (rms {rms})");
+    }
+}
+
+/// y, dx and dw of the fast op (forced to `isa`) and of Candle's, for loss = Σ y · r.
+fn compare(isa: Isa, x_shape: (usize, usize, usize, usize), cout: usize, k: usize, stride: usize) {
+    let dev = Device::Cpu;
+    let pad = k / 2;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1., x_shape, &dev).unwrap()).unwrap();
+    let w = Var::from_tensor(&Tensor::randn(0f32, 1., (cout, x_shape.1, k, k), &dev).unwrap()).unwrap();
+    let run = |fast: bool| {
+        let y = if fast {
+            conv2d_with(x.as_tensor(), w.as_tensor(), stride, pad, isa).unwrap()
+        } else {
+            conv2d_slow(x.as_tensor(), w.as_tensor(), stride, pad).unwrap()
+        };
+        y
+    };
+    let y_slow = run(false);
+    let r = Tensor::randn(0f32, 1., y_slow.shape(), &dev).unwrap();
+    let grads = |y: &Tensor| {
+        let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        (
+            values(g.get(x.as_tensor()).unwrap()),
+            values(g.get(w.as_tensor()).unwrap()),
+        )
+    };
+    let (h, wd) = (x_shape.2, x_shape.3);
+    let (dx_slow, dw_slow) = if stride == 1 || h % 2 == wd % 2 {
+        grads(&y_slow)
+    } else {
+        // Candle's backward derives one output padding from the height and applies it to the
+        // width too, which fails when their parities differ: the same formulas with room for
+        // both, cut back to the input's size.
+        let dx = r.conv_transpose2d(w.as_tensor(), pad, stride - 1, stride, 1).unwrap();
+        let dx = dx.narrow(2, 0, h).unwrap().narrow(3, 0, wd).unwrap();
+        let xt = x.as_tensor().transpose(0, 1).unwrap();
+        let dw = xt.conv2d(&r.transpose(0, 1).unwrap(), pad, 1, stride, 1).unwrap();
+        let dw = dw
+            .transpose(0, 1)
+            .unwrap()
+            .narrow(2, 0, k)
+            .unwrap()
+            .narrow(3, 0, k)
+            .unwrap();
+        (values(&dx), values(&dw))
+    };
+    let y_fast = run(true);
+    assert_eq!(y_fast.dims(), y_slow.dims());
+    let case = format!("{isa:?} x {x_shape:?} → {cout}, {k}×{k} stride {stride}");
+    assert_close(&format!("y {case}"), &values(&y_fast), &values(&y_slow));
+    let (dx_fast, dw_fast) = grads(&y_fast);
+    assert_close(&format!("dx {case}"), &dx_fast, &dx_slow);
+    assert_close(&format!("dw {case}"), &dw_fast, &dw_slow);
+}
+
+#[test]
+fn three_by_three_stride_one_matches_candle_on_every_path() {
+    for isa in isas() {
+        compare(isa, (2, 16, 8, 8), 16, 3, 1);
+        compare(isa, (3, 32, 16, 16), 32, 3, 1);
+        compare(isa, (2, 64, 4, 4), 64, 3, 1);
+        compare(isa, (4, 8, 32, 32), 16, 3, 1);
+    }
+}
+
+#[test]
+fn odd_sizes_and_channel_counts_match_candle_on_every_path() {
+    for isa in isas() {
+        compare(isa, (1, 3, 7, 5), 10, 3, 1); // the stem's 3 input channels, batch 1
+        compare(isa, (2, 10, 5, 7), 24, 3, 1);
+        compare(isa, (2, 24, 3, 9), 3, 3, 1);
+        compare(isa, (1, 5, 1, 1), 7, 3, 1); // one pixel: only the centre tap reads it
+        compare(isa, (1, 9, 2, 1), 9, 3, 2);
+        compare(isa, (1, 8, 8, 10), 8, 3, 1); // 5 pixel vectors: a tile of 3 and one of 2
+    }
+}
+
+#[test]
+fn stride_two_matches_candle_on_odd_and_even_maps() {
+    for isa in isas() {
+        compare(isa, (2, 16, 8, 8), 32, 3, 2);
+        compare(isa, (2, 10, 7, 5), 24, 3, 2);
+        compare(isa, (1, 24, 6, 9), 10, 3, 2);
+        compare(isa, (3, 32, 16, 16), 64, 3, 2);
+    }
+}
+
+#[test]
+fn one_by_one_matches_candle_at_both_strides() {
+    for isa in isas() {
+        compare(isa, (2, 16, 8, 8), 32, 1, 2);
+        compare(isa, (1, 10, 7, 5), 24, 1, 2);
+        compare(isa, (2, 24, 6, 7), 10, 1, 1);
+        compare(isa, (2, 3, 5, 5), 3, 1, 1);
+    }
+}
+
+#[test]
+fn weight_gradient_is_bit_identical_across_runs() {
+    let dev = Device::Cpu;
+    // enough images for every thread to take a share
+    let x = Tensor::randn(0f32, 1., (9, 16, 12, 12), &dev).unwrap();
+    let dy = Tensor::randn(0f32, 1., (9, 32, 6, 6), &dev).unwrap();
+    for isa in isas() {
+        let op = ConvOp {
+            g: Geom::new(9, 16, 32, 12, 12, 3, 2),
+            isa,
+        };
+        let a = values(&x.apply_op2_no_bwd(&dy, &WeightGradOp(op)).unwrap());
+        let b = values(&x.apply_op2_no_bwd(&dy, &WeightGradOp(op)).unwrap());
+        assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa:?}");
+    }
+}
+
+#[test]
+fn other_shapes_fall_back_to_candle() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (2, 4, 9, 9), &dev).unwrap();
+    let w = Tensor::randn(0f32, 1., (6, 4, 5, 5), &dev).unwrap();
+    let y = conv2d(&x, &w, 1, 2).unwrap();
+    assert_eq!(values(&y), values(&conv2d_slow(&x, &w, 1, 2).unwrap()));
+    let w3 = Tensor::randn(0f32, 1., (6, 4, 3, 3), &dev).unwrap();
+    let y = conv2d(&x, &w3, 1, 0).unwrap();
+    assert_eq!(y.dims(), &[2, 6, 7, 7]);
+}
+
+#[test]
+fn mismatched_channels_are_refused() {
+    let x = Tensor::zeros((1, 4, 8, 8), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((8, 5, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    assert!(conv2d(&x, &w, 1, 1).is_err());
+}
+
+#[test]
+fn stride_two_taps_read_the_right_phase() {
+    // input row 2r + ky − 1: ky = 0 reads the odd rows one up, ky = 1 the even rows, ky = 2 the odd rows
+    let g = Geom::new(1, 1, 1, 8, 8, 3, 2);
+    let taps = g.taps();
+    let (t0, t4, t8) = (taps[0], taps[4], taps[8]);
+    assert_eq!((t0.plane, t0.dy, t0.dx), (3, -1, -1));
+    assert_eq!((t4.plane, t4.dy, t4.dx), (0, 0, 0));
+    assert_eq!((t8.plane, t8.dy, t8.dx), (3, 0, 0));
+}
