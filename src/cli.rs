@@ -146,8 +146,21 @@ pub enum ListWhat {
     Archs,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchOp {
+    /// Whole training steps and evaluation batches of a model (--arch, --depth, ...)
+    Model,
+    /// Our convolution kernels against Candle's, per ResNet layer shape
+    Conv,
+    /// The fused residual op against the composed Candle ops, per ResNet stage shape
+    Residual,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// What to time
+    #[arg(long, value_enum, default_value = "model")]
+    pub op: BenchOp,
     #[arg(long, default_value = "resnet")]
     pub arch: String,
     #[arg(long, default_value_t = 20)]

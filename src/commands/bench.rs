@@ -13,7 +13,7 @@ use candle_core::Tensor;
 
 use super::run::parse_device;
 use crate::arch::{self, InputShape, Value};
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, BenchOp};
 use crate::nn::ParamStore;
 use crate::rng::Rng;
 use crate::train::config::OptimizerConfig;
@@ -27,6 +27,18 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
         return Err(Error::Usage("--steps and --batch must be at least 1".into()).into());
     }
     let device = parse_device(&args.device)?;
+    match args.op {
+        BenchOp::Model => {}
+        BenchOp::Conv if device.is_cpu() => {
+            print!("{}", crate::nn::conv::bench_report(args.batch)?);
+            return Ok(0);
+        }
+        BenchOp::Conv => return Err(Error::Usage("--op conv times the CPU kernels: use --device cpu".into()).into()),
+        BenchOp::Residual => {
+            print!("{}", crate::nn::residual_bench::report(&device, args.batch)?);
+            return Ok(0);
+        }
+    }
     let a = plugins::find(&args.arch).ok_or_else(|| {
         Error::Usage(format!(
             "unknown architecture `{}`: choose one of {}",
