@@ -517,10 +517,15 @@ fn input_grad(g: &Geom, isa: Isa, dy: &[f32], w: &[f32]) -> Vec<f32> {
 
 fn weight_grad(g: &Geom, isa: Isa, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let hw = g.hw();
-    // align the output-gradient loads (4 of every 10), and the phase planes with them
-    let masks = Masks::aligned_to(g.ho, g.wo, dy.as_ptr(), hw);
+    // The pixel-vector grid decides the order of the sums, so it must not follow wherever the
+    // allocator put dy (runs would differ in the last bits): the grid always starts at pixel 0,
+    // and a misaligned dy is copied to an aligned buffer, which keeps the output-gradient
+    // loads (4 of every 10) aligned for a copy that costs little next to the gradient itself.
+    let mut dy_store = Vec::new();
+    let dy = aligned(dy, &mut dy_store);
+    let masks = Masks::new(g.ho, g.wo, 0);
     let mut store = Vec::new();
-    let (src, src_ch) = source(x, g, &mut store, misalignment(dy.as_ptr()));
+    let (src, src_ch) = source(x, g, &mut store, 0);
     // in weight-index order, so the result is dW[o][i][t] as Candle lays weights out
     let ktaps: Vec<KTap> = g.taps().iter().map(|t| ktap(hw, g.wo, t.plane, t.dy, t.dx)).collect();
     let job = DwJob {
@@ -536,6 +541,17 @@ fn weight_grad(g: &Geom, isa: Isa, x: &[f32], dy: &[f32]) -> Vec<f32> {
         masks: &masks,
     };
     run_dw(&job, isa, g.n)
+}
+
+/// `v` itself when it starts on a 64-byte boundary, else a copy of it in `buf` that does.
+fn aligned<'a>(v: &'a [f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
+    if misalignment(v.as_ptr()) == 0 {
+        return v;
+    }
+    *buf = vec![0f32; v.len() + 16];
+    let start = (16 - misalignment(buf.as_ptr())) % 16;
+    buf[start..start + v.len()].copy_from_slice(v);
+    &buf[start..start + v.len()]
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str, len: usize) -> Result<&'a [f32]> {

@@ -137,6 +137,42 @@ fn weight_gradient_is_bit_identical_across_runs() {
 }
 
 #[test]
+fn weight_gradient_does_not_depend_on_where_its_buffers_start() {
+    let dev = Device::Cpu;
+    // 16×16 planes: a whole number of pixel vectors, where the kernels care about alignment
+    let x = Tensor::randn(0f32, 1., (4, 16, 16, 16), &dev).unwrap();
+    let len = 4 * 16 * 16 * 16;
+    let flat = Tensor::randn(0f32, 1., len + 8, &dev).unwrap();
+    // the same dy values, starting 0..4 floats into an allocation
+    let at = |k: usize| {
+        flat.narrow(0, 0, len)
+            .unwrap()
+            .copy()
+            .unwrap()
+            .pad_with_zeros(0, k, 8 - k)
+            .unwrap()
+            .narrow(0, k, len)
+            .unwrap()
+            .reshape((4, 16, 16, 16))
+            .unwrap()
+    };
+    for isa in isas() {
+        let op = ConvOp {
+            g: Geom::new(4, 16, 16, 16, 16, 3, 1),
+            isa,
+        };
+        let first = values(&x.apply_op2_no_bwd(&at(0), &WeightGradOp(op)).unwrap());
+        for k in 1..4 {
+            let other = values(&x.apply_op2_no_bwd(&at(k), &WeightGradOp(op)).unwrap());
+            assert!(
+                first.iter().zip(&other).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{isa:?}, offset {k}"
+            );
+        }
+    }
+}
+
+#[test]
 fn other_shapes_fall_back_to_candle() {
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1., (2, 4, 9, 9), &dev).unwrap();
