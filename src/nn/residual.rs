@@ -310,10 +310,10 @@ mod cuda {
     /// float4 loads need every pointer 16-byte aligned and whole groups of four.
     fn vec4_fits(dev: &CudaDevice, total: usize, views: &[&CudaView<'_, f32>]) -> bool {
         let stream = dev.cuda_stream();
-        total % 4 == 0
+        total.is_multiple_of(4)
             && views.iter().all(|v| {
                 let (ptr, _record) = v.device_ptr(&stream);
-                ptr % 16 == 0
+                ptr.is_multiple_of(16)
             })
     }
 
