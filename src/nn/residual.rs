@@ -172,18 +172,37 @@ impl CustomOp2 for Residual {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let both = grad.apply_op2_no_bwd(&out.contiguous()?, &ResidualBackward(*self))?;
+        if self.shortcut == Shortcut::Identity && !self.relu {
+            // Both gradients are the incoming one: no pass at all, as for a plain add.
+            return Ok((Some(grad.clone()), Some(grad)));
+        }
+        let d = grad.apply_op2_no_bwd(&out.contiguous()?, &ResidualBackward(*self))?;
         let nb = branch.elem_count();
-        let d_branch = both.narrow(0, 0, nb)?.reshape(branch.shape())?;
-        let d_x = both.narrow(0, nb, x.elem_count())?.reshape(x.shape())?;
+        let d_branch = d.narrow(0, 0, nb)?.reshape(branch.shape())?;
+        let d_x = match self.shortcut {
+            // Tensors are immutable, so one buffer can serve as both gradients.
+            Shortcut::Identity => d_branch.clone(),
+            Shortcut::SubsamplePad => d.narrow(0, nb, x.elem_count())?.reshape(x.shape())?,
+        };
         Ok((Some(d_branch), Some(d_x)))
     }
 }
 
 /// The backward op of a [`Residual`], one pass: from (grad, out) it writes [d_branch | d_x]
-/// into one buffer. d_branch = grad · [out > 0] (or grad without ReLU); d_x is d_branch for the
-/// identity, and for option A d_branch's x-channels scattered to the even positions, zero elsewhere.
+/// into one buffer. d_branch = grad · [out > 0] (or grad without ReLU); for option A d_x is
+/// d_branch's x-channels scattered to the even positions, zero elsewhere. For the identity d_x is
+/// d_branch itself, so the buffer holds d_branch alone.
 struct ResidualBackward(Residual);
+
+impl Residual {
+    /// The length of the d_x part of the backward buffer.
+    fn d_x_len(&self) -> usize {
+        match self.shortcut {
+            Shortcut::Identity => 0,
+            Shortcut::SubsamplePad => self.geom.n * self.geom.in_image(),
+        }
+    }
+}
 
 impl CustomOp2 for ResidualBackward {
     fn name(&self) -> &'static str {
@@ -199,27 +218,36 @@ impl CustomOp2 for ResidualBackward {
         } = self.0;
         let (ol, il) = (g.out_image(), g.in_image());
         let nb = g.n * ol;
-        let mut buf = vec![0f32; nb + g.n * il];
+        let len = nb + self.0.d_x_len();
+        let mut buf = vec![0f32; len];
         let (d_branch, d_x) = buf.split_at_mut(nb);
-        let images = d_branch.par_chunks_mut(ol).zip(d_x.par_chunks_mut(il.max(1)));
-        images
-            .with_min_len(min_images(ol))
-            .enumerate()
-            .for_each(|(i, (db, dx))| {
-                let (gi, oi) = (&grad[i * ol..(i + 1) * ol], &out[i * ol..(i + 1) * ol]);
-                if relu {
-                    db.iter_mut()
-                        .zip(gi.iter().zip(oi))
-                        .for_each(|(d, (g, o))| *d = if *o > 0.0 { *g } else { 0.0 });
-                } else {
-                    db.copy_from_slice(gi);
-                }
-                match shortcut {
-                    Shortcut::Identity => dx.copy_from_slice(db),
-                    Shortcut::SubsamplePad => g.option_a(|oi, xj| dx[xj] = db[oi]),
-                }
-            });
-        Ok((CpuStorage::F32(buf), Shape::from(nb + g.n * il)))
+        let mask = |i: usize, db: &mut [f32]| {
+            let (gi, oi) = (&grad[i * ol..(i + 1) * ol], &out[i * ol..(i + 1) * ol]);
+            if relu {
+                db.iter_mut()
+                    .zip(gi.iter().zip(oi))
+                    .for_each(|(d, (g, o))| *d = if *o > 0.0 { *g } else { 0.0 });
+            } else {
+                db.copy_from_slice(gi);
+            }
+        };
+        match shortcut {
+            Shortcut::Identity => d_branch
+                .par_chunks_mut(ol)
+                .with_min_len(min_images(ol))
+                .enumerate()
+                .for_each(|(i, db)| mask(i, db)),
+            Shortcut::SubsamplePad => d_branch
+                .par_chunks_mut(ol)
+                .zip(d_x.par_chunks_mut(il.max(1)))
+                .with_min_len(min_images(ol))
+                .enumerate()
+                .for_each(|(i, (db, dx))| {
+                    mask(i, db);
+                    g.option_a(|oi, xj| dx[xj] = db[oi]);
+                }),
+        }
+        Ok((CpuStorage::F32(buf), Shape::from(len)))
     }
 
     #[cfg(feature = "cuda")]
@@ -232,7 +260,7 @@ impl CustomOp2 for ResidualBackward {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let g = self.0.geom;
         let buf = cuda::backward(&self.0, s1, l1, s2, l2)?;
-        Ok((buf, Shape::from(g.n * (g.out_image() + g.in_image()))))
+        Ok((buf, Shape::from(g.n * g.out_image() + self.0.d_x_len())))
     }
 }
 
@@ -282,10 +310,10 @@ mod cuda {
     /// float4 loads need every pointer 16-byte aligned and whole groups of four.
     fn vec4_fits(dev: &CudaDevice, total: usize, views: &[&CudaView<'_, f32>]) -> bool {
         let stream = dev.cuda_stream();
-        total % 4 == 0
+        total.is_multiple_of(4)
             && views.iter().all(|v| {
                 let (ptr, _record) = v.device_ptr(&stream);
-                ptr % 16 == 0
+                ptr.is_multiple_of(16)
             })
     }
 
@@ -362,7 +390,7 @@ mod cuda {
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
 
-    /// [d_branch | d_x] from (grad, out), one launch.
+    /// [d_branch | d_x] from (grad, out), one launch (d_branch alone for the identity).
     pub(super) fn backward(
         op: &Residual,
         s1: &CudaStorage,
@@ -376,7 +404,7 @@ mod cuda {
         let total = g.n * g.out_image();
         // SAFETY: the kernels write all of d_branch and all of d_x (option A: every x position
         // belongs to exactly one output element's 2×2 block).
-        let mut d = unsafe { dev.alloc::<f32>(total + g.n * g.in_image())? };
+        let mut d = unsafe { dev.alloc::<f32>(total + op.d_x_len())? };
         let relu = i32::from(op.relu);
         // Candle's own stream: ordered after the ops that produced the inputs.
         let stream = dev.cuda_stream();
@@ -386,7 +414,7 @@ mod cuda {
                 let total4 = count(total / 4)?;
                 let mut args = stream.launch_builder(&f);
                 args.arg(&mut d).arg(&grad).arg(&out).arg(&total4).arg(&relu);
-                // SAFETY: the argument list matches the kernel's signature; d holds 2 × total.
+                // SAFETY: the argument list matches the kernel's signature; d holds total.
                 unsafe { args.launch(launch_config(total / 4)) }.w()?;
             }
             Shortcut::Identity => {

@@ -62,13 +62,14 @@ type Op = fn(&Tensor, &Tensor, Shortcut, bool) -> Result<Tensor>;
 ///   [`residual_slow`] on the CPU (e), upstream gradient random;
 /// - times: median of [`RUNS`] in ms, the device synchronised before each clock reading;
 ///   "fwd+bwd" is the forward plus `backward()` from the output (upstream gradient ones);
-/// - GB/s: bytes that must move / fused time, f32. Forward: branch + the x elements actually used
-///   (for option A the subsampled quarter) + out. Backward: grad + out (with ReLU, for the mask)
-///   + d_branch + all of d_x (its zeros are written too).
+/// - GB/s: bytes that must move / fused time, f32. Forward: branch, the x elements actually used
+///   (for option A the subsampled quarter) and out. Backward: grad, out (with ReLU, for the mask),
+///   d_branch and, for option A, all of d_x (its zeros are written too); the identity's d_x is
+///   d_branch itself, and without ReLU the backward moves nothing.
 pub fn report(device: &Device, batch: usize) -> Result<String> {
     let mut s = format!("fused residual op vs composed, device {device:?}, batch {batch}, median of {RUNS} runs\n");
     s += "error: max |a-e|/max(1,|e|) over out, d_branch, d_x vs CPU residual_slow; GB/s: fused op, \
-          bytes = read branch + used x + write out (bwd: read grad [+ out] + write d_branch + d_x)\n";
+          bytes = read branch + used x + write out (bwd: read grad [+ out] + write d_branch [+ d_x for A])\n";
     s += &format!(
         "{:<22} {:<4} {:>9} {:>4} | {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6} | {:>7} {:>7}\n",
         "shape",
@@ -168,7 +169,13 @@ fn measure(device: &Device, batch: usize, case: &Case, relu: bool) -> Result<Row
         Shortcut::Identity => batch * c_in * h * w,
         Shortcut::SubsamplePad => batch * c_in * h_out * w_out,
     };
-    let out_read = if relu { out_len } else { 0 };
+    // The backward's traffic: identity without ReLU passes the gradient on with no pass at all;
+    // identity with ReLU writes d_branch once (it is d_x too); option A writes all of d_x.
+    let bwd_len = match (case.shortcut, relu) {
+        (Shortcut::Identity, false) => 0,
+        (Shortcut::Identity, true) => 3 * out_len,
+        (Shortcut::SubsamplePad, _) => out_len * (2 + usize::from(relu)) + batch * c_in * h * w,
+    };
     Ok(Row {
         error,
         fused_fwd: forward(residual)?,
@@ -176,7 +183,7 @@ fn measure(device: &Device, batch: usize, case: &Case, relu: bool) -> Result<Row
         fused_both: both(residual)?,
         slow_both: both(residual_slow)?,
         fwd_bytes: f32_bytes(out_len + x_used + out_len),
-        bwd_bytes: f32_bytes(out_len + out_read + out_len + batch * c_in * h * w),
+        bwd_bytes: f32_bytes(bwd_len),
     })
 }
 

@@ -4,7 +4,8 @@
 // Backward: from (grad, out): d_branch = grad * [out > 0] (grad alone without ReLU), and
 //           d_x = d_branch for the identity; for option A d_x holds d_branch's x-channels at
 //           the even (row, column) positions and zero elsewhere. Both land in ONE buffer,
-//           [d_branch | d_x], so the backward is a single launch.
+//           [d_branch | d_x], so the backward is a single launch. For the identity d_x equals
+//           d_branch and the caller uses d_branch for both: the buffer holds d_branch alone.
 //
 // S is the identity, or option A (He et al. 2016): x[:, :, ::2, ::2] zero-padded from C_in to
 // C_out channels, `before` = (C_out - C_in) / 2 channels ahead of x's, the rest after. Nothing
@@ -50,13 +51,12 @@ extern "C" __global__ void residual_fwd_identity_vec4(float4* __restrict__ out, 
     }
 }
 
-// d is [d_branch | d_x], each `total` long.
+// d is d_branch (`total` long), which is d_x too.
 extern "C" __global__ void residual_bwd_identity(float* __restrict__ d, const float* __restrict__ grad,
                                                  const float* __restrict__ out, i64 total, int relu) {
     GRID_STRIDE(i, total) {
         float v = mask_if(grad[i], relu ? out[i] : 0.0f, relu);
         d[i] = v;
-        d[total + i] = v;
     }
 }
 
@@ -72,7 +72,6 @@ extern "C" __global__ void residual_bwd_identity_vec4(float4* __restrict__ d, co
             g.w = mask_if(g.w, o.w, 1);
         }
         d[i] = g;
-        d[total4 + i] = g;
     }
 }
 
