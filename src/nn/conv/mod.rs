@@ -390,18 +390,24 @@ fn phases(x: &[f32], g: &Geom, buf: &mut Vec<f32>, misalign: usize) -> Range<usi
         .par_chunks_mut(np * hw)
         .zip(x.par_chunks(g.h * g.w))
         .for_each(|(o, xc)| {
-            for p in 0..np {
-                let (py, px) = (p / 2, p % 2);
-                for r in 0..g.ho {
-                    let y = 2 * r + py;
-                    if y >= g.h {
-                        continue;
-                    }
-                    for c in 0..g.wo {
-                        let xx = 2 * c + px;
-                        if xx < g.w {
-                            o[p * hw + r * g.wo + c] = xc[y * g.w + xx];
-                        }
+            for (y, row) in xc.chunks_exact(g.w).enumerate() {
+                let (py, r) = (y % 2, y / 2);
+                if py * 2 >= np {
+                    continue; // odd rows: not read by a 1×1 kernel
+                }
+                // even columns to plane (py, 0), odd ones to (py, 1)
+                let (even, rest) = o[(py * 2) * hw + r * g.wo..].split_at_mut(g.wo);
+                let pairs = row.chunks_exact(2);
+                if let [last] = pairs.remainder() {
+                    even[g.w / 2] = *last;
+                }
+                if np == 1 {
+                    even.iter_mut().zip(pairs).for_each(|(e, p)| *e = p[0]);
+                } else {
+                    let odd = &mut rest[hw - g.wo..hw - g.wo + g.wo];
+                    for ((e, d), p) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+                        *e = p[0];
+                        *d = p[1];
                     }
                 }
             }
@@ -416,11 +422,24 @@ fn unphase(ph: &[f32], g: &Geom) -> Vec<f32> {
     out.par_chunks_mut(g.h * g.w)
         .zip(ph.par_chunks(np * hw))
         .for_each(|(xc, o)| {
-            for y in 0..g.h {
-                for xx in 0..g.w {
-                    let p = (y % 2) * 2 + xx % 2;
-                    if p < np {
-                        xc[y * g.w + xx] = o[p * hw + (y / 2) * g.wo + xx / 2];
+            for (y, row) in xc.chunks_exact_mut(g.w).enumerate() {
+                let (py, r) = (y % 2, y / 2);
+                if py * 2 >= np {
+                    continue;
+                }
+                let even = &o[(py * 2) * hw + r * g.wo..][..g.wo];
+                let w2 = g.w / 2;
+                if g.w % 2 == 1 {
+                    row[g.w - 1] = even[w2];
+                }
+                let pairs = row.chunks_exact_mut(2);
+                if np == 1 {
+                    pairs.zip(even).for_each(|(p, e)| p[0] = *e);
+                } else {
+                    let odd = &o[(py * 2 + 1) * hw + r * g.wo..][..g.wo];
+                    for ((p, e), d) in pairs.zip(even).zip(odd) {
+                        p[0] = *e;
+                        p[1] = *d;
                     }
                 }
             }
