@@ -16,6 +16,12 @@
 //! transposed weights and negated tap offsets, one phase plane at a time) and, with a
 //! different inner loop, the weight gradient (per-thread partial sums added in a fixed order,
 //! so results are bit-identical for a given thread count).
+//!
+//! The work is split over images (and output-channel tiles) across Candle's thread count with
+//! rayon. Kernels exist for AVX-512 (F + VL), AVX2 + FMA and plain Rust, picked at run time;
+//! the tests force each one the machine has. Layout: activations (N, C, H, W) and weights
+//! (out, in, k, k) as PyTorch has them; weights are repacked per call (tiny), stride-2 inputs
+//! are split into phase planes per call (one pass over x).
 
 mod avx2;
 mod avx512;
