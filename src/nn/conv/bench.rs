@@ -265,6 +265,27 @@ mod tests {
         ts.sec as u64 * 1_000_000_000 + ts.nsec as u64
     }
 
+    #[test]
+    #[ignore = "a tuning aid"]
+    fn phase_split() {
+        let g = Geom::new(128, 16, 32, 32, 32, 3, 2);
+        let x = vec![1f32; 128 * 16 * 1024];
+        let mut buf = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let r = super::super::phases(&x, &g, &mut buf, 0);
+            let a = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let y = super::super::unphase(&buf[r], &g);
+            println!(
+                "phases {:.2} ms, unphase {:.2} ms ({})",
+                a * 1e3,
+                t.elapsed().as_secs_f64() * 1e3,
+                y.len()
+            );
+        }
+    }
+
     /// Wall-clock speed-up of 2 threads over 1, alternating, per pass.
     #[test]
     #[ignore = "a tuning aid"]
