@@ -270,10 +270,11 @@ mod tests {
     fn phase_split() {
         let g = Geom::new(128, 16, 32, 32, 32, 3, 2);
         let x = vec![1f32; 128 * 16 * 1024];
-        let mut buf = Vec::new();
+        let mut buf = super::super::Scratch::take();
+        let buf = &mut buf.0;
         for _ in 0..5 {
             let t = Instant::now();
-            let r = super::super::phases(&x, &g, &mut buf, 0);
+            let r = super::super::phases(&x, &g, buf, 0);
             let a = t.elapsed().as_secs_f64();
             let t = Instant::now();
             let y = super::super::unphase(&buf[r], &g);

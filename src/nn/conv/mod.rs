@@ -389,13 +389,14 @@ fn pack(w: &[f32], g: &Geom, ts: &[usize], transpose: bool, ot: usize) -> Vec<f3
 /// The stride-2 input as phase planes: [n][c][plane][ho·wo], plane (py, px) at (r, c) holding
 /// x[2r + py][2c + px], or 0 past the edge (the convolution's own zero padding). They are
 /// written `misalign` floats past a 64-byte boundary of `buf`; the returned range holds them.
-/// Every value is written once, nothing is zeroed first: at batch 128 a zeroed 8 MB buffer
-/// cost more than the split itself.
+/// Every value is written once, nothing is zeroed first, and `buf`'s memory is reused.
 fn phases(x: &[f32], g: &Geom, buf: &mut Vec<f32>, misalign: usize) -> Range<usize> {
     let (np, hw) = (g.planes(), g.hw());
     let len = g.n * g.cin * np * hw;
     let total = len + 16;
-    let mut v: Vec<f32> = Vec::with_capacity(total);
+    let mut v = std::mem::take(buf);
+    v.clear();
+    v.reserve(total);
     let start = (misalign + 16 - misalignment(v.as_ptr())) % 16;
     let spare = &mut v.spare_capacity_mut()[..total];
     let (head, rest) = spare.split_at_mut(start);
@@ -485,6 +486,26 @@ fn unphase(ph: &[f32], g: &Geom) -> Vec<f32> {
     })
 }
 
+thread_local! {
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// This thread's buffer for phase planes, kept between calls (returned on drop): a fresh
+/// 8 MB allocation per call cost page faults that took longer than the split itself.
+struct Scratch(Vec<f32>);
+
+impl Scratch {
+    fn take() -> Scratch {
+        Scratch(SCRATCH.take())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        SCRATCH.set(std::mem::take(&mut self.0));
+    }
+}
+
 /// The input as the kernels read it, and its channel stride: x itself at stride 1, its phase
 /// planes at stride 2 (in `store`, `misalign` floats past a 64-byte boundary).
 fn source<'a>(x: &'a [f32], g: &Geom, store: &'a mut Vec<f32>, misalign: usize) -> (&'a [f32], usize) {
@@ -513,8 +534,8 @@ fn forward(g: &Geom, isa: Isa, x: &[f32], w: &[f32]) -> Vec<f32> {
 /// [`forward`] into `out`, which must hold n·cout·ho·wo values (every one is overwritten).
 fn forward_into(g: &Geom, isa: Isa, x: &[f32], w: &[f32], out: &mut [MaybeUninit<f32>]) {
     let hw = g.hw();
-    let mut store = Vec::new();
-    let (src, src_ch) = source(x, g, &mut store, 0);
+    let mut store = Scratch::take();
+    let (src, src_ch) = source(x, g, &mut store.0, 0);
     // align the input loads
     let masks = Masks::aligned_to(g.ho, g.wo, src.as_ptr(), src_ch);
     let taps = g.taps();
@@ -589,8 +610,8 @@ fn weight_grad(g: &Geom, isa: Isa, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let hw = g.hw();
     // align the output-gradient loads (4 of every 10), and the phase planes with them
     let masks = Masks::aligned_to(g.ho, g.wo, dy.as_ptr(), hw);
-    let mut store = Vec::new();
-    let (src, src_ch) = source(x, g, &mut store, misalignment(dy.as_ptr()));
+    let mut store = Scratch::take();
+    let (src, src_ch) = source(x, g, &mut store.0, misalignment(dy.as_ptr()));
     // in weight-index order, so the result is dW[o][i][t] as Candle lays weights out
     let ktaps: Vec<KTap> = g.taps().iter().map(|t| ktap(hw, g.wo, t.plane, t.dy, t.dx)).collect();
     let job = DwJob {
