@@ -242,18 +242,21 @@ unsafe fn fma_avx512(iters: usize) -> f64 {
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
     #[repr(C)]
     struct Timespec {
         sec: i64,
         nsec: i64,
     }
 
+    #[cfg(target_os = "linux")]
     extern "C" {
         // from the C library std already links; a dependency for one test-only call is not worth it
         fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
     }
 
     /// Nanoseconds this thread has run on a CPU (Linux): immune to time spent descheduled.
+    #[cfg(target_os = "linux")]
     fn cpu_ns() -> u64 {
         const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
         let mut ts = Timespec { sec: 0, nsec: 0 };
@@ -262,8 +265,76 @@ mod tests {
         ts.sec as u64 * 1_000_000_000 + ts.nsec as u64
     }
 
+    #[test]
+    #[ignore = "a tuning aid"]
+    fn phase_split() {
+        let g = Geom::new(128, 16, 32, 32, 32, 3, 2);
+        let x = vec![1f32; 128 * 16 * 1024];
+        let mut buf = super::super::Scratch::take();
+        let buf = &mut buf.0;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let r = super::super::phases(&x, &g, buf, 0);
+            let a = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let y = super::super::unphase(&buf[r], &g);
+            println!(
+                "phases {:.2} ms, unphase {:.2} ms ({})",
+                a * 1e3,
+                t.elapsed().as_secs_f64() * 1e3,
+                y.len()
+            );
+        }
+    }
+
+    /// Wall-clock speed-up of 2 threads over 1, alternating, per pass.
+    #[test]
+    #[ignore = "a tuning aid"]
+    fn scaling() {
+        let batch = 128;
+        let isa = Isa::detect();
+        let pools: Vec<_> = [1, 2]
+            .iter()
+            .map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap())
+            .collect();
+        for c in &CASES[..3] {
+            let dev = Device::Cpu;
+            let x = Tensor::randn(0f32, 1.0, (batch, c.cin, c.h, c.h), &dev).unwrap();
+            let w = Tensor::randn(0f32, 0.1, (c.cout, c.cin, c.k, c.k), &dev).unwrap();
+            let g = Geom::new(batch, c.cin, c.cout, c.h, c.h, c.k, c.stride);
+            let dy = Tensor::randn(0f32, 1.0, (batch, c.cout, g.ho, g.wo), &dev).unwrap();
+            let op = ConvOp { g, isa };
+            let flop = 2.0 * (batch * c.cout * c.cin * c.k * c.k * g.hw()) as f64;
+            let mut line = format!("{:<18}", c.name);
+            for pass in 0..3 {
+                let run = || match pass {
+                    0 => conv2d(&x, &w, c.stride, c.k / 2).unwrap(),
+                    1 => dy.apply_op2_no_bwd(&w, &InputGradOp(op)).unwrap(),
+                    _ => x.apply_op2_no_bwd(&dy, &WeightGradOp(op)).unwrap(),
+                };
+                let mut t = [Vec::new(), Vec::new()];
+                for _ in 0..7 {
+                    for (i, p) in pools.iter().enumerate() {
+                        let s = Instant::now();
+                        p.install(run);
+                        t[i].push(s.elapsed().as_secs_f64());
+                    }
+                }
+                let (a, b) = (median(&mut t[0]), median(&mut t[1]));
+                line += &format!(
+                    " {} 1t {:5.1} 2t {:5.1} GF/s",
+                    ["fwd", "dx", "dw"][pass],
+                    flop / a / 1e9,
+                    flop / b / 1e9
+                );
+            }
+            println!("{line}");
+        }
+    }
+
     /// Single-threaded kernel efficiency against a single-threaded FMA loop, both in CPU time,
     /// for tuning on a busy host: `cargo test --release --lib conv::bench::tests::tune -- --ignored --nocapture`
+    #[cfg(target_os = "linux")]
     #[test]
     #[ignore = "a tuning aid: run it in release mode"]
     fn tune() {

@@ -16,6 +16,12 @@
 //! transposed weights and negated tap offsets, one phase plane at a time) and, with a
 //! different inner loop, the weight gradient (per-thread partial sums added in a fixed order,
 //! so results are bit-identical for a given thread count).
+//!
+//! The work is split over images (and output-channel tiles) across Candle's thread count with
+//! rayon. Kernels exist for AVX-512 (F + VL), AVX2 + FMA and plain Rust, picked at run time;
+//! the tests force each one the machine has. Layout: activations (N, C, H, W) and weights
+//! (out, in, k, k) as PyTorch has them; weights are repacked per call (tiny), stride-2 inputs
+//! are split into phase planes per call (one pass over x).
 
 mod avx2;
 mod avx512;
@@ -24,6 +30,7 @@ mod scalar;
 #[cfg(test)]
 mod tests;
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
@@ -309,7 +316,8 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 /// Runs a [`Job`] over (image, output tile) units in parallel; `out` has room for every image.
-fn run_job(job: &Job, isa: Isa, out: &mut [f32], n: usize) {
+/// Every value of every output plane is written, so `out` need not be initialised.
+fn run_job(job: &Job, isa: Isa, out: &mut [MaybeUninit<f32>], n: usize) {
     let tiles = job.nout.div_ceil(job.out_tile);
     let need = if n == 0 {
         0
@@ -317,7 +325,7 @@ fn run_job(job: &Job, isa: Isa, out: &mut [f32], n: usize) {
         (n - 1) * job.out_img + (job.nout - 1) * job.out_ch + job.ho * job.wo
     };
     assert!(out.len() >= need, "conv: output buffer too small");
-    let ptr = OutPtr(out.as_mut_ptr());
+    let ptr = OutPtr(out.as_mut_ptr().cast::<f32>());
     (0..n * tiles).into_par_iter().for_each(|u| {
         let (img, tile) = (u / tiles, u % tiles);
         let p = ptr;
@@ -381,51 +389,121 @@ fn pack(w: &[f32], g: &Geom, ts: &[usize], transpose: bool, ot: usize) -> Vec<f3
 /// The stride-2 input as phase planes: [n][c][plane][ho·wo], plane (py, px) at (r, c) holding
 /// x[2r + py][2c + px], or 0 past the edge (the convolution's own zero padding). They are
 /// written `misalign` floats past a 64-byte boundary of `buf`; the returned range holds them.
+/// Every value is written once, nothing is zeroed first, and `buf`'s memory is reused.
 fn phases(x: &[f32], g: &Geom, buf: &mut Vec<f32>, misalign: usize) -> Range<usize> {
     let (np, hw) = (g.planes(), g.hw());
     let len = g.n * g.cin * np * hw;
-    *buf = vec![0f32; len + 16];
-    let start = (misalign + 16 - misalignment(buf.as_ptr())) % 16;
-    buf[start..start + len]
-        .par_chunks_mut(np * hw)
+    let total = len + 16;
+    let mut v = std::mem::take(buf);
+    v.clear();
+    v.reserve(total);
+    let start = (misalign + 16 - misalignment(v.as_ptr())) % 16;
+    let spare = &mut v.spare_capacity_mut()[..total];
+    let (head, rest) = spare.split_at_mut(start);
+    let (body, tail) = rest.split_at_mut(len);
+    head.fill(MaybeUninit::new(0.0));
+    tail.fill(MaybeUninit::new(0.0));
+    body.par_chunks_mut(np * hw)
         .zip(x.par_chunks(g.h * g.w))
-        .for_each(|(o, xc)| {
-            for p in 0..np {
-                let (py, px) = (p / 2, p % 2);
-                for r in 0..g.ho {
-                    let y = 2 * r + py;
-                    if y >= g.h {
-                        continue;
-                    }
-                    for c in 0..g.wo {
-                        let xx = 2 * c + px;
-                        if xx < g.w {
-                            o[p * hw + r * g.wo + c] = xc[y * g.w + xx];
-                        }
-                    }
-                }
-            }
-        });
+        .for_each(|(o, xc)| split_plane(o, xc, g));
+    // SAFETY: head, body (split_plane writes every value of a channel's planes) and tail
+    unsafe { v.set_len(total) };
+    *buf = v;
     start..start + len
 }
 
-/// The inverse of [`phases`] for gradients: x positions no plane holds get 0.
+/// One channel's phase planes from its h × w plane.
+fn split_plane(o: &mut [MaybeUninit<f32>], xc: &[f32], g: &Geom) {
+    let (np, hw, wo, w) = (g.planes(), g.hw(), g.wo, g.w);
+    for (y, row) in xc.chunks_exact(w).enumerate() {
+        let (py, r) = (y % 2, y / 2);
+        if py * 2 >= np {
+            continue; // odd rows: not read by a 1×1 kernel
+        }
+        // even columns to plane (py, 0), odd ones to (py, 1)
+        let (even, rest) = o[(py * 2) * hw + r * wo..].split_at_mut(wo);
+        let pairs = row.chunks_exact(2);
+        if let [last] = pairs.remainder() {
+            even[w / 2].write(*last);
+        }
+        if np == 1 {
+            even.iter_mut().zip(pairs).for_each(|(e, p)| {
+                e.write(p[0]);
+            });
+        } else {
+            let odd = &mut rest[hw - wo..hw];
+            if w % 2 == 1 {
+                odd[wo - 1].write(0.0); // column w: padding
+            }
+            for ((e, d), p) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+                e.write(p[0]);
+                d.write(p[1]);
+            }
+        }
+    }
+    if np == 4 && g.h % 2 == 1 {
+        // the odd-row planes' last row is row h: padding
+        for p in [2, 3] {
+            o[p * hw + (g.ho - 1) * wo..(p + 1) * hw].fill(MaybeUninit::new(0.0));
+        }
+    }
+}
+
+/// The inverse of [`phases`] for gradients: x positions no plane holds (a 1×1 kernel's odd
+/// rows and columns) get 0.
 fn unphase(ph: &[f32], g: &Geom) -> Vec<f32> {
-    let (np, hw) = (g.planes(), g.hw());
-    let mut out = vec![0f32; g.n * g.cin * g.h * g.w];
-    out.par_chunks_mut(g.h * g.w)
-        .zip(ph.par_chunks(np * hw))
-        .for_each(|(xc, o)| {
-            for y in 0..g.h {
-                for xx in 0..g.w {
-                    let p = (y % 2) * 2 + xx % 2;
-                    if p < np {
-                        xc[y * g.w + xx] = o[p * hw + (y / 2) * g.wo + xx / 2];
+    let (np, hw, wo) = (g.planes(), g.hw(), g.wo);
+    written_by(g.n * g.cin * g.h * g.w, |out| {
+        out.par_chunks_mut(g.h * g.w)
+            .zip(ph.par_chunks(np * hw))
+            .for_each(|(xc, o)| {
+                for (y, row) in xc.chunks_exact_mut(g.w).enumerate() {
+                    let (py, r) = (y % 2, y / 2);
+                    if py * 2 >= np {
+                        row.fill(MaybeUninit::new(0.0));
+                        continue;
+                    }
+                    let even = &o[(py * 2) * hw + r * wo..][..wo];
+                    let odd = (np == 4).then(|| &o[(py * 2 + 1) * hw + r * wo..][..wo]);
+                    if g.w % 2 == 1 {
+                        row[g.w - 1].write(even[g.w / 2]);
+                    }
+                    let pairs = row.chunks_exact_mut(2);
+                    match odd {
+                        None => pairs.zip(even).for_each(|(p, e)| {
+                            p[0].write(*e);
+                            p[1].write(0.0);
+                        }),
+                        Some(odd) => {
+                            for ((p, e), d) in pairs.zip(even).zip(odd) {
+                                p[0].write(*e);
+                                p[1].write(*d);
+                            }
+                        }
                     }
                 }
-            }
-        });
-    out
+            })
+    })
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// This thread's buffer for phase planes, kept between calls (returned on drop): a fresh
+/// 8 MB allocation per call cost page faults that took longer than the split itself.
+struct Scratch(Vec<f32>);
+
+impl Scratch {
+    fn take() -> Scratch {
+        Scratch(SCRATCH.take())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        SCRATCH.set(std::mem::take(&mut self.0));
+    }
 }
 
 /// The input as the kernels read it, and its channel stride: x itself at stride 1, its phase
@@ -439,17 +517,25 @@ fn source<'a>(x: &'a [f32], g: &Geom, store: &'a mut Vec<f32>, misalign: usize) 
     }
 }
 
+/// A buffer of `len` floats that `fill` writes completely, so it is never zeroed first (a
+/// pass over 8 MB at batch 128, when the allocator hands back reused memory).
+fn written_by(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: `fill` initialised all `len` elements (run_job writes every output plane whole)
+    unsafe { v.set_len(len) };
+    v
+}
+
 fn forward(g: &Geom, isa: Isa, x: &[f32], w: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; g.n * g.cout * g.hw()];
-    forward_into(g, isa, x, w, &mut out);
-    out
+    written_by(g.n * g.cout * g.hw(), |out| forward_into(g, isa, x, w, out))
 }
 
 /// [`forward`] into `out`, which must hold n·cout·ho·wo values (every one is overwritten).
-fn forward_into(g: &Geom, isa: Isa, x: &[f32], w: &[f32], out: &mut [f32]) {
+fn forward_into(g: &Geom, isa: Isa, x: &[f32], w: &[f32], out: &mut [MaybeUninit<f32>]) {
     let hw = g.hw();
-    let mut store = Vec::new();
-    let (src, src_ch) = source(x, g, &mut store, 0);
+    let mut store = Scratch::take();
+    let (src, src_ch) = source(x, g, &mut store.0, 0);
     // align the input loads
     let masks = Masks::aligned_to(g.ho, g.wo, src.as_ptr(), src_ch);
     let taps = g.taps();
@@ -481,33 +567,38 @@ fn input_grad(g: &Geom, isa: Isa, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (hw, np) = (g.hw(), g.planes());
     let masks = Masks::aligned_to(g.ho, g.wo, dy.as_ptr(), hw);
     let ot = isa.out_tile();
-    let mut dsrc = vec![0f32; g.n * g.cin * np * hw];
-    let taps = g.taps();
-    for p in 0..np {
-        let mine: Vec<&Tap> = taps.iter().filter(|t| t.plane == p).collect();
-        if mine.is_empty() {
-            continue;
+    let dsrc = written_by(g.n * g.cin * np * hw, |dsrc| {
+        let taps = g.taps();
+        for p in 0..np {
+            let mine: Vec<&Tap> = taps.iter().filter(|t| t.plane == p).collect();
+            if mine.is_empty() {
+                // not reached with the kernels supported, but never leave a plane unwritten
+                for plane in dsrc.chunks_exact_mut(np * hw) {
+                    plane[p * hw..(p + 1) * hw].fill(MaybeUninit::new(0.0));
+                }
+                continue;
+            }
+            let ktaps: Vec<KTap> = mine.iter().map(|t| ktap(hw, g.wo, 0, -t.dy, -t.dx)).collect();
+            let ts: Vec<usize> = mine.iter().map(|t| t.t).collect();
+            let wp = pack(w, g, &ts, true, ot);
+            let job = Job {
+                src: dy,
+                src_img: g.cout * hw,
+                src_ch: hw,
+                nin: g.cout,
+                taps: &ktaps,
+                wp: &wp,
+                nout: g.cin,
+                out_tile: ot,
+                out_img: g.cin * np * hw,
+                out_ch: np * hw,
+                ho: g.ho,
+                wo: g.wo,
+                masks: &masks,
+            };
+            run_job(&job, isa, &mut dsrc[p * hw..], g.n);
         }
-        let ktaps: Vec<KTap> = mine.iter().map(|t| ktap(hw, g.wo, 0, -t.dy, -t.dx)).collect();
-        let ts: Vec<usize> = mine.iter().map(|t| t.t).collect();
-        let wp = pack(w, g, &ts, true, ot);
-        let job = Job {
-            src: dy,
-            src_img: g.cout * hw,
-            src_ch: hw,
-            nin: g.cout,
-            taps: &ktaps,
-            wp: &wp,
-            nout: g.cin,
-            out_tile: ot,
-            out_img: g.cin * np * hw,
-            out_ch: np * hw,
-            ho: g.ho,
-            wo: g.wo,
-            masks: &masks,
-        };
-        run_job(&job, isa, &mut dsrc[p * hw..], g.n);
-    }
+    });
     if g.stride == 1 {
         dsrc
     } else {
@@ -524,8 +615,8 @@ fn weight_grad(g: &Geom, isa: Isa, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let mut dy_store = Vec::new();
     let dy = aligned(dy, &mut dy_store);
     let masks = Masks::new(g.ho, g.wo, 0);
-    let mut store = Vec::new();
-    let (src, src_ch) = source(x, g, &mut store, 0);
+    let mut store = Scratch::take();
+    let (src, src_ch) = source(x, g, &mut store.0, 0);
     // in weight-index order, so the result is dW[o][i][t] as Candle lays weights out
     let ktaps: Vec<KTap> = g.taps().iter().map(|t| ktap(hw, g.wo, t.plane, t.dy, t.dx)).collect();
     let job = DwJob {

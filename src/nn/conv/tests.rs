@@ -201,3 +201,48 @@ fn stride_two_taps_read_the_right_phase() {
     assert_eq!((t4.plane, t4.dy, t4.dx), (0, 0, 0));
     assert_eq!((t8.plane, t8.dy, t8.dx), (3, 0, 0));
 }
+
+/// Kernels shift their pixel-vector grid to the buffers' alignment; every shift must give
+/// Candle's values (the grid only changes which lanes sum what).
+#[test]
+fn results_do_not_depend_on_buffer_alignment() {
+    let dev = Device::Cpu;
+    for (stride, cin, cout) in [(1, 16, 16), (2, 8, 16)] {
+        let (n, h) = (2, 16);
+        let g = Geom::new(n, cin, cout, h, h, 3, stride);
+        let x = Tensor::randn(0f32, 1., (n, cin, h, h), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1., (cout, cin, 3, 3), &dev).unwrap();
+        let dy = Tensor::randn(0f32, 1., (n, cout, g.ho, g.wo), &dev).unwrap();
+        let y_want = values(&conv2d_slow(&x, &w, stride, 1).unwrap());
+        let out_size = (g.ho - 1) * stride + 1;
+        let dx_want = values(&dy.conv_transpose2d(&w, 1, h - out_size, stride, 1).unwrap());
+        let xt = x.transpose(0, 1).unwrap();
+        let dw_want = xt.conv2d(&dy.transpose(0, 1).unwrap(), 1, 1, stride, 1).unwrap();
+        let dw_want = values(
+            &dw_want
+                .transpose(0, 1)
+                .unwrap()
+                .narrow(2, 0, 3)
+                .unwrap()
+                .narrow(3, 0, 3)
+                .unwrap(),
+        );
+        let (xv, wv, dyv) = (values(&x), values(&w), values(&dy));
+        for isa in isas() {
+            for offset in [0, 1, 4, 9, 15] {
+                let place = |v: &[f32]| {
+                    let mut buf = vec![0f32; v.len() + 32];
+                    let start = (16 - misalignment(buf.as_ptr()) + offset) % 16;
+                    buf[start..start + v.len()].copy_from_slice(v);
+                    (buf, start)
+                };
+                let ((xb, xs), (db, ds)) = (place(&xv), place(&dyv));
+                let (xs, ds) = (&xb[xs..xs + xv.len()], &db[ds..ds + dyv.len()]);
+                let case = format!("{isa:?} stride {stride}, offset {offset}");
+                assert_close(&format!("y {case}"), &forward(&g, isa, xs, &wv), &y_want);
+                assert_close(&format!("dx {case}"), &input_grad(&g, isa, ds, &wv), &dx_want);
+                assert_close(&format!("dw {case}"), &weight_grad(&g, isa, xs, ds), &dw_want);
+            }
+        }
+    }
+}
