@@ -186,4 +186,8 @@ pub struct BenchArgs {
     /// One JSON line instead of text
     #[arg(long)]
     pub json: bool,
+    /// Also time the same model with Candle's own convolution, alternating with ours, and
+    /// print the ratio (the side-by-side comparison every kernel change should show)
+    #[arg(long)]
+    pub compare: bool,
 }

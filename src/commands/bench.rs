@@ -106,28 +106,39 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
             args.steps
         );
     }
-    let mut train_s = Vec::new();
+    // Variants timed in turn, step by step, so a busy host slows them alike: ours, and with
+    // --compare Candle's own convolution.
+    let variants: &[bool] = if args.compare { &[false, true] } else { &[false] };
+    let mut train_s = vec![Vec::new(); variants.len()];
+    let mut eval_s = vec![Vec::new(); variants.len()];
     for i in 0..args.warmup + args.steps {
-        let t0 = Instant::now();
-        train_step(&mut sgd).context("training step")?;
-        if i >= args.warmup {
-            train_s.push(t0.elapsed().as_secs_f64());
+        for (v, reference) in variants.iter().enumerate() {
+            crate::nn::conv::use_reference(*reference);
+            let t0 = Instant::now();
+            train_step(&mut sgd).context("training step")?;
+            if i >= args.warmup {
+                train_s[v].push(t0.elapsed().as_secs_f64());
+            }
         }
     }
-    let mut eval_s = Vec::new();
     for i in 0..args.warmup + args.steps {
-        let t0 = Instant::now();
-        eval_step().context("evaluation batch")?;
-        if i >= args.warmup {
-            eval_s.push(t0.elapsed().as_secs_f64());
+        for (v, reference) in variants.iter().enumerate() {
+            crate::nn::conv::use_reference(*reference);
+            let t0 = Instant::now();
+            eval_step().context("evaluation batch")?;
+            if i >= args.warmup {
+                eval_s[v].push(t0.elapsed().as_secs_f64());
+            }
         }
     }
-    let step = median(&mut train_s);
-    let eval = median(&mut eval_s);
+    crate::nn::conv::use_reference(false);
+    let step = median(&mut train_s[0]);
+    let eval = median(&mut eval_s[0]);
+    let reference = args.compare.then(|| (median(&mut train_s[1]), median(&mut eval_s[1])));
     let b = args.batch as f64;
     let rss = peak_rss_mib();
     if args.json {
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "arch": a.name(),
             "params": params,
             "trainable": cost.params,
@@ -143,6 +154,10 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
             "peak_rss_mib": rss,
             "cpu": cpu_model(),
         });
+        if let Some((rs, re)) = reference {
+            line["candle_conv_train_images_per_s"] = (b / rs).into();
+            line["candle_conv_eval_images_per_s"] = (b / re).into();
+        }
         println!("{line}");
     } else {
         println!(
@@ -152,6 +167,15 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
             args.steps
         );
         println!("evaluation {:>8.1} images/s  batch {:>8.1} ms", b / eval, eval * 1e3);
+        if let Some((rs, re)) = reference {
+            println!(
+                "with Candle's convolution, alternating: training {:.1} images/s, evaluation {:.1} images/s; ours is {:.2}× / {:.2}×",
+                b / rs,
+                b / re,
+                rs / step,
+                re / eval
+            );
+        }
         if let Some(r) = rss {
             println!("peak resident memory {r:.0} MiB");
         }
