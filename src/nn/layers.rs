@@ -1,10 +1,10 @@
 //! The layers CIFAR ResNets are made of, initialised as He et al. do: He (Kaiming) normal for
 //! convolutions (fan-in, ReLU gain), BatchNorm weight 1 and bias 0.
 
-use candle_core::{ModuleT, Result, Tensor, D};
+use candle_core::{ModuleT, Result, Tensor, Var, D};
 use candle_nn::{Init, VarBuilder};
 
-use super::flops;
+use super::{batchnorm, flops};
 
 const HE_NORMAL: Init = candle_nn::init::DEFAULT_KAIMING_NORMAL;
 
@@ -41,33 +41,53 @@ impl Conv2d {
 }
 
 /// Spatial batch normalisation (PyTorch's `BatchNorm2d`: eps 1e-5, momentum 0.1); tensors
-/// `{vb}.weight`, `{vb}.bias`, `{vb}.running_mean`, `{vb}.running_var`.
+/// `{vb}.weight`, `{vb}.bias`, `{vb}.running_mean`, `{vb}.running_var`, created as
+/// `candle_nn::batch_norm` does. The arithmetic is [`super::batchnorm`]'s fused op.
 #[derive(Debug, Clone)]
 pub struct BatchNorm2d {
-    inner: candle_nn::BatchNorm,
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
 }
 
 pub fn batch_norm(channels: usize, vb: VarBuilder) -> Result<BatchNorm2d> {
-    let config = candle_nn::BatchNormConfig {
-        eps: 1e-5,
-        remove_mean: true,
-        affine: true,
-        momentum: 0.1,
-    };
+    // Same names, order and initial values as `candle_nn::batch_norm`, so checkpoints and
+    // seeded initialisation are unchanged.
+    let running_mean = vb.get_with_hints(channels, "running_mean", Init::Const(0.))?;
+    let running_var = vb.get_with_hints(channels, "running_var", Init::Const(1.))?;
+    let weight = vb.get_with_hints(channels, "weight", Init::Const(1.))?;
+    let bias = vb.get_with_hints(channels, "bias", Init::Const(0.))?;
     Ok(BatchNorm2d {
-        inner: candle_nn::batch_norm(channels, config, vb)?,
+        weight,
+        bias,
+        // The store's tensors are variables already: these share their storage.
+        running_mean: Var::from_tensor(&running_mean)?,
+        running_var: Var::from_tensor(&running_var)?,
     })
 }
 
 impl BatchNorm2d {
     /// Batch statistics (and a running-statistics update) when `train`, running statistics otherwise.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.inner.forward_t(x, train)
+        self.apply(x, train, false)
     }
 
-    /// `relu(bn(x))`, the pair that follows most convolutions; one place to fuse them later.
+    /// `relu(bn(x))`, the pair that follows most convolutions, in one fused op.
     pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_t(x, train)?.relu()
+        self.apply(x, train, true)
+    }
+
+    fn apply(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        batchnorm::batch_norm(
+            x,
+            &self.weight,
+            &self.bias,
+            &self.running_mean,
+            &self.running_var,
+            train,
+            relu,
+        )
     }
 }
 

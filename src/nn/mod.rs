@@ -4,6 +4,7 @@
 //! for every architecture at once. Layers count their forward multiply-adds while a
 //! [`flops::count`] is active, which is how `runner` reports `mflops` for any plugin.
 
+mod batchnorm;
 pub mod conv;
 pub mod flops;
 mod layers;

@@ -1,0 +1,590 @@
+//! Spatial batch normalisation with an optional ReLU, `y = relu?(γ·(x − μ)·σ⁻¹ + β)`, fused
+//! into one pass forward and one op backward on the CPU.
+//!
+//! Candle's `candle_nn::BatchNorm` is a dozen small autograd ops (transpose, means, broadcasts),
+//! each a full pass over the activations forward and again backward; at CIFAR sizes that cost
+//! more than the convolutions. Here, in train mode, one parallel pass over channels computes the
+//! batch mean and variance (and updates the running statistics), one custom op writes `y`, and
+//! its gradient is one more custom op that is not differentiated further.
+//!
+//! Layout: `x` is (N, C, H, W), contiguous f32. Channel `c` is the N planes of H·W values at
+//! plane indices `c, C + c, 2C + c, …`. Every per-channel sum runs over those planes in a fixed
+//! order in one task, so the results do not depend on the thread count or on scheduling.
+//! Anything else (another device, dtype or layout) goes through [`batch_norm_slow`].
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, Var};
+use rayon::prelude::*;
+
+/// PyTorch's defaults for `BatchNorm2d`.
+pub const EPS: f64 = 1e-5;
+pub const MOMENTUM: f64 = 0.1;
+
+/// `relu?(batch_norm(x))` with γ = `weight`, β = `bias`. In train mode `x` is normalised with
+/// its own per-channel mean and biased variance, and the running statistics move towards the
+/// batch's (`r ← (1 − momentum)·r + momentum·s`, with the unbiased variance, as PyTorch does);
+/// in eval mode the running statistics normalise and are left alone.
+pub fn batch_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running_mean: &Var,
+    running_var: &Var,
+    train: bool,
+    relu: bool,
+) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    for (name, t) in [
+        ("weight", weight),
+        ("bias", bias),
+        ("running_mean", running_mean.as_tensor()),
+        ("running_var", running_var.as_tensor()),
+    ] {
+        if t.dims() != [c] {
+            candle_core::bail!(
+                "batch_norm: {name} has shape {:?}, input {:?} has {c} channels",
+                t.dims(),
+                x.dims()
+            );
+        }
+    }
+    let fusable = x.device().is_cpu()
+        && [x, weight, bias]
+            .iter()
+            .all(|t| t.dtype() == DType::F32 && t.is_contiguous())
+        && [running_mean, running_var].iter().all(|v| v.dtype() == DType::F32);
+    if !fusable {
+        return batch_norm_slow(x, weight, bias, running_mean, running_var, train, relu);
+    }
+    let geom = Geometry { n, c, plane: h * w };
+    let (mean, invstd) = if train {
+        if geom.count() < 2 {
+            candle_core::bail!(
+                "batch_norm: train mode needs more than one value per channel, input {:?}",
+                x.dims()
+            );
+        }
+        let stats = x.apply_op1_no_bwd(&BatchStats(geom))?.to_vec1::<f64>()?;
+        let (mean, var) = stats.split_at(c);
+        update_running(running_mean, running_var, mean, var, geom.count())?;
+        (
+            mean.iter().map(|&m| m as f32).collect(),
+            var.iter().map(|&v| (1.0 / (v + EPS).sqrt()) as f32).collect(),
+        )
+    } else {
+        let mean = running_mean.as_tensor().to_vec1::<f32>()?;
+        let var = running_var.as_tensor().to_vec1::<f32>()?;
+        let invstd = var.iter().map(|&v| (1.0 / (v as f64 + EPS).sqrt()) as f32).collect();
+        (mean, invstd)
+    };
+    let op = BatchNorm {
+        geom,
+        mean: Arc::new(mean),
+        invstd: Arc::new(invstd),
+        relu,
+        batch_stats: train,
+    };
+    x.apply_op3(weight, bias, op)
+}
+
+/// [`batch_norm`] built from Candle's own `BatchNorm` and plain ops: the reference the fused op
+/// is tested against, and the path for devices, dtypes and layouts the fused op does not take.
+pub fn batch_norm_slow(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running_mean: &Var,
+    running_var: &Var,
+    train: bool,
+    relu: bool,
+) -> Result<Tensor> {
+    let c = x.dim(1)?;
+    // `Var::from_tensor` on a variable shares its storage, so Candle's update lands in ours.
+    let bn = candle_nn::BatchNorm::new_with_momentum(
+        c,
+        running_mean.as_tensor().clone(),
+        running_var.as_tensor().clone(),
+        weight.clone(),
+        bias.clone(),
+        EPS,
+        MOMENTUM,
+    )?;
+    let y = candle_core::ModuleT::forward_t(&bn, x, train)?;
+    if relu {
+        y.relu()
+    } else {
+        Ok(y)
+    }
+}
+
+fn update_running(running_mean: &Var, running_var: &Var, mean: &[f64], var: &[f64], count: usize) -> Result<()> {
+    let unbias = count as f64 / (count as f64 - 1.0);
+    let rm = running_mean.as_tensor().to_vec1::<f32>()?;
+    let rv = running_var.as_tensor().to_vec1::<f32>()?;
+    let new_rm: Vec<f32> = rm
+        .iter()
+        .zip(mean)
+        .map(|(&r, &m)| ((1.0 - MOMENTUM) * r as f64 + MOMENTUM * m) as f32)
+        .collect();
+    let new_rv: Vec<f32> = rv
+        .iter()
+        .zip(var)
+        .map(|(&r, &v)| ((1.0 - MOMENTUM) * r as f64 + MOMENTUM * v * unbias) as f32)
+        .collect();
+    let device = running_mean.device();
+    running_mean.set(&Tensor::from_vec(new_rm, mean.len(), device)?)?;
+    running_var.set(&Tensor::from_vec(new_rv, var.len(), device)?)
+}
+
+/// The shape of a batch-norm input: N images of C planes of `plane` = H·W values.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    n: usize,
+    c: usize,
+    plane: usize,
+}
+
+impl Geometry {
+    /// Values per channel.
+    fn count(&self) -> usize {
+        self.n * self.plane
+    }
+    fn len(&self) -> usize {
+        self.n * self.c * self.plane
+    }
+    /// Channel `c`'s planes of `data`, in image order.
+    fn planes<'a>(&self, data: &'a [f32], c: usize) -> impl Iterator<Item = &'a [f32]> + 'a {
+        let (stride, plane) = (self.c * self.plane, self.plane);
+        (0..self.n).map(move |i| &data[i * stride + c * plane..i * stride + (c + 1) * plane])
+    }
+    /// Planes per rayon task in element-wise passes: below `PARALLEL_MIN` values, threads cost
+    /// more than they save.
+    fn min_planes(&self) -> usize {
+        (PARALLEL_MIN / self.plane.max(1)).max(1)
+    }
+}
+
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// Values summed in f32 lanes before the lanes go into an f64 total: short enough that f32
+/// loses nothing that matters, long enough for the lanes to vectorise.
+const BLOCK: usize = 1024;
+const LANES: usize = 8;
+
+/// Σ f(i) over `0..len`, with `f` taking an index, in a fixed order (LANES f32 lanes per block,
+/// blocks added in f64) so that the compiler can vectorise it and the result is reproducible.
+#[inline(always)]
+fn lane_sum(len: usize, f: impl Fn(usize) -> f32) -> f64 {
+    let mut total = 0.0f64;
+    let mut start = 0;
+    while start < len {
+        let end = (start + BLOCK).min(len);
+        let mut lanes = [0.0f32; LANES];
+        let full = start + (end - start) / LANES * LANES;
+        let mut i = start;
+        while i < full {
+            for (k, lane) in lanes.iter_mut().enumerate() {
+                *lane += f(i + k);
+            }
+            i += LANES;
+        }
+        let mut tail = 0.0f32;
+        for j in full..end {
+            tail += f(j);
+        }
+        total += lanes.iter().map(|&v| v as f64).sum::<f64>() + tail as f64;
+        start = end;
+    }
+    total
+}
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(d) => d.as_slice(),
+        _ => candle_core::bail!("batch_norm: expected f32 data"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("batch_norm: expected contiguous data"),
+    }
+}
+
+/// Per-channel batch mean and biased variance of `x`, as f64 `[mean (C) | var (C)]`. Two passes
+/// per channel (the mean, then Σ(x − μ)²) so that a mean large against the spread costs no
+/// precision.
+struct BatchStats(Geometry);
+
+impl CustomOp1 for BatchStats {
+    fn name(&self) -> &'static str {
+        "batch-norm-stats"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let x = contiguous(s, l)?;
+        if x.len() != g.len() {
+            candle_core::bail!("batch_norm: input has {} values, expected {}", x.len(), g.len());
+        }
+        let count = g.count() as f64;
+        let stats: Vec<(f64, f64)> = (0..g.c)
+            .into_par_iter()
+            .map(|c| {
+                let sum: f64 = g.planes(x, c).map(|p| lane_sum(p.len(), |i| p[i])).sum();
+                let mean = sum / count;
+                let m = mean as f32;
+                let sq: f64 = g
+                    .planes(x, c)
+                    .map(|p| {
+                        lane_sum(p.len(), |i| {
+                            let d = p[i] - m;
+                            d * d
+                        })
+                    })
+                    .sum();
+                // Σ(x − m)² with m rounded to f32: correct by the offset of m from the mean.
+                let off = mean - m as f64;
+                (mean, (sq / count - off * off).max(0.0))
+            })
+            .collect();
+        let mut out: Vec<f64> = stats.iter().map(|s| s.0).collect();
+        out.extend(stats.iter().map(|s| s.1));
+        Ok((CpuStorage::F64(out), Shape::from(2 * g.c)))
+    }
+}
+
+/// The forward op on (x, γ, β): y = relu?(γ·(x − μ)·invstd + β), with μ and invstd per channel
+/// (the batch's in train mode, the running statistics' in eval mode).
+#[derive(Debug, Clone)]
+struct BatchNorm {
+    geom: Geometry,
+    mean: Arc<Vec<f32>>,
+    invstd: Arc<Vec<f32>>,
+    relu: bool,
+    /// Whether μ and invstd came from x itself (train mode), so that dx goes through them too.
+    batch_stats: bool,
+}
+
+impl CustomOp3 for BatchNorm {
+    fn name(&self) -> &'static str {
+        "batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geom;
+        let (x, gamma, beta) = (contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?);
+        if x.len() != g.len() || gamma.len() != g.c || beta.len() != g.c {
+            candle_core::bail!("batch_norm: inputs do not match {g:?}");
+        }
+        let mut y = vec![0.0f32; g.len()];
+        let relu = self.relu;
+        y.par_chunks_mut(g.plane)
+            .with_min_len(g.min_planes())
+            .zip(x.par_chunks(g.plane))
+            .enumerate()
+            .for_each(|(p, (y, x))| {
+                let c = p % g.c;
+                let (m, scale, b) = (self.mean[c], gamma[c] * self.invstd[c], beta[c]);
+                if relu {
+                    y.iter_mut()
+                        .zip(x)
+                        .for_each(|(y, &x)| *y = ((x - m) * scale + b).max(0.0));
+                } else {
+                    y.iter_mut().zip(x).for_each(|(y, &x)| *y = (x - m) * scale + b);
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let back = BatchNormBackward {
+            fwd: self.clone(),
+            gamma: Arc::new(gamma.to_vec1::<f32>()?),
+        };
+        let d = grad.contiguous()?.apply_op3_no_bwd(x, &res.contiguous()?, &back)?;
+        let (len, c) = (self.geom.len(), self.geom.c);
+        let dx = d.narrow(0, 0, len)?.reshape(x.shape())?;
+        let dgamma = d.narrow(0, len, c)?;
+        let dbeta = d.narrow(0, len + c, c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// The backward op of a [`BatchNorm`] on (grad, x, y), writing `[dx | dγ | dβ]` into one buffer.
+/// With g the incoming gradient masked by y > 0 under ReLU and x̂ = (x − μ)·invstd, per channel:
+/// dβ = Σ g, dγ = Σ g·x̂, and dx = γ·invstd·(g − dβ/N − x̂·dγ/N) in train mode (μ and invstd
+/// depend on x), dx = γ·invstd·g in eval mode. N is the values per channel.
+struct BatchNormBackward {
+    fwd: BatchNorm,
+    gamma: Arc<Vec<f32>>,
+}
+
+impl CustomOp3 for BatchNormBackward {
+    fn name(&self) -> &'static str {
+        "batch-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let f = &self.fwd;
+        let g = f.geom;
+        let (grad, x, y) = (contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?);
+        if grad.len() != g.len() || x.len() != g.len() || y.len() != g.len() {
+            candle_core::bail!("batch_norm backward: inputs do not match {g:?}");
+        }
+        let relu = f.relu;
+        // Per channel: (Σ g, Σ g·(x − μ)), each in a fixed order.
+        let sums: Vec<(f64, f64)> = (0..g.c)
+            .into_par_iter()
+            .map(|c| {
+                let m = f.mean[c];
+                let mut sg = 0.0;
+                let mut sgx = 0.0;
+                for ((gp, xp), yp) in g.planes(grad, c).zip(g.planes(x, c)).zip(g.planes(y, c)) {
+                    if relu {
+                        let gm = |i: usize| if yp[i] > 0.0 { gp[i] } else { 0.0 };
+                        sg += lane_sum(gp.len(), gm);
+                        sgx += lane_sum(gp.len(), |i| gm(i) * (xp[i] - m));
+                    } else {
+                        sg += lane_sum(gp.len(), |i| gp[i]);
+                        sgx += lane_sum(gp.len(), |i| gp[i] * (xp[i] - m));
+                    }
+                }
+                (sg, sgx)
+            })
+            .collect();
+        let count = g.count() as f64;
+        let mut out = vec![0.0f32; g.len() + 2 * g.c];
+        let (dx, dgb) = out.split_at_mut(g.len());
+        // dx = a·g + b·(x − μ) + k per channel; b and k vanish in eval mode.
+        let coeffs: Vec<(f32, f32, f32)> = sums
+            .iter()
+            .enumerate()
+            .map(|(c, &(sg, sgx))| {
+                let invstd = f.invstd[c] as f64;
+                let a = self.gamma[c] as f64 * invstd;
+                let dgamma = sgx * invstd;
+                dgb[c] = dgamma as f32;
+                dgb[g.c + c] = sg as f32;
+                if f.batch_stats {
+                    let b = -a * invstd * dgamma / count;
+                    let k = -a * sg / count;
+                    (a as f32, b as f32, k as f32)
+                } else {
+                    (a as f32, 0.0, 0.0)
+                }
+            })
+            .collect();
+        dx.par_chunks_mut(g.plane)
+            .with_min_len(g.min_planes())
+            .zip(
+                grad.par_chunks(g.plane)
+                    .zip(x.par_chunks(g.plane))
+                    .zip(y.par_chunks(g.plane)),
+            )
+            .enumerate()
+            .for_each(|(p, (dx, ((gp, xp), yp)))| {
+                let c = p % g.c;
+                let (a, b, k, m) = (coeffs[c].0, coeffs[c].1, coeffs[c].2, f.mean[c]);
+                if relu {
+                    for i in 0..dx.len() {
+                        let gm = if yp[i] > 0.0 { gp[i] } else { 0.0 };
+                        dx[i] = a * gm + b * (xp[i] - m) + k;
+                    }
+                } else {
+                    for i in 0..dx.len() {
+                        dx[i] = a * gp[i] + b * (xp[i] - m) + k;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from(g.len() + 2 * g.c)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Deterministic pseudo-random values in [-1, 1) (a small LCG, so the tests need no seed
+    /// plumbing), shifted by `offset` to give the mean something to do.
+    fn data(len: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+                (2.0 * u - 1.0) * scale + offset
+            })
+            .collect()
+    }
+
+    struct Case {
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        rm: Var,
+        rv: Var,
+        r: Tensor,
+    }
+
+    fn case(dims: (usize, usize, usize, usize), seed: u64) -> Case {
+        let dev = Device::Cpu;
+        let (n, c, h, w) = dims;
+        let len = n * c * h * w;
+        let t = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, &dev).unwrap();
+        Case {
+            x: Var::from_tensor(&t(data(len, seed, 2.0, 0.5), &[n, c, h, w])).unwrap(),
+            gamma: Var::from_tensor(&t(data(c, seed + 1, 0.5, 1.0), &[c])).unwrap(),
+            beta: Var::from_tensor(&t(data(c, seed + 2, 0.5, 0.0), &[c])).unwrap(),
+            rm: Var::from_tensor(&t(data(c, seed + 3, 0.2, 0.0), &[c])).unwrap(),
+            rv: Var::from_tensor(&t(data(c, seed + 4, 0.2, 1.0), &[c])).unwrap(),
+            r: t(data(len, seed + 5, 1.0, 0.0), &[n, c, h, w]),
+        }
+    }
+
+    type Bn = fn(&Tensor, &Tensor, &Tensor, &Var, &Var, bool, bool) -> Result<Tensor>;
+
+    /// y, dx, dγ, dβ, running mean and running var after one call of `f` on a fresh copy of `k`.
+    fn run(f: Bn, k: &Case, train: bool, relu: bool) -> Vec<Vec<f32>> {
+        let rm = Var::from_tensor(&k.rm.as_tensor().copy().unwrap()).unwrap();
+        let rv = Var::from_tensor(&k.rv.as_tensor().copy().unwrap()).unwrap();
+        let y = f(
+            k.x.as_tensor(),
+            k.gamma.as_tensor(),
+            k.beta.as_tensor(),
+            &rm,
+            &rv,
+            train,
+            relu,
+        )
+        .unwrap();
+        let grads = (&y * &k.r).unwrap().sum_all().unwrap().backward().unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let grad = |v: &Var| flat(grads.get(v.as_tensor()).expect("gradient"));
+        vec![
+            flat(&y),
+            grad(&k.x),
+            grad(&k.gamma),
+            grad(&k.beta),
+            flat(rm.as_tensor()),
+            flat(rv.as_tensor()),
+        ]
+    }
+
+    fn assert_close(what: &str, a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * scale,
+                "{what}[{i}]: fused {x} vs slow {y} (scale {scale})"
+            );
+        }
+    }
+
+    const NAMES: [&str; 6] = ["y", "dx", "dgamma", "dbeta", "running_mean", "running_var"];
+
+    #[test]
+    fn fused_matches_candle_values_and_gradients() {
+        for (s, dims) in [(2, 3, 5, 7), (8, 16, 32, 32), (4, 64, 8, 8)].into_iter().enumerate() {
+            let k = case(dims, 10 * s as u64);
+            for train in [true, false] {
+                for relu in [false, true] {
+                    let fast = run(batch_norm, &k, train, relu);
+                    let slow = run(batch_norm_slow, &k, train, relu);
+                    for ((name, a), b) in NAMES.iter().zip(&fast).zip(&slow) {
+                        assert_close(&format!("{dims:?} train={train} relu={relu} {name}"), a, b);
+                    }
+                    if relu {
+                        // The mask matters: some outputs are clipped, so this case tests it.
+                        assert!(fast[0].iter().any(|&v| v == 0.0));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn running_statistics_follow_pytorch() {
+        let (n, c, h, w) = (3, 4, 5, 6);
+        let k = case((n, c, h, w), 7);
+        let out = run(batch_norm, &k, true, false);
+        let x = k.x.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let rm0 = k.rm.as_tensor().to_vec1::<f32>().unwrap();
+        let rv0 = k.rv.as_tensor().to_vec1::<f32>().unwrap();
+        for ch in 0..c {
+            let vals: Vec<f64> = (0..n)
+                .flat_map(|i| (0..h * w).map(move |j| (i, j)))
+                .map(|(i, j)| x[(i * c + ch) * h * w + j] as f64)
+                .collect();
+            let count = vals.len() as f64;
+            let mean = vals.iter().sum::<f64>() / count;
+            let unbiased = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (count - 1.0);
+            let want_rm = 0.9 * rm0[ch] as f64 + 0.1 * mean;
+            let want_rv = 0.9 * rv0[ch] as f64 + 0.1 * unbiased;
+            assert!((out[4][ch] as f64 - want_rm).abs() < 1e-6, "running_mean[{ch}]");
+            assert!((out[5][ch] as f64 - want_rv).abs() < 1e-6, "running_var[{ch}]");
+        }
+        // Eval mode leaves the running statistics alone.
+        let eval = run(batch_norm, &k, false, true);
+        assert_eq!(eval[4], rm0);
+        assert_eq!(eval[5], rv0);
+    }
+
+    #[test]
+    fn repeated_runs_are_bit_identical() {
+        let k = case((8, 16, 32, 32), 3);
+        for train in [true, false] {
+            assert_eq!(run(batch_norm, &k, train, true), run(batch_norm, &k, train, true));
+        }
+    }
+
+    #[test]
+    fn train_needs_more_than_one_value_per_channel() {
+        let k = case((1, 2, 1, 1), 1);
+        let r = batch_norm(
+            k.x.as_tensor(),
+            k.gamma.as_tensor(),
+            k.beta.as_tensor(),
+            &k.rm,
+            &k.rv,
+            true,
+            false,
+        );
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn non_contiguous_input_takes_the_slow_path() {
+        let k = case((2, 3, 4, 5), 4);
+        let xt = k.x.as_tensor().transpose(2, 3).unwrap();
+        let fast = batch_norm(&xt, k.gamma.as_tensor(), k.beta.as_tensor(), &k.rm, &k.rv, false, true).unwrap();
+        let xc = xt.contiguous().unwrap();
+        let want = batch_norm(&xc, k.gamma.as_tensor(), k.beta.as_tensor(), &k.rm, &k.rv, false, true).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_close("transposed", &flat(&fast), &flat(&want));
+    }
+}
