@@ -520,7 +520,7 @@ mod tests {
                     }
                     if relu {
                         // The mask matters: some outputs are clipped, so this case tests it.
-                        assert!(fast[0].iter().any(|&v| v == 0.0));
+                        assert!(fast[0].contains(&0.0));
                     }
                 }
             }
