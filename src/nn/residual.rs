@@ -270,7 +270,9 @@ impl CustomOp2 for ResidualBackward {
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::{Geometry, Residual, Shortcut};
-    use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaView, DevicePtr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaFunction, CudaSlice, CudaView, DevicePtr, LaunchConfig, PushKernelArg,
+    };
     use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
     use candle_core::{Layout, Result};
     use std::sync::OnceLock;
@@ -339,6 +341,46 @@ mod cuda {
         i64::try_from(v).map_err(|_| candle_core::Error::Msg(format!("residual: {v} elements too many")))
     }
 
+    /// One launch of `residual_{pass}_{identity[_vec4] | option_a}(dst, a, b, total, [dims,] relu)`:
+    /// the forward (dst = out; a, b = branch, x) and the backward (dst = [d_branch | d_x];
+    /// a, b = grad, out) take the same arguments. `total` is the output's element count.
+    fn launch(
+        dev: &CudaDevice,
+        pass: &str,
+        op: &Residual,
+        total: usize,
+        dst: &mut CudaSlice<f32>,
+        a: &CudaView<'_, f32>,
+        b: &CudaView<'_, f32>,
+    ) -> Result<()> {
+        let relu = i32::from(op.relu);
+        let (kernel, items) = match op.shortcut {
+            Shortcut::Identity if vec4_fits(dev, total, &[a, b, &dst.slice(..)]) => ("identity_vec4", total / 4),
+            Shortcut::Identity => ("identity", total),
+            Shortcut::SubsamplePad => ("option_a", total),
+        };
+        let f = func(dev, &format!("residual_{pass}_{kernel}"))?;
+        let n = count(items)?;
+        let dims = match op.shortcut {
+            Shortcut::SubsamplePad => dims(&op.geom)?,
+            Shortcut::Identity => [0; 6],
+        };
+        // Candle's own stream: ordered after the ops that produced the inputs.
+        let stream = dev.cuda_stream();
+        let mut args = stream.launch_builder(&f);
+        args.arg(dst).arg(a).arg(b).arg(&n);
+        if op.shortcut == Shortcut::SubsamplePad {
+            for v in &dims {
+                args.arg(v);
+            }
+        }
+        args.arg(&relu);
+        // SAFETY: the argument list matches the kernel's signature (kernels/residual.cu), and
+        // `residual` checked the sizes: dst holds the output (forward) or d_branch then d_x.
+        unsafe { args.launch(launch_config(items)) }.w()?;
+        Ok(())
+    }
+
     /// out = relu?(branch + S(x)), one launch.
     pub(super) fn forward(
         op: &Residual,
@@ -353,40 +395,7 @@ mod cuda {
         let total = g.n * g.out_image();
         // SAFETY: every element is written by the kernel below before anyone reads it.
         let mut out = unsafe { dev.alloc::<f32>(total)? };
-        let relu = i32::from(op.relu);
-        // Candle's own stream: ordered after the ops that produced the inputs.
-        let stream = dev.cuda_stream();
-        match op.shortcut {
-            Shortcut::Identity if vec4_fits(dev, total, &[&branch, &x, &out.slice(..)]) => {
-                let f = func(dev, "residual_fwd_identity_vec4")?;
-                let total4 = count(total / 4)?;
-                let mut args = stream.launch_builder(&f);
-                args.arg(&mut out).arg(&branch).arg(&x).arg(&total4).arg(&relu);
-                // SAFETY: the argument list matches the kernel's signature; sizes were checked by `residual`.
-                unsafe { args.launch(launch_config(total / 4)) }.w()?;
-            }
-            Shortcut::Identity => {
-                let f = func(dev, "residual_fwd_identity")?;
-                let total_ = count(total)?;
-                let mut args = stream.launch_builder(&f);
-                args.arg(&mut out).arg(&branch).arg(&x).arg(&total_).arg(&relu);
-                // SAFETY: as above.
-                unsafe { args.launch(launch_config(total)) }.w()?;
-            }
-            Shortcut::SubsamplePad => {
-                let f = func(dev, "residual_fwd_option_a")?;
-                let total_ = count(total)?;
-                let dims = dims(&g)?;
-                let mut args = stream.launch_builder(&f);
-                args.arg(&mut out).arg(&branch).arg(&x).arg(&total_);
-                for v in &dims {
-                    args.arg(v);
-                }
-                args.arg(&relu);
-                // SAFETY: as above.
-                unsafe { args.launch(launch_config(total)) }.w()?;
-            }
-        }
+        launch(dev, "fwd", op, total, &mut out, &branch, &x)?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
 
@@ -405,40 +414,7 @@ mod cuda {
         // SAFETY: the kernels write all of d_branch and all of d_x (option A: every x position
         // belongs to exactly one output element's 2×2 block).
         let mut d = unsafe { dev.alloc::<f32>(total + op.d_x_len())? };
-        let relu = i32::from(op.relu);
-        // Candle's own stream: ordered after the ops that produced the inputs.
-        let stream = dev.cuda_stream();
-        match op.shortcut {
-            Shortcut::Identity if vec4_fits(dev, total, &[&grad, &out, &d.slice(..)]) => {
-                let f = func(dev, "residual_bwd_identity_vec4")?;
-                let total4 = count(total / 4)?;
-                let mut args = stream.launch_builder(&f);
-                args.arg(&mut d).arg(&grad).arg(&out).arg(&total4).arg(&relu);
-                // SAFETY: the argument list matches the kernel's signature; d holds total.
-                unsafe { args.launch(launch_config(total / 4)) }.w()?;
-            }
-            Shortcut::Identity => {
-                let f = func(dev, "residual_bwd_identity")?;
-                let total_ = count(total)?;
-                let mut args = stream.launch_builder(&f);
-                args.arg(&mut d).arg(&grad).arg(&out).arg(&total_).arg(&relu);
-                // SAFETY: as above.
-                unsafe { args.launch(launch_config(total)) }.w()?;
-            }
-            Shortcut::SubsamplePad => {
-                let f = func(dev, "residual_bwd_option_a")?;
-                let total_ = count(total)?;
-                let dims = dims(&g)?;
-                let mut args = stream.launch_builder(&f);
-                args.arg(&mut d).arg(&grad).arg(&out).arg(&total_);
-                for v in &dims {
-                    args.arg(v);
-                }
-                args.arg(&relu);
-                // SAFETY: as above; d holds total + n × c_in × h × w.
-                unsafe { args.launch(launch_config(total)) }.w()?;
-            }
-        }
+        launch(dev, "bwd", op, total, &mut d, &grad, &out)?;
         Ok(CudaStorage::wrap_cuda_slice(d, dev.clone()))
     }
 }
