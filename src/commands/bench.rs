@@ -109,29 +109,12 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
     // Variants timed in turn, step by step, so a busy host slows them alike: ours, and with
     // --compare Candle's own convolution.
     let variants: &[bool] = if args.compare { &[false, true] } else { &[false] };
-    let mut train_s = vec![Vec::new(); variants.len()];
-    let mut eval_s = vec![Vec::new(); variants.len()];
-    for i in 0..args.warmup + args.steps {
-        for (v, reference) in variants.iter().enumerate() {
-            crate::nn::conv::use_reference(*reference);
-            let t0 = Instant::now();
-            train_step(&mut sgd).context("training step")?;
-            if i >= args.warmup {
-                train_s[v].push(t0.elapsed().as_secs_f64());
-            }
-        }
-    }
-    for i in 0..args.warmup + args.steps {
-        for (v, reference) in variants.iter().enumerate() {
-            crate::nn::conv::use_reference(*reference);
-            let t0 = Instant::now();
-            eval_step().context("evaluation batch")?;
-            if i >= args.warmup {
-                eval_s[v].push(t0.elapsed().as_secs_f64());
-            }
-        }
-    }
-    crate::nn::conv::use_reference(false);
+    let mut train_s = alternate(variants, args.warmup, args.steps, || {
+        train_step(&mut sgd).context("training step")
+    })?;
+    let mut eval_s = alternate(variants, args.warmup, args.steps, || {
+        eval_step().context("evaluation batch")
+    })?;
     let step = median(&mut train_s[0]);
     let eval = median(&mut eval_s[0]);
     let reference = args.compare.then(|| (median(&mut train_s[1]), median(&mut eval_s[1])));
@@ -184,6 +167,29 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Seconds per call of `f` for each variant (false: our convolution, true: Candle's), the
+/// variants taking turns call by call; the first `warmup` rounds are not kept.
+fn alternate(
+    variants: &[bool],
+    warmup: usize,
+    steps: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Vec<Vec<f64>>> {
+    let mut times = vec![Vec::with_capacity(steps); variants.len()];
+    for round in 0..warmup + steps {
+        for (v, reference) in variants.iter().enumerate() {
+            crate::nn::conv::use_reference(*reference);
+            let t0 = Instant::now();
+            f()?;
+            if round >= warmup {
+                times[v].push(t0.elapsed().as_secs_f64());
+            }
+        }
+    }
+    crate::nn::conv::use_reference(false);
+    Ok(times)
 }
 
 fn median(v: &mut [f64]) -> f64 {

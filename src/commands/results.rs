@@ -12,7 +12,8 @@ use crate::store::{CheckpointKind, Store};
 use crate::train::checkpoint;
 use crate::Error;
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+/// The store is async (sqlx); the commands drive it from one thread.
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -24,21 +25,8 @@ pub fn report(args: &ReportArgs) -> Result<i32> {
     let rt = runtime()?;
     let rows = rt.block_on(async {
         let store = Store::open_existing(&args.db).await?;
+        // An unknown --experiment is a usage error naming the ones there are.
         let rows = store.summary(args.experiment.as_deref()).await;
-        if rows.as_ref().is_ok_and(|r| r.is_empty()) {
-            if let Some(name) = &args.experiment {
-                let known = store.experiments().await?;
-                return Err(Error::Usage(format!(
-                    "no experiment `{name}` in {}; it has: {}",
-                    args.db.display(),
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                )));
-            }
-        }
         store.close().await;
         rows
     })?;

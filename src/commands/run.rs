@@ -32,10 +32,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let device = parse_device(&args.device)?;
     // Every dataset problem is reported before anything is written or trained.
     let (shape, classes) = data::check(&g.trials[0].dataset, &base)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the store's runtime")?;
+    let rt = super::results::runtime()?;
     let store = rt.block_on(Store::open(&args.db))?;
     let new_trials = g
         .trials
@@ -216,7 +213,7 @@ fn run_trial(
         if lost {
             return Ok(None);
         }
-        rt.block_on(store.finish(id, &to_store_outcome(&outcome)))?;
+        rt.block_on(store.finish(id, &outcome))?;
         progress.end_trial(&outcome);
         Ok(Some(outcome))
     })
@@ -244,20 +241,6 @@ fn to_record(ev: train::Evaluation) -> store::Record {
         train_loss: ev.train_loss,
         images_per_s: ev.images_per_s,
         wall_s: ev.wall_s,
-    }
-}
-
-fn to_store_outcome(o: &Outcome) -> store::Outcome {
-    match o {
-        Outcome::Done { test_error, wall_s } => store::Outcome::Done {
-            test_error: *test_error,
-            wall_s: *wall_s,
-        },
-        Outcome::Failed { error, wall_s } => store::Outcome::Failed {
-            error: error.clone(),
-            wall_s: *wall_s,
-        },
-        Outcome::Interrupted => store::Outcome::Interrupted,
     }
 }
 

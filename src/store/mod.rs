@@ -172,13 +172,8 @@ pub struct Record {
     pub wall_s: f64,
 }
 
-/// How a trial's attempt ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    Done { test_error: Option<f64>, wall_s: f64 },
-    Failed { error: String, wall_s: f64 },
-    Interrupted,
-}
+/// How a trial ended: the trainer's own outcome, recorded as it is.
+pub use crate::train::Outcome;
 
 /// One row of the `trial_summary` view (see `migrations/0001_initial.sql`). Errors are fractions.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]

@@ -161,9 +161,7 @@ impl<'a> Run<'a> {
             best_bytes = resume.best.clone();
         }
         let total = schedule::total_steps(cfg, steps_per_epoch);
-        let evaluations = (1..=state.step)
-            .filter(|s| is_eval_step(cfg.eval_every, *s, steps_per_epoch))
-            .count() as u64;
+        let evaluations = state.step / eval_interval(cfg.eval_every, steps_per_epoch);
         Ok(Run {
             trial,
             tx,
@@ -217,7 +215,8 @@ impl<'a> Run<'a> {
                     warming_up: self.state.warming_up,
                 },
             );
-            let (loss, correct) = self.train_step(&batch, lr)?;
+            let images = batch.len as u64;
+            let (loss, correct) = self.train_step(batch, lr)?;
             if !loss.is_finite() {
                 return Ok(Outcome::Failed {
                     error: format!("diverged at step {} (loss = {loss})", step + 1),
@@ -227,7 +226,7 @@ impl<'a> Run<'a> {
             self.state.step += 1;
             self.state.loss_sum += loss;
             self.state.correct += correct;
-            self.state.seen += batch.len as u64;
+            self.state.seen += images;
             if let Some(w) = &cfg.warmup {
                 self.state.warming_up = schedule::still_warming_up(w, self.state.warming_up, step, None);
             }
@@ -267,8 +266,8 @@ impl<'a> Run<'a> {
     }
 
     /// Forward, loss, backward, update. Returns the batch's mean loss and correct count.
-    fn train_step(&mut self, batch: &Batch, lr: f64) -> Result<(f64, u64)> {
-        let (x, y) = self.tensors(batch)?;
+    fn train_step(&mut self, batch: Batch, lr: f64) -> Result<(f64, u64)> {
+        let (x, y, labels) = self.tensors(batch)?;
         let logits = self.model.forward_t(&x, true)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
         let loss_value = loss.to_scalar::<f32>()? as f64;
@@ -277,18 +276,19 @@ impl<'a> Run<'a> {
         }
         let grads = loss.backward()?;
         self.sgd.step(&grads, lr)?;
-        Ok((loss_value, correct(&logits, &batch.labels)?))
+        Ok((loss_value, correct(&logits, &labels)?))
     }
 
-    fn tensors(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
+    /// The batch as tensors (its images moved into the input, not copied, on the CPU) and its labels.
+    fn tensors(&self, batch: Batch) -> Result<(Tensor, Tensor, Vec<u32>)> {
         let s = self.trial.data.shape;
-        let x = Tensor::from_slice(
-            &batch.images,
+        let x = Tensor::from_vec(
+            batch.images,
             (batch.len, s.channels, s.height, s.width),
             &self.trial.device,
         )?;
         let y = Tensor::from_slice(&batch.labels, batch.len, &self.trial.device)?;
-        Ok((x, y))
+        Ok((x, y, batch.labels))
     }
 
     fn epoch(&self) -> f64 {
@@ -340,12 +340,13 @@ impl<'a> Run<'a> {
     fn score(&self, split: &Split) -> Result<(f64, f64)> {
         let (mut loss_sum, mut correct_n, mut n) = (0.0, 0u64, 0usize);
         for batch in data::eval_batches(split, self.trial.data.shape, &self.trial.norm, EVAL_BATCH) {
-            let (x, y) = self.tensors(&batch)?;
+            let len = batch.len;
+            let (x, y, labels) = self.tensors(batch)?;
             let logits = self.model.forward_t(&x, false)?.detach();
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64;
-            loss_sum += loss * batch.len as f64;
-            correct_n += correct(&logits, &batch.labels)?;
-            n += batch.len;
+            loss_sum += loss * len as f64;
+            correct_n += correct(&logits, &labels)?;
+            n += len;
         }
         let n = n.max(1) as f64;
         Ok((loss_sum / n, 1.0 - correct_n as f64 / n))
@@ -382,13 +383,18 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Whether `step` (steps completed) ends an evaluation interval.
-fn is_eval_step(every: EvalEvery, step: u64, steps_per_epoch: u64) -> bool {
-    let n = match every {
+/// Steps between evaluations.
+fn eval_interval(every: EvalEvery, steps_per_epoch: u64) -> u64 {
+    match every {
         EvalEvery::Iterations(n) => n,
         EvalEvery::Epoch(_) => steps_per_epoch,
-    };
-    step > 0 && step.is_multiple_of(n.max(1))
+    }
+    .max(1)
+}
+
+/// Whether `step` (steps completed) ends an evaluation interval.
+fn is_eval_step(every: EvalEvery, step: u64, steps_per_epoch: u64) -> bool {
+    step > 0 && step.is_multiple_of(eval_interval(every, steps_per_epoch))
 }
 
 fn cfg_augment(names: &[String]) -> Result<Vec<Augment>> {
