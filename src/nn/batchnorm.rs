@@ -17,6 +17,8 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, Var};
 use rayon::prelude::*;
 
+use super::lanes;
+
 /// PyTorch's defaults for `BatchNorm2d`.
 pub const EPS: f64 = 1e-5;
 pub const MOMENTUM: f64 = 0.1;
@@ -167,38 +169,6 @@ impl Geometry {
 
 const PARALLEL_MIN: usize = 1 << 15;
 
-/// Values summed in f32 lanes before the lanes go into an f64 total: short enough that f32
-/// loses nothing that matters, long enough for the lanes to vectorise.
-const BLOCK: usize = 1024;
-const LANES: usize = 8;
-
-/// Σ f(i) over `0..len`, with `f` taking an index, in a fixed order (LANES f32 lanes per block,
-/// blocks added in f64) so that the compiler can vectorise it and the result is reproducible.
-#[inline(always)]
-fn lane_sum(len: usize, f: impl Fn(usize) -> f32) -> f64 {
-    let mut total = 0.0f64;
-    let mut start = 0;
-    while start < len {
-        let end = (start + BLOCK).min(len);
-        let mut lanes = [0.0f32; LANES];
-        let full = start + (end - start) / LANES * LANES;
-        let mut i = start;
-        while i < full {
-            for (k, lane) in lanes.iter_mut().enumerate() {
-                *lane += f(i + k);
-            }
-            i += LANES;
-        }
-        let mut tail = 0.0f32;
-        for j in full..end {
-            tail += f(j);
-        }
-        total += lanes.iter().map(|&v| v as f64).sum::<f64>() + tail as f64;
-        start = end;
-    }
-    total
-}
-
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(d) => d.as_slice(),
@@ -210,9 +180,9 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-/// Per-channel batch mean and biased variance of `x`, as f64 `[mean (C) | var (C)]`. Two passes
-/// per channel (the mean, then Σ(x − μ)²) so that a mean large against the spread costs no
-/// precision.
+/// Per-channel batch mean and biased variance of `x`, as f64 `[mean (C) | var (C)]`, in one
+/// pass: the sums of (x − k) and (x − k)² with k the mean of the channel's first plane, which
+/// is close enough to the channel's mean that the variance loses nothing to cancellation.
 struct BatchStats(Geometry);
 
 impl CustomOp1 for BatchStats {
@@ -230,21 +200,14 @@ impl CustomOp1 for BatchStats {
         let stats: Vec<(f64, f64)> = (0..g.c)
             .into_par_iter()
             .map(|c| {
-                let sum: f64 = g.planes(x, c).map(|p| lane_sum(p.len(), |i| p[i])).sum();
-                let mean = sum / count;
-                let m = mean as f32;
-                let sq: f64 = g
-                    .planes(x, c)
-                    .map(|p| {
-                        lane_sum(p.len(), |i| {
-                            let d = p[i] - m;
-                            d * d
-                        })
-                    })
-                    .sum();
-                // Σ(x − m)² with m rounded to f32: correct by the offset of m from the mean.
-                let off = mean - m as f64;
-                (mean, (sq / count - off * off).max(0.0))
+                let first = &x[c * g.plane..(c + 1) * g.plane];
+                let k = (lanes::shifted_sums(first, 0.0).0 / g.plane as f64) as f32;
+                let (s1, s2) = g.planes(x, c).fold((0.0, 0.0), |(a, b), p| {
+                    let (u, v) = lanes::shifted_sums(p, k);
+                    (a + u, b + v)
+                });
+                let d = s1 / count;
+                (k as f64 + d, (s2 / count - d * d).max(0.0))
             })
             .collect();
         let mut out: Vec<f64> = stats.iter().map(|s| s.0).collect();
@@ -284,23 +247,21 @@ impl CustomOp3 for BatchNorm {
         if x.len() != g.len() || gamma.len() != g.c || beta.len() != g.c {
             candle_core::bail!("batch_norm: inputs do not match {g:?}");
         }
-        let mut y = vec![0.0f32; g.len()];
+        let len = g.len();
+        let mut y: Vec<f32> = Vec::with_capacity(len);
         let relu = self.relu;
-        y.par_chunks_mut(g.plane)
+        y.spare_capacity_mut()[..len]
+            .par_chunks_mut(g.plane)
             .with_min_len(g.min_planes())
             .zip(x.par_chunks(g.plane))
             .enumerate()
             .for_each(|(p, (y, x))| {
                 let c = p % g.c;
-                let (m, scale, b) = (self.mean[c], gamma[c] * self.invstd[c], beta[c]);
-                if relu {
-                    y.iter_mut()
-                        .zip(x)
-                        .for_each(|(y, &x)| *y = ((x - m) * scale + b).max(0.0));
-                } else {
-                    y.iter_mut().zip(x).for_each(|(y, &x)| *y = (x - m) * scale + b);
-                }
+                let scale = gamma[c] * self.invstd[c];
+                lanes::scale_shift(y, x, scale, beta[c] - self.mean[c] * scale, relu);
             });
+        // SAFETY: the planes cover all `len` values and scale_shift wrote every one
+        unsafe { y.set_len(len) };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -360,24 +321,17 @@ impl CustomOp3 for BatchNormBackward {
             .into_par_iter()
             .map(|c| {
                 let m = f.mean[c];
-                let mut sg = 0.0;
-                let mut sgx = 0.0;
-                for ((gp, xp), yp) in g.planes(grad, c).zip(g.planes(x, c)).zip(g.planes(y, c)) {
-                    if relu {
-                        let gm = |i: usize| if yp[i] > 0.0 { gp[i] } else { 0.0 };
-                        sg += lane_sum(gp.len(), gm);
-                        sgx += lane_sum(gp.len(), |i| gm(i) * (xp[i] - m));
-                    } else {
-                        sg += lane_sum(gp.len(), |i| gp[i]);
-                        sgx += lane_sum(gp.len(), |i| gp[i] * (xp[i] - m));
-                    }
-                }
-                (sg, sgx)
+                let planes = g.planes(grad, c).zip(g.planes(x, c)).zip(g.planes(y, c));
+                planes.fold((0.0, 0.0), |(a, b), ((gp, xp), yp)| {
+                    let (u, v) = lanes::grad_sums(gp, xp, yp, m, relu);
+                    (a + u, b + v)
+                })
             })
             .collect();
         let count = g.count() as f64;
-        let mut out = vec![0.0f32; g.len() + 2 * g.c];
-        let (dx, dgb) = out.split_at_mut(g.len());
+        let len = g.len();
+        let mut out: Vec<f32> = Vec::with_capacity(len + 2 * g.c);
+        let (dx, dgb) = out.spare_capacity_mut()[..len + 2 * g.c].split_at_mut(len);
         // dx = a·g + b·(x − μ) + k per channel; b and k vanish in eval mode.
         let coeffs: Vec<(f32, f32, f32)> = sums
             .iter()
@@ -386,8 +340,8 @@ impl CustomOp3 for BatchNormBackward {
                 let invstd = f.invstd[c] as f64;
                 let a = self.gamma[c] as f64 * invstd;
                 let dgamma = sgx * invstd;
-                dgb[c] = dgamma as f32;
-                dgb[g.c + c] = sg as f32;
+                dgb[c].write(dgamma as f32);
+                dgb[g.c + c].write(sg as f32);
                 if f.batch_stats {
                     let b = -a * invstd * dgamma / count;
                     let k = -a * sg / count;
@@ -407,18 +361,11 @@ impl CustomOp3 for BatchNormBackward {
             .enumerate()
             .for_each(|(p, (dx, ((gp, xp), yp)))| {
                 let c = p % g.c;
-                let (a, b, k, m) = (coeffs[c].0, coeffs[c].1, coeffs[c].2, f.mean[c]);
-                if relu {
-                    for i in 0..dx.len() {
-                        let gm = if yp[i] > 0.0 { gp[i] } else { 0.0 };
-                        dx[i] = a * gm + b * (xp[i] - m) + k;
-                    }
-                } else {
-                    for i in 0..dx.len() {
-                        dx[i] = a * gp[i] + b * (xp[i] - m) + k;
-                    }
-                }
+                let (a, b, k) = coeffs[c];
+                lanes::grad_input(dx, gp, xp, yp, a, b, k - b * f.mean[c], relu);
             });
+        // SAFETY: dx's planes and the 2·C values of dγ, dβ were all written above
+        unsafe { out.set_len(len + 2 * g.c) };
         Ok((CpuStorage::F32(out), Shape::from(g.len() + 2 * g.c)))
     }
 }

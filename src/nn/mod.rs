@@ -7,6 +7,7 @@
 mod batchnorm;
 pub mod conv;
 pub mod flops;
+mod lanes;
 mod layers;
 mod params;
 mod residual;
