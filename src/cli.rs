@@ -62,6 +62,12 @@ pub struct RunArgs {
     /// Also re-run trials that failed before
     #[arg(long)]
     pub retry_failed: bool,
+    /// Take over a `running` trial whose runner has sent no heartbeat for this many seconds
+    /// (killed, or its machine lost). Runners send one every 10 s; raise this when runners on
+    /// other machines share the file over a slow or flaky network. A runner on this machine that
+    /// is gone is noticed at once, whatever the value.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stale_after: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -85,6 +85,19 @@ pub struct Claim {
     /// The status before this claim: `pending`, `interrupted`, `failed`, or `running` when a
     /// dead worker's trial was taken over.
     pub previous_status: String,
+    /// The worker that ran the trial before (`host:pid`), if any ran it.
+    pub previous_worker: Option<String>,
+}
+
+/// A trial some worker is running (or was, until it died): see [`Store::running`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningTrial {
+    pub trial_id: i64,
+    pub key: String,
+    /// `host:pid` of the runner that claimed it.
+    pub worker: Option<String>,
+    /// Seconds since its last heartbeat; `None` when it never sent one.
+    pub heartbeat_age_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -273,17 +286,34 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .min_connections(0)
-            .connect_with(options)
-            .await
-            .map_err(|e| open_error(path, create, e))?;
+        // Several runners started together on a new file all switch it to WAL at once; the
+        // losers may be told SQLITE_BUSY before the busy timeout applies.
+        let mut attempt = 0;
+        let pool = loop {
+            match SqlitePoolOptions::new()
+                .max_connections(MAX_CONNECTIONS)
+                .min_connections(0)
+                .connect_with(options.clone())
+                .await
+            {
+                Ok(pool) => break pool,
+                Err(e) if is_busy(&e) && attempt < BUSY_RETRIES => {
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(open_error(path, create, e)),
+            }
+        };
         let store = Store {
             pool,
             path: path.to_path_buf(),
         };
-        store.migrate().await?;
+        if let Err(e) = store.migrate().await {
+            // Closed rather than dropped, so that no -wal/-shm file is left beside a database
+            // this binary refused.
+            store.pool.close().await;
+            return Err(e);
+        }
         Ok(store)
     }
 
