@@ -271,7 +271,21 @@ impl Store {
         // returning a connection when it is closed; checkpoint explicitly. Best effort: another
         // process reading the file can keep part of the WAL alive, and it checkpoints later.
         let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await;
+        self.shut().await;
+    }
+
+    /// Closes every connection before returning, so that SQLite sees its last connection go and
+    /// removes the -wal and -shm files. `Pool::close` alone may return while a connection that
+    /// was on its way back to the pool is still being closed by a background task, which a
+    /// process about to exit never waits for: wait (a moment at most) until none is left.
+    async fn shut(&self) {
         self.pool.close().await;
+        for _ in 0..200 {
+            if self.pool.size() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     async fn connect(path: &Path, create: bool) -> Result<Store> {
@@ -311,7 +325,7 @@ impl Store {
         if let Err(e) = store.migrate().await {
             // Closed rather than dropped, so that no -wal/-shm file is left beside a database
             // this binary refused.
-            store.pool.close().await;
+            store.shut().await;
             return Err(e);
         }
         Ok(store)
@@ -339,7 +353,11 @@ impl Store {
             // fail to be `Send` (sqlx's own workaround, hidden from its docs but public).
             let result = match migrator.run_direct(&mut *tx).await {
                 Ok(()) => tx.commit().await.map_err(MigrateError::Execute),
-                Err(e) => Err(e),
+                // Rolled back here rather than on drop, which would leave it to a background task.
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    Err(e)
+                }
             };
             match result {
                 Ok(()) => return Ok(()),

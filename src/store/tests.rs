@@ -702,3 +702,20 @@ async fn a_refused_database_is_left_as_it_was() {
     left.sort();
     assert_eq!(left, ["runs.db"]);
 }
+
+#[tokio::test]
+async fn close_leaves_the_main_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let store = Store::open(&path).await.unwrap();
+    let trials = grid("e", 2);
+    store.register("e", "", &trials).await.unwrap();
+    // A connection on its way back to the pool as the store closes.
+    let _ = store.claim(&keys(&trials), "w", false, HOUR).await.unwrap();
+    store.close().await;
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["runs.db"]);
+}
