@@ -232,7 +232,8 @@ fn a_trial_whose_runner_stopped_elsewhere_is_reclaimed_after_the_stale_timeout()
     );
     assert_eq!(summary(), [(1, "done".to_string()), running(2)]);
     let owner: Vec<(Option<String>, i64)> = util::query(&db, "SELECT worker, attempts FROM trials WHERE id = 2");
-    assert_eq!(owner, [(Some("far-away:4343".to_string()), 1)]);
+    // Never claimed by a runner of this machine.
+    assert_eq!(owner, [(Some("far-away:4343".to_string()), 0)]);
 
     // Silent for five minutes: reported as interrupted, though the table still says running.
     util::execute(
@@ -323,7 +324,7 @@ fn an_unknown_key_is_refused_with_its_name_and_line() {
 
 #[test]
 fn invalid_values_are_refused_with_the_key_and_the_valid_choices() {
-    let depth = TINY.replace("arch = [\"plain\"]\ndepth = [8]", "arch = [\"resnet\"]\ndepth = [7]");
+    let depth = TINY.replace("arch = [\"plain\"]\ndepth = [8]", "arch = [\"resnet\"]\ndepth = [10]");
     let err = refused_everywhere(
         |d| {
             d.write("bad.toml", &depth);
@@ -331,10 +332,10 @@ fn invalid_values_are_refused_with_the_key_and_the_valid_choices() {
         &["run", "bad.toml"],
     );
     assert!(
-        err.contains(&format!("bad.toml:{}:", line_of(&depth, "depth = [7]"))),
+        err.contains(&format!("bad.toml:{}:", line_of(&depth, "depth = [10]"))),
         "{err}"
     );
-    assert!(err.contains("depth 7") && err.contains("6n+2"), "{err}");
+    assert!(err.contains("depth 10") && err.contains("6n+2"), "{err}");
 
     let lr = TINY.replace("lr = 0.05", "lr = -1");
     let err = refused_everywhere(
