@@ -63,9 +63,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub retry_failed: bool,
     /// Take over a `running` trial whose runner has sent no heartbeat for this many seconds
-    /// (killed, or its machine lost). Runners send one every 10 s; raise this when runners on
-    /// other machines share the file over a slow or flaky network. A runner on this machine that
-    /// is gone is noticed at once, whatever the value.
+    /// (killed, or its container lost). Runners send one every 10 s; raise this if a loaded
+    /// machine can stall a runner for longer, and give every runner of a file the same value. A
+    /// killed runner of this host is noticed at once (its pid is gone), whatever the value.
     #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     pub stale_after: u64,
 }
