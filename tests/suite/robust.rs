@@ -476,3 +476,37 @@ fn a_read_only_location_is_refused_naming_it() {
     let err = refused(&d, &["run", "ok.toml", "--db", &db]);
     assert!(err.contains(&db) && err.contains("writable"), "{err}");
 }
+
+// ---- a failing trial ----
+
+#[test]
+fn a_trial_whose_data_fails_to_load_mid_run_fails_alone_with_its_error() {
+    let d = Dir::new();
+    cifar(&d, 20, &|_, _| {});
+    // Two seeds: the first trial's data is read before anything starts, the second's only
+    // when its turn comes. The first trains long enough for the files to be spoiled meanwhile.
+    let text = CIFAR
+        .replace("iterations = 2", "iterations = 300\neval_every = 100")
+        .replace("depth = [8]", "depth = [8]\nseed = [1, 2]");
+    d.write("c.toml", &text);
+    let mut r = d.spawn(&["run", "c.toml", "--threads", "1"]);
+    r.wait_for("] trial 1: ", 1);
+    let spoiled = d.path().join("cifar").join("data_batch_4.bin");
+    let bytes = std::fs::read(&spoiled).unwrap();
+    std::fs::write(&spoiled, &bytes[..bytes.len() - 10]).unwrap();
+    let (code, out, err) = r.finish();
+    let out = out.join("\n");
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("1 trained, 1 failed"), "{out}");
+
+    let db = d.path().join("runs.db");
+    let trials: Vec<(i64, String, Option<String>)> =
+        util::query(&db, "SELECT id, status, error FROM trials ORDER BY id");
+    assert_eq!(trials[0].1, "done", "{trials:?}");
+    assert_eq!(trials[1].1, "failed", "{trials:?}");
+    let error = trials[1].2.clone().unwrap_or_default();
+    assert!(
+        error.contains("loading its data") && error.contains("data_batch_4.bin") && error.contains("truncated"),
+        "{error}"
+    );
+}
