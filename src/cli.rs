@@ -62,6 +62,12 @@ pub struct RunArgs {
     /// Also re-run trials that failed before
     #[arg(long)]
     pub retry_failed: bool,
+    /// Take over a `running` trial whose runner has sent no heartbeat for this many seconds
+    /// (killed, or its container lost). Runners send one every 10 s; raise this if a loaded
+    /// machine can stall a runner for longer, and give every runner of a file the same value. A
+    /// killed runner of this host is noticed at once (its pid is gone), whatever the value.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stale_after: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

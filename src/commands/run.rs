@@ -3,7 +3,16 @@
 //!
 //! Threads: the trainer runs on a thread of its own; this thread owns the store (sqlx on a
 //! small tokio runtime), the progress display, the heartbeat and the Ctrl-C handling.
+//!
+//! Any number of runners may share one grid and one database: each claim is one short write
+//! transaction, so each takes a different trial. A trial whose runner is gone is resumed from
+//! its `last` checkpoint: at once when that runner was a process of this machine that no longer
+//! exists (killed), after `--stale-after` seconds without a heartbeat otherwise.
+//!
+//! Bad input (grid, data set, database) is found before anything is written: the grid and
+//! every data file are read before the database is opened.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -20,20 +29,21 @@ use crate::store::{self, Checkpoint, CheckpointKind, Claim, NewTrial, Store};
 use crate::train::{self, Event, Outcome};
 use crate::Error;
 
-/// How often a running trial tells the store it is alive.
+/// How often a running trial tells the store it is alive, at most (see [`heartbeat_interval`]).
 const HEARTBEAT: Duration = Duration::from_secs(10);
-/// A `running` trial whose heartbeat is older than this is taken to have lost its runner.
-const STALE_AFTER: Duration = Duration::from_secs(120);
+
+/// A data set in memory for one seed (the validation hold-out depends on it), normalised.
+type Loaded = (u64, Arc<Dataset>, Arc<Normalizer>);
 
 /// Runs the grid; returns the exit code: 0 all trained, 1 some trial failed, 130 interrupted.
 pub fn run(args: &RunArgs) -> Result<i32> {
+    let stale_after = Duration::from_secs(args.stale_after);
+    let beat_every = heartbeat_interval(stale_after);
     let g = grid::load(&args.grid)?;
     let base = grid_dir(&g.path);
     let device = parse_device(&args.device)?;
     // Every dataset problem is reported before anything is written or trained.
     let (shape, classes) = data::check(&g.trials[0].dataset, &base)?;
-    let rt = super::results::runtime()?;
-    let store = rt.block_on(Store::open(&args.db))?;
     let new_trials = g
         .trials
         .iter()
@@ -51,35 +61,73 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    let mut progress = Progress::new(&g, std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    // Loaded now rather than after the first claim: what the header check cannot see (a label
+    // out of range, an image that does not decode) is bad input too, found before the database
+    // is touched. Trials are usually all on the first trial's seed, so this is no extra work.
+    progress.note(&loading_note(&g.trials[0]));
+    let mut cache: Option<Loaded> = Some(load_data(&g.trials[0], &base)?);
+
+    let rt = super::results::runtime()?;
+    let store = rt.block_on(Store::open(&args.db))?;
     rt.block_on(store.register(&g.name, &g.source, &new_trials))?;
 
     let stop = install_ctrl_c()?;
-    let worker = format!("{}:{}", hostname(), std::process::id());
+    let host = hostname();
+    let worker = format!("{host}:{}", std::process::id());
     let keys: Vec<String> = g.trials.iter().map(|t| t.key.clone()).collect();
-    let mut progress = Progress::new(&g, std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    let mut cache: Option<(u64, Arc<Dataset>, Arc<Normalizer>)> = None;
+    let ours: HashSet<&str> = keys.iter().map(String::as_str).collect();
     let (mut trained, mut failed) = (0usize, 0usize);
     loop {
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let Some(claim) = rt.block_on(store.claim(&keys, &worker, args.retry_failed, STALE_AFTER))? else {
+        rt.block_on(release_gone(&store, &ours, &host, &progress))?;
+        let Some(claim) = rt.block_on(store.claim(&keys, &worker, args.retry_failed, stale_after))? else {
             break;
         };
+        if claim.previous_status == "running" {
+            progress.note(&format!(
+                "trial {}: its runner {} sent no heartbeat for over {} s; resuming",
+                claim.trial_id,
+                claim.previous_worker.as_deref().unwrap_or("(unknown)"),
+                stale_after.as_secs()
+            ));
+        }
         let spec = g
             .trials
             .iter()
             .find(|t| t.key == claim.key)
             .context("the store handed out a trial this grid does not have")?;
         let seed = spec.train.seed;
-        let (data, norm) = match &cache {
-            Some((s, d, n)) if *s == seed => (d.clone(), n.clone()),
+        let loaded = match cache.take() {
+            Some(c) if c.0 == seed => Ok(c),
+            // The previous set is dropped before the next one is read: one in memory at a time.
             _ => {
-                progress.note(&format!("loading {:?} data (seed {seed})", spec.dataset.kind).to_lowercase());
-                let d = Arc::new(data::load(&spec.dataset, &base, seed)?);
-                let n = Arc::new(Normalizer::fit(spec.dataset.normalize, &d.train, d.shape));
-                cache = Some((seed, d.clone(), n.clone()));
-                (d, n)
+                progress.note(&loading_note(spec));
+                with_heartbeat(&rt, &store, claim.trial_id, &worker, beat_every, || {
+                    load_data(spec, &base)
+                })
+            }
+        };
+        let (data, norm) = match loaded {
+            Ok(c) => {
+                let pair = (c.1.clone(), c.2.clone());
+                cache = Some(c);
+                pair
+            }
+            // Files that changed since the start, or a seed whose hold-out cannot work: this
+            // trial fails with the reason, the others go on.
+            Err(e) => {
+                let outcome = Outcome::Failed {
+                    error: format!("loading its data: {e}"),
+                    wall_s: 0.0,
+                };
+                progress.start_trial(spec, claim.trial_id, claim.resume.is_some());
+                rt.block_on(store.finish(claim.trial_id, &outcome))?;
+                progress.end_trial(&outcome);
+                failed += 1;
+                continue;
             }
         };
         let outcome = run_trial(
@@ -92,6 +140,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             norm,
             &device,
             &stop,
+            beat_every,
             &mut progress,
         )?;
         match outcome {
@@ -102,6 +151,11 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         }
     }
     progress.finish();
+    let elsewhere: Vec<store::RunningTrial> = rt
+        .block_on(store.running())?
+        .into_iter()
+        .filter(|r| ours.contains(r.key.as_str()) && r.worker.as_deref() != Some(worker.as_str()))
+        .collect();
     let rows = rt.block_on(store.summary(Some(&g.name)))?;
     rt.block_on(store.close());
     if stop.load(Ordering::SeqCst) {
@@ -119,6 +173,19 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         rows.len(),
         args.db.display()
     );
+    if !elsewhere.is_empty() {
+        let mut workers: Vec<&str> = elsewhere.iter().filter_map(|r| r.worker.as_deref()).collect();
+        workers.sort_unstable();
+        workers.dedup();
+        println!(
+            "{} running in other runners ({}); nothing is left for this one",
+            match elsewhere.len() {
+                1 => "1 trial is".to_string(),
+                n => format!("{n} trials are"),
+            },
+            workers.join(", ")
+        );
+    }
     if rows.iter().any(|r| r.status == "failed") && !args.retry_failed {
         println!(
             "failed trials are kept as they are; `runner run {} --retry-failed` trains them again",
@@ -126,6 +193,98 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         );
     }
     Ok(if failed > 0 { 1 } else { 0 })
+}
+
+fn loading_note(spec: &TrialSpec) -> String {
+    format!("loading {:?} data (seed {})", spec.dataset.kind, spec.train.seed).to_lowercase()
+}
+
+fn load_data(spec: &TrialSpec, base: &Path) -> crate::Result<Loaded> {
+    let seed = spec.train.seed;
+    let d = data::load(&spec.dataset, base, seed)?;
+    let n = Normalizer::fit(spec.dataset.normalize, &d.train, d.shape);
+    Ok((seed, Arc::new(d), Arc::new(n)))
+}
+
+/// Marks `interrupted` every running trial of this grid whose runner was a process of this
+/// machine that no longer exists (killed, crashed), so that it is claimed at once rather than
+/// after `--stale-after`. Runners elsewhere cannot be asked; their trials wait for the timeout.
+async fn release_gone(store: &Store, ours: &HashSet<&str>, host: &str, progress: &Progress) -> crate::Result<()> {
+    for r in store.running().await? {
+        let Some(w) = r.worker.as_deref() else { continue };
+        if !ours.contains(r.key.as_str()) {
+            continue;
+        }
+        if let Some(pid) = gone_pid(w, host, std::process::id(), process_alive) {
+            progress.note(&format!(
+                "trial {}: its runner (pid {pid}) is gone; resuming",
+                r.trial_id
+            ));
+            store.release(r.trial_id, w).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The pid of `worker` (`host:pid`) when it names a runner of this host, other than this
+/// process, that `alive` says is gone. Unknown liveness (`None`) counts as alive.
+fn gone_pid(worker: &str, host: &str, own_pid: u32, alive: impl Fn(u32) -> Option<bool>) -> Option<u32> {
+    let (h, pid) = worker.rsplit_once(':')?;
+    let pid: u32 = pid.parse().ok()?;
+    (h == host && pid != own_pid && alive(pid) == Some(false)).then_some(pid)
+}
+
+/// Whether process `pid` of this machine is running; `None` where /proc cannot say.
+fn process_alive(pid: u32) -> Option<bool> {
+    if !Path::new("/proc/self/stat").exists() {
+        return None;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses. A zombie (killed, not yet reaped
+        // by its parent) runs nothing any more.
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            Some(!matches!(state, Some('Z' | 'X')))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// Heartbeats come often enough that a live runner never looks stale to another: every 10 s,
+/// or four per `--stale-after` when that is shorter.
+fn heartbeat_interval(stale_after: Duration) -> Duration {
+    HEARTBEAT.min(stale_after / 4)
+}
+
+/// Runs `work` on a thread of its own while this one keeps the claimed trial's heartbeat going
+/// (loading a large data set can take longer than `--stale-after`).
+fn with_heartbeat<T: Send>(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    trial_id: i64,
+    worker: &str,
+    every: Duration,
+    work: impl FnOnce() -> T + Send,
+) -> T {
+    std::thread::scope(|s| {
+        let handle = s.spawn(work);
+        let mut beat = Instant::now();
+        while !handle.is_finished() {
+            std::thread::sleep(Duration::from_millis(50));
+            if beat.elapsed() >= every {
+                // A takeover, or a store that fails, shows at the trial's first heartbeat.
+                let _ = rt.block_on(store.heartbeat(trial_id, worker));
+                beat = Instant::now();
+            }
+        }
+        match handle.join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 /// Trains one claimed trial, recording its events; returns how it ended, or `None` when
@@ -141,20 +300,32 @@ fn run_trial(
     norm: Arc<Normalizer>,
     device: &Device,
     stop: &Arc<AtomicBool>,
+    beat_every: Duration,
     progress: &mut Progress,
 ) -> Result<Option<Outcome>> {
     let id = claim.trial_id;
+    progress.start_trial(spec, id, claim.resume.is_some());
     let resume = match &claim.resume {
-        Some(last) => Some(train::Resume {
-            last: last.bytes.clone(),
-            best: rt
-                .block_on(store.checkpoint(id, CheckpointKind::Best))?
-                .map(|c| c.bytes),
-        }),
+        Some(last) => match rt.block_on(store.checkpoint(id, CheckpointKind::Best)) {
+            Ok(best) => Some(train::Resume {
+                last: last.bytes.clone(),
+                best: best.map(|c| c.bytes),
+            }),
+            // A damaged checkpoint concerns this trial alone.
+            Err(e @ Error::Store { .. }) => {
+                let outcome = Outcome::Failed {
+                    error: format!("cannot resume: {e}"),
+                    wall_s: 0.0,
+                };
+                rt.block_on(store.finish(id, &outcome))?;
+                progress.end_trial(&outcome);
+                return Ok(Some(outcome));
+            }
+            Err(e) => return Err(e.into()),
+        },
         None => None,
     };
-    progress.start_trial(spec, id, resume.is_some());
-    // Set on Ctrl-C, or when another runner has taken the trial over.
+    // Set on Ctrl-C, when another runner has taken the trial over, or when the store fails.
     let trial_stop = Arc::new(AtomicBool::new(false));
     let trial = train::Trial {
         spec,
@@ -173,15 +344,23 @@ fn run_trial(
         let mut beat = Instant::now();
         let mut released = false;
         let mut lost = false;
+        // A write that failed even after the retries: the trainer is stopped (it would
+        // otherwise train to the end for nothing) and the error reported once it has.
+        let mut broken: Option<Error> = None;
         let outcome = loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(Event::Started { step, total }) => progress.started(step, total),
                 Ok(Event::Step { step, loss, lr }) => progress.step(step, loss, lr),
-                Ok(Event::Record(_)) if lost => {}
+                Ok(Event::Record(_)) if lost || broken.is_some() => {}
                 Ok(Event::Record(ev)) => {
                     progress.record(&ev);
-                    rt.block_on(store.record(id, &to_record(ev)))?;
-                    beat = Instant::now();
+                    match rt.block_on(store.record(id, &to_record(ev))) {
+                        Ok(()) => beat = Instant::now(),
+                        Err(e) => {
+                            trial_stop.store(true, Ordering::SeqCst);
+                            broken = Some(e);
+                        }
+                    }
                 }
                 Ok(Event::Finished(outcome)) => break outcome,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -192,7 +371,8 @@ fn run_trial(
                     }
                 }
             }
-            if stop.load(Ordering::SeqCst) && !released && !lost {
+            let active = !released && !lost && broken.is_none();
+            if stop.load(Ordering::SeqCst) && active {
                 trial_stop.store(true, Ordering::SeqCst);
                 // Marked at once, so a second Ctrl-C that exits on the spot leaves the trial
                 // `interrupted` with its previous `last` checkpoint.
@@ -200,7 +380,7 @@ fn run_trial(
                 released = true;
                 progress.note("stopping after this step (Ctrl-C again to quit at once)");
             }
-            if beat.elapsed() >= HEARTBEAT && !released && !lost {
+            if beat.elapsed() >= beat_every && active {
                 if let Err(e) = rt.block_on(store.heartbeat(id, worker)) {
                     progress.note(&format!("  {e}: stopping; the runner that took it over continues it"));
                     lost = true;
@@ -210,8 +390,24 @@ fn run_trial(
             }
         };
         let _ = trainer.join();
+        if let Some(e) = broken {
+            // Best effort: the next run resumes the trial at once rather than after a timeout.
+            let _ = rt.block_on(store.release(id, worker));
+            return Err(e.into());
+        }
         if lost {
             return Ok(None);
+        }
+        // The last word on the trial belongs to its owner: a runner that lost it between two
+        // heartbeats must not mark the new owner's run done or failed.
+        if let Err(e) = rt.block_on(store.heartbeat(id, worker)) {
+            match e {
+                Error::Other(_) => {
+                    progress.note(&format!("  {e}: its result is left to that runner"));
+                    return Ok(None);
+                }
+                e => return Err(e.into()),
+            }
         }
         rt.block_on(store.finish(id, &outcome))?;
         progress.end_trial(&outcome);
@@ -286,4 +482,46 @@ fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_gone_runner_of_this_host_is_resumed_at_once() {
+        let dead = |_| Some(false);
+        assert_eq!(gone_pid("box:41", "box", 7, dead), Some(41));
+        // Another machine's processes cannot be seen from here: they wait for --stale-after.
+        assert_eq!(gone_pid("other:41", "box", 7, dead), None);
+        // This process is alive, whatever a caller says.
+        assert_eq!(gone_pid("box:7", "box", 7, dead), None);
+        assert_eq!(gone_pid("box:41", "box", 7, |_| Some(true)), None);
+        assert_eq!(gone_pid("box:41", "box", 7, |_| None), None);
+        assert_eq!(gone_pid("box", "box", 7, dead), None);
+        assert_eq!(gone_pid("box:x", "box", 7, dead), None);
+        // Host names with colons (an IPv6 literal) keep everything before the last one.
+        assert_eq!(gone_pid("fe80::1:41", "fe80::1", 7, dead), Some(41));
+    }
+
+    #[test]
+    fn a_process_is_alive_until_it_has_exited() {
+        if process_alive(std::process::id()).is_none() {
+            eprintln!("note: no /proc here; liveness is unknown and runners wait for --stale-after");
+            return;
+        }
+        assert_eq!(process_alive(std::process::id()), Some(true));
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        assert_eq!(process_alive(pid), Some(true));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(process_alive(pid), Some(false));
+    }
+
+    #[test]
+    fn heartbeats_come_at_least_four_times_per_stale_timeout() {
+        assert_eq!(heartbeat_interval(Duration::from_secs(120)), HEARTBEAT);
+        assert_eq!(heartbeat_interval(Duration::from_secs(2)), Duration::from_millis(500));
+    }
 }

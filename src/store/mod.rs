@@ -85,6 +85,19 @@ pub struct Claim {
     /// The status before this claim: `pending`, `interrupted`, `failed`, or `running` when a
     /// dead worker's trial was taken over.
     pub previous_status: String,
+    /// The worker that ran the trial before (`host:pid`), if any ran it.
+    pub previous_worker: Option<String>,
+}
+
+/// A trial some worker is running (or was, until it died): see [`Store::running`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningTrial {
+    pub trial_id: i64,
+    pub key: String,
+    /// `host:pid` of the runner that claimed it.
+    pub worker: Option<String>,
+    /// Seconds since its last heartbeat; `None` when it never sent one.
+    pub heartbeat_age_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -258,7 +271,21 @@ impl Store {
         // returning a connection when it is closed; checkpoint explicitly. Best effort: another
         // process reading the file can keep part of the WAL alive, and it checkpoints later.
         let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await;
+        self.shut().await;
+    }
+
+    /// Closes every connection before returning, so that SQLite sees its last connection go and
+    /// removes the -wal and -shm files. `Pool::close` alone may return while a connection that
+    /// was on its way back to the pool is still being closed by a background task, which a
+    /// process about to exit never waits for: wait (a moment at most) until none is left.
+    async fn shut(&self) {
         self.pool.close().await;
+        for _ in 0..200 {
+            if self.pool.size() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     async fn connect(path: &Path, create: bool) -> Result<Store> {
@@ -273,17 +300,34 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .min_connections(0)
-            .connect_with(options)
-            .await
-            .map_err(|e| open_error(path, create, e))?;
+        // Several runners started together on a new file all switch it to WAL at once; the
+        // losers may be told SQLITE_BUSY before the busy timeout applies.
+        let mut attempt = 0;
+        let pool = loop {
+            match SqlitePoolOptions::new()
+                .max_connections(MAX_CONNECTIONS)
+                .min_connections(0)
+                .connect_with(options.clone())
+                .await
+            {
+                Ok(pool) => break pool,
+                Err(e) if is_busy(&e) && attempt < BUSY_RETRIES => {
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(open_error(path, create, e)),
+            }
+        };
         let store = Store {
             pool,
             path: path.to_path_buf(),
         };
-        store.migrate().await?;
+        if let Err(e) = store.migrate().await {
+            // Closed rather than dropped, so that no -wal/-shm file is left beside a database
+            // this binary refused.
+            store.shut().await;
+            return Err(e);
+        }
         Ok(store)
     }
 
@@ -309,7 +353,11 @@ impl Store {
             // fail to be `Send` (sqlx's own workaround, hidden from its docs but public).
             let result = match migrator.run_direct(&mut *tx).await {
                 Ok(()) => tx.commit().await.map_err(MigrateError::Execute),
-                Err(e) => Err(e),
+                // Rolled back here rather than on drop, which would leave it to a background task.
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    Err(e)
+                }
             };
             match result {
                 Ok(()) => return Ok(()),

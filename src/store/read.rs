@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 use sqlx::sqlite::SqliteRow;
 use sqlx::FromRow;
 
-use super::{Checkpoint, CheckpointKind, MetricRow, Store, SummaryRow, TrialDetail};
+use super::{Checkpoint, CheckpointKind, MetricRow, RunningTrial, Store, SummaryRow, TrialDetail};
 use crate::{Error, Result};
 
 /// The fewest key characters accepted to name a trial: short prefixes would match by accident.
@@ -178,6 +178,31 @@ impl Store {
             .fetch_all(&self.pool)
             .await
         })
+    }
+
+    /// Every trial whose status is `running`, with its worker and the age of its heartbeat
+    /// (stale or not): the runner uses it to resume trials whose runner is gone, and to say which
+    /// trials other runners are busy with.
+    pub async fn running(&self) -> Result<Vec<RunningTrial>> {
+        let rows: Vec<(i64, String, Option<String>, Option<f64>)> = retry!(self, async {
+            sqlx::query_as(
+                r#"
+                SELECT id, key, worker, (julianday('now') - julianday(heartbeat_at)) * 86400.0
+                FROM trials WHERE status = 'running' ORDER BY id
+                "#,
+            )
+            .fetch_all(&self.pool)
+            .await
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(trial_id, key, worker, heartbeat_age_s)| RunningTrial {
+                trial_id,
+                key,
+                worker,
+                heartbeat_age_s,
+            })
+            .collect())
     }
 
     /// Experiment names, in the order they were first run.

@@ -279,6 +279,7 @@ async fn stale_running_trial_is_taken_over() {
     let b = claim_one(&store, &keys, "b").await;
     assert_eq!(b.trial_id, a.trial_id);
     assert_eq!(b.previous_status, "running");
+    assert_eq!(b.previous_worker.as_deref(), Some("a"));
     let detail = store.trial(&a.trial_id.to_string()).await.unwrap();
     assert_eq!(detail.worker.as_deref(), Some("b"));
     assert_eq!(detail.attempts, 2);
@@ -625,4 +626,96 @@ async fn a_key_registered_by_another_experiment_stays_there() {
     assert_eq!(store.summary(Some("first")).await.unwrap().len(), 1);
     assert!(store.summary(Some("second")).await.unwrap().is_empty());
     assert_eq!(store.trial(&shared.key[..10]).await.unwrap().ord, 0);
+}
+
+#[tokio::test]
+async fn a_running_trial_without_heartbeats_reads_as_interrupted_in_the_summary() {
+    let (_dir, store) = fresh().await;
+    let trials = grid("e", 2);
+    let keys = keys(&trials);
+    store.register("e", "", &trials).await.unwrap();
+    let live = claim_one(&store, &keys, "here:1").await;
+    let dead = claim_one(&store, &keys, "there:2").await;
+    sqlx::query("UPDATE trials SET heartbeat_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour') WHERE id = ?1")
+        .bind(dead.trial_id)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+
+    let status = |rows: &[SummaryRow], id: i64| rows.iter().find(|r| r.trial == id).unwrap().status.clone();
+    let rows = store.summary(None).await.unwrap();
+    assert_eq!(status(&rows, live.trial_id), "running");
+    assert_eq!(status(&rows, dead.trial_id), "interrupted");
+    // The table keeps what runners claim on.
+    let raw: String = sqlx::query_scalar("SELECT status FROM trials WHERE id = ?1")
+        .bind(dead.trial_id)
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(raw, "running");
+
+    let running = store.running().await.unwrap();
+    assert_eq!(running.len(), 2);
+    let age = |id: i64| {
+        running
+            .iter()
+            .find(|r| r.trial_id == id)
+            .unwrap()
+            .heartbeat_age_s
+            .unwrap()
+    };
+    assert!(age(live.trial_id) < 60.0, "{running:?}");
+    assert!(age(dead.trial_id) > 3000.0, "{running:?}");
+    assert_eq!(
+        running
+            .iter()
+            .find(|r| r.trial_id == dead.trial_id)
+            .unwrap()
+            .worker
+            .as_deref(),
+        Some("there:2")
+    );
+}
+
+#[tokio::test]
+async fn a_refused_database_is_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let store = Store::open(&path).await.unwrap();
+    store.register("e", "", &grid("e", 2)).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99990101000000, 'from the future', TRUE, x'00', 0)",
+    )
+    .execute(&store.pool)
+    .await
+    .unwrap();
+    store.close().await;
+    let before = std::fs::read(&path).unwrap();
+
+    assert!(matches!(Store::open(&path).await, Err(Error::Store { .. })));
+    assert!(std::fs::read(&path).unwrap() == before, "the refused file changed");
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["runs.db"]);
+}
+
+#[tokio::test]
+async fn close_leaves_the_main_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let store = Store::open(&path).await.unwrap();
+    let trials = grid("e", 2);
+    store.register("e", "", &trials).await.unwrap();
+    // A connection on its way back to the pool as the store closes.
+    let _ = store.claim(&keys(&trials), "w", false, HOUR).await.unwrap();
+    store.close().await;
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["runs.db"]);
 }

@@ -84,9 +84,9 @@ impl Store {
         let mut tx = self.pool.begin_with(BEGIN).await?;
         // Every claimable trial of the file (a few thousand at most), then the first in `keys`
         // order: one query whatever the length of `keys`.
-        let claimable: Vec<(i64, String, String)> = sqlx::query_as(
+        let claimable: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
             r#"
-            SELECT id, key, status FROM trials
+            SELECT id, key, status, worker FROM trials
             WHERE status IN ('pending', 'interrupted')
                OR (status = 'failed' AND ?1)
                OR (status = 'running'
@@ -98,16 +98,16 @@ impl Store {
         .bind(stale_after.as_secs_f64())
         .fetch_all(&mut *tx)
         .await?;
-        let by_key: HashMap<&str, (i64, &str)> = claimable
+        let by_key: HashMap<&str, (i64, &str, &Option<String>)> = claimable
             .iter()
-            .map(|(id, key, status)| (key.as_str(), (*id, status.as_str())))
+            .map(|(id, key, status, worker)| (key.as_str(), (*id, status.as_str(), worker)))
             .collect();
         let found = keys.iter().find_map(|k| {
             by_key
                 .get(k.as_str())
-                .map(|&(id, status)| (id, k.clone(), status.to_string()))
+                .map(|&(id, status, worker)| (id, k.clone(), status.to_string(), worker.clone()))
         });
-        let Some((trial_id, key, previous_status)) = found else {
+        let Some((trial_id, key, previous_status, previous_worker)) = found else {
             tx.rollback().await?;
             return Ok(None);
         };
@@ -182,6 +182,7 @@ impl Store {
             key,
             resume,
             previous_status,
+            previous_worker,
         }))
     }
 

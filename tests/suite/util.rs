@@ -1,7 +1,12 @@
 //! Running the real binary in a temp dir.
 
+use std::io::{BufRead, BufReader, Lines};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteRow};
+use sqlx::{ConnectOptions, Connection};
 
 pub struct Dir {
     pub tmp: tempfile::TempDir,
@@ -32,6 +37,41 @@ impl Dir {
             .output()
             .expect("run the runner binary");
         Run(out)
+    }
+
+    /// Starts `runner ARGS` in this directory and leaves it running; read its output with
+    /// [`Running::wait_for`].
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args(args)
+            .current_dir(self.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the runner binary");
+        let lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Every file of the directory with the sha256 of its bytes: equal snapshots mean nothing
+    /// was created, removed or changed.
+    pub fn snapshot(&self) -> Vec<(String, String)> {
+        self.files()
+            .into_iter()
+            .map(|name| {
+                let p = self.path().join(&name);
+                let digest = if p.is_file() {
+                    hex::encode(Sha256::digest(std::fs::read(&p).expect("read file")))
+                } else {
+                    "(directory)".to_string()
+                };
+                (name, digest)
+            })
+            .collect()
     }
 
     /// Every file name in the directory (to check that nothing was written).
@@ -65,4 +105,107 @@ pub fn repo_file(rel: &str) -> String {
         .join(rel)
         .to_string_lossy()
         .into_owned()
+}
+
+/// A runner started with [`Dir::spawn`].
+pub struct Running {
+    pub child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    /// Every stdout line read so far.
+    pub seen: Vec<String>,
+}
+
+impl Running {
+    /// Reads stdout until the `n`-th line (counted from now) that contains `text`; panics with
+    /// what was read if the runner ends first.
+    pub fn wait_for(&mut self, text: &str, n: usize) {
+        let mut found = 0;
+        while found < n {
+            match self.lines.next() {
+                Some(Ok(line)) => {
+                    found += line.contains(text) as usize;
+                    self.seen.push(line);
+                }
+                _ => panic!(
+                    "the runner ended before line {n} with `{text}`; its output:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// SIGKILL: no handler runs, nothing is flushed or closed.
+    pub fn kill(mut self) -> Vec<String> {
+        self.child.kill().expect("kill the runner");
+        self.child.wait().expect("reap the runner");
+        self.seen
+    }
+
+    /// Waits for the end; the rest of stdout is appended to `seen`.
+    pub fn finish(mut self) -> (i32, Vec<String>, String) {
+        for line in self.lines.by_ref() {
+            self.seen.push(line.expect("runner output"));
+        }
+        let out = self.child.wait_with_output().expect("wait for the runner");
+        (
+            out.status.code().unwrap_or(-1),
+            self.seen,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// Rows of `sql` on the database at `path`, through a plain connection (no migrations, no
+/// runner code): what `sqlite3` would see.
+pub fn query<T>(path: &Path, sql: &str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, SqliteRow> + Send + Unpin,
+{
+    block_on(async {
+        let mut conn = connect(path).await;
+        let rows = sqlx::query_as::<_, T>(sql)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        conn.close().await.expect("close");
+        rows
+    })
+}
+
+/// Runs statements on the database at `path` (to fake what another runner left behind).
+pub fn execute(path: &Path, sql: &str) {
+    block_on(async {
+        let mut conn = connect(path).await;
+        sqlx::raw_sql(sql)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        conn.close().await.expect("close");
+    })
+}
+
+/// `PRAGMA integrity_check`: "ok" for an intact file.
+pub fn integrity(path: &Path) -> String {
+    query::<(String,)>(path, "PRAGMA integrity_check")
+        .into_iter()
+        .map(|r| r.0)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn connect(path: &Path) -> sqlx::SqliteConnection {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .busy_timeout(std::time::Duration::from_secs(30))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
 }
