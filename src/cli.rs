@@ -73,6 +73,22 @@ pub enum Format {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Charts (--plot DIR), one set per experiment; <experiment> with characters other than \
+letters, digits, '-', '_', '.' replaced by '_':
+  <experiment>-curves.svg    error (%) against iterations, as in He et al. 2015 Fig. 6: one panel per
+                             network family (plain | resnet, and shortcut/unit/block when the grid varies
+                             them), one colour per depth, thin dashed = training, bold = validation
+  <experiment>-depth.svg     final test error (bold) and best validation error (dashed) against depth
+  <experiment>-shortcut.svg  test error by shortcut option A/B/C, one line per depth (grids that vary it)
+  <experiment>-preact.svg    test error, original vs pre-activation units (grids that vary it)
+  with --png, a .png beside each .svg. Charts with no data yet are skipped with a note on stderr.
+
+Examples:
+  runner report --paper                                  how far each trial is from the papers
+  runner report --plot charts --png --markdown --paper > report.md
+                                                         a document for a README or a lab notebook"
+)]
 pub struct ReportArgs {
     /// The results database
     #[arg(long, default_value = "runs.db")]
@@ -86,9 +102,22 @@ pub struct ReportArgs {
     /// A JSON array, one object per trial
     #[arg(long, conflicts_with = "markdown")]
     pub json: bool,
-    /// A Markdown table
+    /// A self-contained Markdown report: the table, the paper comparison with --paper, and links
+    /// to the charts with --plot
     #[arg(long)]
     pub markdown: bool,
+    /// Also draw charts (SVG) into DIR, created if missing; the files written are listed on
+    /// stderr and below
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<PathBuf>,
+    /// With --plot: a PNG beside each SVG
+    #[arg(long, requires = "plot")]
+    pub png: bool,
+    /// Add the published CIFAR-10 test error of the same network (He et al. 2015 Table 6;
+    /// 2016 Table 3), our difference in percentage points, and how our recipe differs from the
+    /// paper's (dataset, iterations, batch, schedule, augmentation)
+    #[arg(long)]
+    pub paper: bool,
 }
 
 impl ReportArgs {
