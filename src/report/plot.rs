@@ -33,6 +33,7 @@ use std::sync::OnceLock;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
 
 use crate::store::{MetricRow, SummaryRow};
@@ -510,12 +511,32 @@ fn register_font() -> Result<()> {
 const PANEL: (u32, u32) = (640, 480);
 const TITLE_BAND: u32 = 50;
 
-/// The picture size: panels side by side, at most three in a row.
+/// The picture size: panels side by side, at most three in a row, each with room on its right
+/// for the legend (outside the plot, so that it never hides a curve).
 pub fn size(chart: &Chart) -> (u32, u32) {
     let n = chart.panels.len().max(1) as u32;
     let cols = n.min(3);
     let rows = n.div_ceil(cols);
-    (PANEL.0 * cols, TITLE_BAND + PANEL.1 * rows)
+    ((PANEL.0 + legend_width(chart)) * cols, TITLE_BAND + PANEL.1 * rows)
+}
+
+const LEGEND_FONT: u32 = 14;
+
+/// Pixels for the widest legend entry: the sample line, its gap, the text, the frame.
+fn legend_width(chart: &Chart) -> u32 {
+    let font = (FAMILY, LEGEND_FONT).into_font();
+    chart
+        .panels
+        .iter()
+        .flat_map(|p| &p.lines)
+        .map(|l| {
+            font.box_size(&l.label)
+                .map(|(w, _)| w)
+                .unwrap_or(l.label.chars().count() as u32 * LEGEND_FONT * 6 / 10)
+        })
+        .max()
+        .unwrap_or(0)
+        + 60
 }
 
 pub fn render_svg(chart: &Chart) -> Result<String> {
@@ -555,7 +576,7 @@ type DrawResult<DB> = std::result::Result<(), DrawingAreaErrorKind<<DB as Drawin
 
 fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, chart: &Chart) -> DrawResult<DB> {
     root.fill(&WHITE)?;
-    let body = root.titled(&chart.title, (FAMILY, 26))?;
+    let body = root.margin(8, 0, 0, 0).titled(&chart.title, (FAMILY, 26))?;
     let n = chart.panels.len().max(1);
     let cols = n.min(3);
     let areas = body.split_evenly((n.div_ceil(cols), cols));
@@ -567,10 +588,10 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, chart: &Chart) -> Dra
         .flat_map(|l| &l.points)
         .map(|p| p.1)
         .fold(0.0_f64, f64::max);
-    // Headroom above the data for the legend, which sits in the upper right.
-    let y_max = (y_max * 1.3).clamp(1.0, 100.0);
+    let y_max = (y_max * 1.05).clamp(1.0, 100.0);
+    let legend = legend_width(chart);
     for (panel, area) in chart.panels.iter().zip(&areas) {
-        draw_panel(area, chart, panel, y_max)?;
+        draw_panel(area, chart, panel, y_max, legend)?;
     }
     Ok(())
 }
@@ -603,10 +624,15 @@ fn draw_panel<DB: DrawingBackend>(
     chart: &Chart,
     panel: &Panel,
     y_max: f64,
+    legend: u32,
 ) -> DrawResult<DB> {
     let (x0, x1) = x_range(chart);
     let mut builder = ChartBuilder::on(area);
-    builder.margin(12).x_label_area_size(50).y_label_area_size(60);
+    builder
+        .margin(12)
+        .margin_right(12 + legend)
+        .x_label_area_size(50)
+        .y_label_area_size(60);
     if !panel.title.is_empty() {
         builder.caption(&panel.title, (FAMILY, 20));
     }
@@ -628,14 +654,15 @@ fn draw_panel<DB: DrawingBackend>(
         .y_desc(chart.y_label.as_str())
         .axis_desc_style((FAMILY, 16))
         .label_style((FAMILY, 14))
-        .light_line_style(RGBColor(235, 235, 235))
-        .bold_line_style(RGBColor(210, 210, 210))
-        .x_label_formatter(&x_format);
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(RGBColor(225, 225, 225))
+        .x_label_formatter(&x_format)
+        .y_label_formatter(&|y| tick(*y));
     if let Some(c) = &chart.categories {
         mesh.x_labels(c.len());
     }
     mesh.draw()?;
-    let mut labelled = BTreeSet::new();
+    let mut legend_entries: Vec<(&str, ShapeStyle, Style)> = Vec::new();
     for line in &panel.lines {
         let c = colour(line.colour);
         let style = match line.style {
@@ -643,30 +670,51 @@ fn draw_panel<DB: DrawingBackend>(
             Style::Bold => c.stroke_width(BOLD_WIDTH),
         };
         let points = line.points.clone();
-        let anno = match line.style {
+        match line.style {
             Style::Thin => cc.draw_series(DashedLineSeries::new(points.clone(), 6, 4, style))?,
             Style::Bold => cc.draw_series(LineSeries::new(points.clone(), style))?,
         };
         // Curves have no dots unless a single point would otherwise be invisible.
-        let dots = chart.kind != "curves" || points.len() == 1;
-        // Only the first line of a label reaches the legend; in the curves a depth's bold line
-        // stands for both of its lines.
-        let wants_label = chart.kind != "curves" || line.style == Style::Bold || !has_bold(panel, &line.label);
-        if wants_label && labelled.insert(line.label.clone()) {
-            anno.label(line.label.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style));
-        }
-        if dots {
+        if chart.kind != "curves" || points.len() == 1 {
             let radius = if line.style == Style::Bold { 4 } else { 3 };
             cc.draw_series(points.iter().map(|&p| Circle::new(p, radius, c.filled())))?;
         }
+        // Only the first line of a label reaches the legend; in the curves a depth's bold line
+        // stands for both of its lines.
+        let wants_label = chart.kind != "curves" || line.style == Style::Bold || !has_bold(panel, &line.label);
+        if wants_label && !legend_entries.iter().any(|e| e.0 == line.label) {
+            legend_entries.push((&line.label, style, line.style));
+        }
     }
-    cc.configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(160, 160, 160))
-        .label_font((FAMILY, 14))
-        .draw()?;
+    // The legend goes in the margin right of the plot (plotters' own legend is clipped to the
+    // plotting area), aligned with the plot's top.
+    let (plot_x, plot_y) = cc.plotting_area().get_base_pixel();
+    let (area_x, area_y) = area.get_base_pixel();
+    let plot_width = cc.plotting_area().dim_in_pixel().0 as i32;
+    let x = plot_x - area_x + plot_width + 12;
+    let y = plot_y - area_y;
+    let row = LEGEND_FONT as i32 + 8;
+    if !legend_entries.is_empty() {
+        area.draw(&Rectangle::new(
+            [(x, y), (x + legend as i32 - 8, y + 8 + row * legend_entries.len() as i32)],
+            RGBColor(160, 160, 160).stroke_width(1),
+        ))?;
+    }
+    for (i, (label, style, kind)) in legend_entries.into_iter().enumerate() {
+        let cy = y + 4 + row * i as i32 + row / 2;
+        match kind {
+            Style::Bold => area.draw(&PathElement::new(vec![(x + 8, cy), (x + 32, cy)], style))?,
+            Style::Thin => {
+                area.draw(&PathElement::new(vec![(x + 8, cy), (x + 17, cy)], style))?;
+                area.draw(&PathElement::new(vec![(x + 23, cy), (x + 32, cy)], style))?;
+            }
+        }
+        let font = (FAMILY, LEGEND_FONT)
+            .into_font()
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Left, VPos::Center));
+        area.draw(&Text::new(label.to_string(), (x + 40, cy), font))?;
+    }
     Ok(())
 }
 
