@@ -696,7 +696,10 @@ fn draw_panel<DB: DrawingBackend>(
     let row = LEGEND_FONT as i32 + 8;
     if !legend_entries.is_empty() {
         area.draw(&Rectangle::new(
-            [(x, y), (x + legend as i32 - 8, y + 8 + row * legend_entries.len() as i32)],
+            [
+                (x, y),
+                (x + legend as i32 - 8, y + 8 + row * legend_entries.len() as i32),
+            ],
             RGBColor(160, 160, 160).stroke_width(1),
         ))?;
     }
