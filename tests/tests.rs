@@ -8,3 +8,6 @@ mod dry_run;
 
 #[path = "suite/run.rs"]
 mod run;
+
+#[path = "suite/report_plot.rs"]
+mod report_plot;
