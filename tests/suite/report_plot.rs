@@ -26,7 +26,11 @@ fn report_draws_charts_and_writes_a_markdown_document_that_links_them() {
         let png = std::fs::read(charts.join(format!("tiny-{kind}.png"))).expect("a PNG");
         let img = image::load_from_memory_with_format(&png, image::ImageFormat::Png).expect("a valid PNG");
         assert!(img.width() > 400 && img.height() > 300);
-        assert!(r.stderr().contains(&format!("wrote charts/tiny-{kind}.svg")), "{}", r.stderr());
+        assert!(
+            r.stderr().contains(&format!("wrote charts/tiny-{kind}.svg")),
+            "{}",
+            r.stderr()
+        );
     }
     // No shortcut or unit-type variation: no such charts, and nothing else in the folder.
     assert_eq!(std::fs::read_dir(&charts).unwrap().count(), 4);
@@ -37,12 +41,21 @@ fn report_draws_charts_and_writes_a_markdown_document_that_links_them() {
 
     let md = r.stdout();
     assert!(md.starts_with("# runner report: tiny"), "{md}");
-    assert!(md.contains("![tiny on synthetic: error during training](charts/tiny-curves.png)"), "{md}");
-    assert!(md.contains("(charts/tiny-depth.png)") && md.contains("[SVG](charts/tiny-depth.svg)"), "{md}");
+    assert!(
+        md.contains("![tiny on synthetic: error during training](charts/tiny-curves.png)"),
+        "{md}"
+    );
+    assert!(
+        md.contains("(charts/tiny-depth.png)") && md.contains("[SVG](charts/tiny-depth.svg)"),
+        "{md}"
+    );
     // Depth 8 is not in the papers' tables: no match for either trial.
     assert!(md.contains("0 of 2 trials"), "{md}");
     let plain_md = d.run(&["report", "--markdown"]).stdout();
-    assert!(!plain_md.contains("## Charts") && plain_md.contains("| tiny |"), "{plain_md}");
+    assert!(
+        !plain_md.contains("## Charts") && plain_md.contains("| tiny |"),
+        "{plain_md}"
+    );
 }
 
 #[test]
