@@ -73,22 +73,24 @@ pub enum Format {
 }
 
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Charts (--plot DIR), one set per experiment; <experiment> with characters other than \
-letters, digits, '-', '_', '.' replaced by '_':
-  <experiment>-curves.svg    error (%) against iterations, as in He et al. 2015 Fig. 6: one panel per
-                             network family (plain | resnet, and shortcut/unit/block when the grid varies
-                             them), one colour per depth, thin dashed = training, bold = validation
-  <experiment>-depth.svg     final test error (bold) and best validation error (dashed) against depth
-  <experiment>-shortcut.svg  test error by shortcut option A/B/C, one line per depth (grids that vary it)
-  <experiment>-preact.svg    test error, original vs pre-activation units (grids that vary it)
-  with --png, a .png beside each .svg. Charts with no data yet are skipped with a note on stderr.
+#[command(after_help = "Charts (--plot DIR), one set per experiment:
+  <experiment>-curves.svg    error (%) against iterations (He et al. 2015, Fig. 6):
+                             a panel per network family, a colour per depth,
+                             thin dashed = training, bold = validation error
+  <experiment>-depth.svg     test error (bold) and best validation error (dashed)
+                             against depth
+  <experiment>-shortcut.svg  test error by shortcut option, a line per depth
+                             (when the grid varies the shortcut)
+  <experiment>-preact.svg    test error, original vs pre-activation units
+                             (when the grid varies preact)
+With --png, a .png beside each .svg. Charts with no data yet are skipped, with
+a note on stderr. In <experiment>, characters other than letters, digits, '-',
+'_' and '.' become '_'.
 
 Examples:
-  runner report --paper                                  how far each trial is from the papers
+  runner report --paper         how far each trial is from the papers
   runner report --plot charts --png --markdown --paper > report.md
-                                                         a document for a README or a lab notebook"
-)]
+                                a document for a README or a lab notebook")]
 pub struct ReportArgs {
     /// The results database
     #[arg(long, default_value = "runs.db")]
