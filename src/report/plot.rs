@@ -8,15 +8,16 @@
 //!   Figure 6: one panel per network family, one colour per depth (the same colour for a depth
 //!   in every panel), thin dashed lines for the training error and bold lines for the
 //!   validation error. A family is the architecture plus whichever of shortcut, unit type
-//!   (original/pre-activation), block and width the experiment varies, so the shortcut grid
-//!   gets three ResNet panels (A, B, C) beside the plain one.
+//!   (original/pre-activation), block and width take several values at one depth, so the
+//!   shortcut grid gets three ResNet panels (A, B, C) and the preact grid two (original,
+//!   pre-activation; its block changes only with the depth, which the colour already tells).
 //! - `<experiment>-depth.svg`: the final error against depth, one colour per family: bold with
 //!   dots for the test error (of the validation-best weights), thin dashed for the best
 //!   validation error.
 //! - `<experiment>-shortcut.svg` (only when the experiment's ResNets use more than one shortcut
 //!   option) and `<experiment>-preact.svg` (only when it has both unit types): the test error
 //!   grouped by option or unit type on the x axis, one line per depth (and block/width when those
-//!   vary); the best validation error stands in when no trial has a test error yet.
+//!   vary at one depth); the best validation error stands in when no trial has a test error yet.
 //!
 //! Several seeds of one configuration are drawn as separate curves of the same colour, and
 //! averaged in the error-against-depth charts. NULL values, pending trials and non-finite
@@ -251,9 +252,22 @@ impl Field {
 
 const FIELDS: [Field; 4] = [Field::Shortcut, Field::Preact, Field::Block, Field::Width];
 
-/// The fields that vary in this experiment.
+/// The fields that take more than one value at some depth. A field that only changes with the
+/// depth (the preact grid's block: ResNet-110 basic, ResNet-164 bottleneck) is already told by
+/// the depth, and splitting families by it would leave one point per line.
 fn varying(rows: &[&SummaryRow]) -> Vec<Field> {
-    FIELDS.into_iter().filter(|f| varies(rows, |r| f.text(r))).collect()
+    FIELDS
+        .into_iter()
+        .filter(|f| {
+            let mut by_depth: BTreeMap<Option<i64>, BTreeSet<String>> = BTreeMap::new();
+            for r in rows {
+                if let Some(t) = f.text(r) {
+                    by_depth.entry(r.depth).or_default().insert(t);
+                }
+            }
+            by_depth.values().any(|values| values.len() > 1)
+        })
+        .collect()
 }
 
 /// A family's name: the architecture and the values of the varying fields, `resnet, shortcut B`.

@@ -299,8 +299,19 @@ fn a_preact_grid_gets_a_chart_by_unit_with_a_line_per_depth_and_block() {
         Some(&["original".to_string(), "pre-activation".into()][..])
     );
     let labels: Vec<&str> = by.panels[0].lines.iter().map(|l| l.label.as_str()).collect();
-    assert_eq!(labels, ["resnet-110, basic", "resnet-164, bottleneck"]);
+    // The block only changes with the depth: the depth tells it.
+    assert_eq!(labels, ["resnet-110", "resnet-164"]);
     assert!(charts.iter().all(|c| c.kind != "shortcut"));
+    // Against depth: one line per unit type through both depths.
+    let depth = chart(&charts, "depth");
+    let tests: Vec<&Line> = depth.panels[0]
+        .lines
+        .iter()
+        .filter(|l| l.style == Style::Bold)
+        .collect();
+    let labels: Vec<&str> = tests.iter().map(|l| l.label.as_str()).collect();
+    assert_eq!(labels, ["resnet, original test", "resnet, pre-activation test"]);
+    assert!(tests.iter().all(|l| l.points.len() == 2));
 }
 
 #[test]
