@@ -79,6 +79,24 @@ pub enum Format {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Charts (--plot DIR), one set per experiment:
+  <experiment>-curves.svg    error (%) against iterations (He et al. 2015, Fig. 6):
+                             a panel per network family, a colour per depth,
+                             thin dashed = training, bold = validation error
+  <experiment>-depth.svg     test error (bold) and best validation error (dashed)
+                             against depth
+  <experiment>-shortcut.svg  test error by shortcut option, a line per depth
+                             (when the grid varies the shortcut)
+  <experiment>-preact.svg    test error, original vs pre-activation units
+                             (when the grid varies preact)
+With --png, a .png beside each .svg. Charts with no data yet are skipped, with
+a note on stderr. In <experiment>, characters other than letters, digits, '-',
+'_' and '.' become '_'.
+
+Examples:
+  runner report --paper         how far each trial is from the papers
+  runner report --plot charts --png --markdown --paper > report.md
+                                a document for a README or a lab notebook")]
 pub struct ReportArgs {
     /// The results database
     #[arg(long, default_value = "runs.db")]
@@ -92,9 +110,22 @@ pub struct ReportArgs {
     /// A JSON array, one object per trial
     #[arg(long, conflicts_with = "markdown")]
     pub json: bool,
-    /// A Markdown table
+    /// A self-contained Markdown report: the table, the paper comparison with --paper, and links
+    /// to the charts with --plot
     #[arg(long)]
     pub markdown: bool,
+    /// Also draw charts (SVG) into DIR, created if missing; the files written are listed on
+    /// stderr and below
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<PathBuf>,
+    /// With --plot: a PNG beside each SVG
+    #[arg(long, requires = "plot")]
+    pub png: bool,
+    /// Add the published CIFAR-10 test error of the same network (He et al. 2015 Table 6;
+    /// 2016 Table 3), our difference in percentage points, and how our recipe differs from the
+    /// paper's (dataset, iterations, batch, schedule, augmentation)
+    #[arg(long)]
+    pub paper: bool,
 }
 
 impl ReportArgs {

@@ -11,3 +11,5 @@ mod run;
 
 #[path = "suite/robust.rs"]
 mod robust;
+#[path = "suite/report_plot.rs"]
+mod report_plot;

@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 
 use crate::cli::{CheckpointArg, ExportArgs, Format, ReportArgs, ShowArgs};
-use crate::report;
+use crate::grid::TrialConfig;
+use crate::report::{self, paper, plot};
 use crate::store::{CheckpointKind, Store};
 use crate::train::checkpoint;
 use crate::Error;
@@ -20,21 +21,68 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the store's runtime")
 }
 
-/// `runner report`: one row per trial.
+/// `runner report`: one row per trial; with `--paper` the papers' figures beside ours, with
+/// `--plot` charts in a folder (listed on stderr, so that stdout stays the report).
 pub fn report(args: &ReportArgs) -> Result<i32> {
     let rt = runtime()?;
-    let rows = rt.block_on(async {
+    let (rows, metrics, configs) = rt.block_on(async {
         let store = Store::open_existing(&args.db).await?;
         // An unknown --experiment is a usage error naming the ones there are.
-        let rows = store.summary(args.experiment.as_deref()).await;
+        let rows = store.summary(args.experiment.as_deref()).await?;
+        let mut metrics = plot::Metrics::new();
+        let mut configs = Vec::new();
+        for r in &rows {
+            if args.plot.is_some() {
+                metrics.insert(r.trial, store.metrics(r.trial).await?);
+            }
+            if args.paper {
+                configs.push(store.trial(&r.trial.to_string()).await?.config_json);
+            }
+        }
         store.close().await;
-        rows
+        Ok::<_, Error>((rows, metrics, configs))
     })?;
+    // A configuration this binary cannot read (an older schema) matches no paper entry.
+    let paper: Option<Vec<Option<paper::Comparison>>> = args.paper.then(|| {
+        configs
+            .iter()
+            .map(|c| {
+                serde_json::from_str::<TrialConfig>(c)
+                    .ok()
+                    .and_then(|c| paper::compare(&c))
+            })
+            .collect()
+    });
+    let mut links = Vec::new();
+    if let Some(dir) = &args.plot {
+        let written = plot::write_charts(dir, &rows, &metrics, args.png)?;
+        for note in &written.skipped {
+            eprintln!("{note}");
+        }
+        for c in &written.charts {
+            eprintln!("wrote {}", c.svg.display());
+            if let Some(png) = &c.png {
+                eprintln!("wrote {}", png.display());
+            }
+            let svg = c.svg.display().to_string();
+            links.push(report::ChartLink {
+                experiment: c.experiment.clone(),
+                title: c.title.clone(),
+                image: c
+                    .png
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| svg.clone()),
+                svg: c.png.is_some().then_some(svg),
+            });
+        }
+    }
+    let paper = paper.as_deref();
     let text = match args.format() {
-        Format::Table => report::table(&rows),
-        Format::Csv => report::csv(&rows),
-        Format::Json => report::json(&rows),
-        Format::Markdown => report::markdown(&rows),
+        Format::Table => report::table_with(&rows, paper),
+        Format::Csv => report::csv_with(&rows, paper),
+        Format::Json => report::json_with(&rows, paper),
+        Format::Markdown => report::document(&rows, paper, &links),
     };
     let mut out = std::io::stdout().lock();
     write!(out, "{text}")?;

@@ -1,14 +1,29 @@
 //! Report formatting: pure functions from summary rows ([`crate::store::SummaryRow`]) to text
 //! for a terminal ([`table`]), a spreadsheet or pandas ([`csv`]), programs ([`json`]) and
-//! documents ([`markdown`]).
+//! documents ([`markdown`], and [`document`] for a whole report with the paper comparison and
+//! chart links). The `*_with` forms add the paper comparison columns of `--paper`
+//! ([`paper::compare`] per row); [`plot`] draws the charts.
 //!
 //! The human formats show errors in percent and shorten numbers; the machine formats keep every
 //! value as stored (errors as fractions, seconds) so that nothing is lost on the way to analysis.
 
+pub mod paper;
+pub mod plot;
+
+#[cfg(test)]
+mod paper_tests;
+#[cfg(test)]
+mod plot_tests;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeSet;
+
 use crate::store::SummaryRow;
+use paper::Comparison;
+
+/// The paper comparison of each row, in row order (`None`: the papers have no such network).
+pub type PaperColumn<'a> = &'a [Option<Comparison>];
 
 /// A column of the human formats: its title, whether it is a number (right-aligned), and the
 /// cell text, `None` for NULL.
@@ -45,25 +60,63 @@ const COLUMNS: &[Column] = &[
 /// What the human formats print for NULL.
 const NULL: &str = "-";
 
-/// An aligned plain-text table, one line per trial, followed by the errors of failed trials.
-pub fn table(rows: &[SummaryRow]) -> String {
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            COLUMNS
-                .iter()
-                .map(|c| (c.cell)(r).unwrap_or_else(|| NULL.to_string()))
-                .collect()
-        })
-        .collect();
-    let widths: Vec<usize> = COLUMNS
+/// The columns `--paper` adds to the human formats.
+const PAPER_TITLES: [(&str, bool); 3] = [("paper test err %", true), ("diff", true), ("recipe", false)];
+
+/// Titles, right-alignment and cell texts of the human formats, with the paper columns when
+/// `paper` is given.
+fn human(rows: &[SummaryRow], paper: Option<PaperColumn>) -> (Vec<(&'static str, bool)>, Vec<Vec<String>>) {
+    let mut titles: Vec<(&'static str, bool)> = COLUMNS.iter().map(|c| (c.title, c.numeric)).collect();
+    if paper.is_some() {
+        titles.extend(PAPER_TITLES);
+    }
+    let cells = rows
         .iter()
         .enumerate()
-        .map(|(i, c)| {
+        .map(|(i, r)| {
+            let mut line: Vec<String> = COLUMNS
+                .iter()
+                .map(|c| (c.cell)(r).unwrap_or_else(|| NULL.to_string()))
+                .collect();
+            if let Some(paper) = paper {
+                line.extend(paper_cells(r, paper.get(i).and_then(Option::as_ref)));
+            }
+            line
+        })
+        .collect();
+    (titles, cells)
+}
+
+fn paper_cells(r: &SummaryRow, c: Option<&Comparison>) -> [String; 3] {
+    match c {
+        None => [NULL.to_string(), NULL.to_string(), NULL.to_string()],
+        Some(c) => [
+            format!("{:.2}", c.entry.test_error_pct),
+            c.diff_pp(r.test_error)
+                .filter(|d| d.is_finite())
+                .map(|d| format!("{d:+.2}"))
+                .unwrap_or_else(|| NULL.to_string()),
+            c.recipe_text(),
+        ],
+    }
+}
+
+/// An aligned plain-text table, one line per trial, followed by the errors of failed trials.
+pub fn table(rows: &[SummaryRow]) -> String {
+    table_with(rows, None)
+}
+
+/// [`table`] with the paper comparison columns.
+pub fn table_with(rows: &[SummaryRow], paper: Option<PaperColumn>) -> String {
+    let (titles, cells) = human(rows, paper);
+    let widths: Vec<usize> = titles
+        .iter()
+        .enumerate()
+        .map(|(i, (title, _))| {
             cells
                 .iter()
                 .map(|line| line[i].chars().count())
-                .chain([c.title.chars().count()])
+                .chain([title.chars().count()])
                 .max()
                 .unwrap_or(0)
         })
@@ -71,10 +124,10 @@ pub fn table(rows: &[SummaryRow]) -> String {
     let line = |texts: Vec<&str>| -> String {
         let padded: Vec<String> = texts
             .iter()
-            .zip(COLUMNS)
+            .zip(&titles)
             .zip(&widths)
-            .map(|((t, c), &w)| {
-                if c.numeric {
+            .map(|((t, (_, numeric)), &w)| {
+                if *numeric {
                     format!("{t:>w$}")
                 } else {
                     format!("{t:<w$}")
@@ -83,7 +136,7 @@ pub fn table(rows: &[SummaryRow]) -> String {
             .collect();
         format!("{}\n", padded.join("  ").trim_end())
     };
-    let mut out = line(COLUMNS.iter().map(|c| c.title).collect());
+    let mut out = line(titles.iter().map(|(t, _)| *t).collect());
     for cells in &cells {
         out.push_str(&line(cells.iter().map(String::as_str).collect()));
     }
@@ -104,20 +157,120 @@ pub fn table(rows: &[SummaryRow]) -> String {
 
 /// A markdown table (GitHub flavour), errors in percent.
 pub fn markdown(rows: &[SummaryRow]) -> String {
-    let escape = |s: String| s.replace('|', "\\|").replace(['\n', '\r'], " ");
+    markdown_with(rows, None)
+}
+
+/// [`markdown`] with the paper comparison columns.
+pub fn markdown_with(rows: &[SummaryRow], paper: Option<PaperColumn>) -> String {
+    let (titles, cells) = human(rows, paper);
     let mut out = String::new();
-    let titles: Vec<&str> = COLUMNS.iter().map(|c| c.title).collect();
-    out.push_str(&format!("| {} |\n", titles.join(" | ")));
-    let rules: Vec<&str> = COLUMNS.iter().map(|c| if c.numeric { "---:" } else { "---" }).collect();
+    let names: Vec<&str> = titles.iter().map(|(t, _)| *t).collect();
+    out.push_str(&format!("| {} |\n", names.join(" | ")));
+    let rules: Vec<&str> = titles.iter().map(|(_, n)| if *n { "---:" } else { "---" }).collect();
     out.push_str(&format!("| {} |\n", rules.join(" | ")));
-    for r in rows {
-        let cells: Vec<String> = COLUMNS
-            .iter()
-            .map(|c| escape((c.cell)(r).unwrap_or_else(|| NULL.to_string())))
-            .collect();
-        out.push_str(&format!("| {} |\n", cells.join(" | ")));
+    for line in cells {
+        let line: Vec<String> = line.into_iter().map(md_escape).collect();
+        out.push_str(&format!("| {} |\n", line.join(" | ")));
     }
     out
+}
+
+fn md_escape(s: String) -> String {
+    s.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+/// A chart to link from the markdown document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChartLink {
+    pub experiment: String,
+    pub title: String,
+    /// The picture to show (the PNG when there is one: it looks the same everywhere).
+    pub image: String,
+    /// The SVG, linked under the picture when the picture is a PNG.
+    pub svg: Option<String>,
+}
+
+/// A self-contained markdown report: title, experiments and data sets, the table (with the
+/// paper columns and a note on them when `paper` is given), the failed trials' errors, and
+/// image links to the charts.
+pub fn document(rows: &[SummaryRow], paper: Option<PaperColumn>, charts: &[ChartLink]) -> String {
+    let mut experiments: Vec<&str> = Vec::new();
+    for r in rows {
+        if !experiments.contains(&r.experiment.as_str()) {
+            experiments.push(&r.experiment);
+        }
+    }
+    let mut out = format!(
+        "# runner report: {}\n\n",
+        if experiments.is_empty() {
+            "no trials".to_string()
+        } else {
+            experiments.join(", ")
+        }
+    );
+    for e in &experiments {
+        let of: Vec<&SummaryRow> = rows.iter().filter(|r| r.experiment == *e).collect();
+        let datasets: BTreeSet<&str> = of.iter().filter_map(|r| r.dataset.as_deref()).collect();
+        let done = of.iter().filter(|r| r.status == "done").count();
+        out.push_str(&format!(
+            "- **{}**: dataset {}; {} trials, {done} done\n",
+            md_escape(e.to_string()),
+            if datasets.is_empty() {
+                NULL.to_string()
+            } else {
+                datasets.into_iter().collect::<Vec<_>>().join(", ")
+            },
+            of.len()
+        ));
+    }
+    out.push('\n');
+    out.push_str(&markdown_with(rows, paper));
+    if let Some(paper) = paper {
+        let matched = paper.iter().filter(|c| c.is_some()).count();
+        let sources: BTreeSet<&str> = paper.iter().flatten().map(|c| c.entry.source.citation()).collect();
+        out.push_str(&format!(
+            "\n*Paper comparison*: {matched} of {} trials are networks the papers report on CIFAR-10{}. \
+             `paper test err %` is the published test error, `diff` ours minus the paper's in percentage \
+             points, `recipe` how our data and training differ from the papers' (CIFAR-10, 64k iterations, \
+             batch 128, lr 0.1 ÷10 at 32k and 48k, momentum 0.9, weight decay 1e-4, pad-crop:4 + hflip, \
+             per-pixel mean); a difference there makes the numbers not comparable.\n",
+            rows.len(),
+            if sources.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", sources.into_iter().collect::<Vec<_>>().join("; "))
+            }
+        ));
+    }
+    let failures: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.error.as_ref().map(|e| (r, e)))
+        .map(|(r, e)| format!("- trial {} failed: {}", r.trial, md_escape(first_line(e, 160))))
+        .collect();
+    if !failures.is_empty() {
+        out.push_str("\n## Failed trials\n\n");
+        out.push_str(&failures.join("\n"));
+        out.push('\n');
+    }
+    if !charts.is_empty() {
+        out.push_str("\n## Charts\n");
+        for c in charts {
+            out.push_str(&format!("\n![{}]({})\n", md_escape(c.title.clone()), link(&c.image)));
+            if let Some(svg) = &c.svg {
+                out.push_str(&format!("\n[SVG]({})\n", link(svg)));
+            }
+        }
+    }
+    out
+}
+
+/// A path as a markdown link target: spaces and parentheses would end it early.
+fn link(path: &str) -> String {
+    if path.contains([' ', '(', ')']) {
+        format!("<{path}>")
+    } else {
+        path.to_string()
+    }
 }
 
 /// The CSV header; the first fifteen columns are the ones the README promises, in this order.
@@ -127,37 +280,100 @@ best_val_error,test_error,train_loss,wall_s,images_per_s,mflops,width,seed,datas
 /// CSV (RFC 4180): a header line, then one line per trial. Errors are fractions, times seconds,
 /// NULL an empty field.
 pub fn csv(rows: &[SummaryRow]) -> String {
+    csv_with(rows, None)
+}
+
+/// [`csv`] with the paper comparison columns ([`PAPER_FIELDS`]) after the others.
+pub fn csv_with(rows: &[SummaryRow], paper: Option<PaperColumn>) -> String {
     let mut out = String::from(CSV_HEADER);
+    if paper.is_some() {
+        out.push(',');
+        out.push_str(&PAPER_FIELDS.join(","));
+    }
     out.push('\n');
-    for r in rows {
-        let fields: [Option<String>; 22] = [
-            Some(r.experiment.clone()),
-            Some(r.trial.to_string()),
-            Some(r.arch.clone()),
-            r.depth.map(|v| v.to_string()),
-            r.shortcut.clone(),
-            r.preact.map(|v| v.to_string()),
-            r.block.clone(),
-            Some(r.params.to_string()),
-            Some(r.status.clone()),
-            r.steps.map(|v| v.to_string()),
-            r.best_val_error.map(|v| v.to_string()),
-            r.test_error.map(|v| v.to_string()),
-            r.train_loss.map(|v| v.to_string()),
-            r.wall_s.map(|v| v.to_string()),
-            r.images_per_s.map(|v| v.to_string()),
-            Some(r.mflops.to_string()),
-            r.width.map(|v| v.to_string()),
-            r.seed.map(|v| v.to_string()),
-            r.dataset.clone(),
-            r.best_step.map(|v| v.to_string()),
-            Some(r.key.clone()),
-            r.error.clone(),
-        ];
+    for (i, r) in rows.iter().enumerate() {
+        let mut fields: Vec<Option<String>> = csv_row(r).into();
+        if let Some(paper) = paper {
+            fields.extend(paper_fields(r, paper.get(i).and_then(Option::as_ref)));
+        }
         let fields: Vec<String> = fields.iter().map(|f| csv_field(f.as_deref().unwrap_or(""))).collect();
         out.push_str(&fields.join(","));
         out.push('\n');
     }
+    out
+}
+
+fn csv_row(r: &SummaryRow) -> [Option<String>; 22] {
+    [
+        Some(r.experiment.clone()),
+        Some(r.trial.to_string()),
+        Some(r.arch.clone()),
+        r.depth.map(|v| v.to_string()),
+        r.shortcut.clone(),
+        r.preact.map(|v| v.to_string()),
+        r.block.clone(),
+        Some(r.params.to_string()),
+        Some(r.status.clone()),
+        r.steps.map(|v| v.to_string()),
+        r.best_val_error.map(|v| v.to_string()),
+        r.test_error.map(|v| v.to_string()),
+        r.train_loss.map(|v| v.to_string()),
+        r.wall_s.map(|v| v.to_string()),
+        r.images_per_s.map(|v| v.to_string()),
+        Some(r.mflops.to_string()),
+        r.width.map(|v| v.to_string()),
+        r.seed.map(|v| v.to_string()),
+        r.dataset.clone(),
+        r.best_step.map(|v| v.to_string()),
+        Some(r.key.clone()),
+        r.error.clone(),
+    ]
+}
+
+/// The columns `--paper` adds to CSV and JSON; errors are fractions like the rest.
+pub const PAPER_FIELDS: [&str; 4] = ["paper_test_error", "paper_diff", "paper_source", "recipe"];
+
+fn paper_fields(r: &SummaryRow, c: Option<&Comparison>) -> [Option<String>; 4] {
+    match c {
+        None => [None, None, None, None],
+        Some(c) => [
+            Some((c.entry.test_error_pct / 100.0).to_string()),
+            c.diff_pp(r.test_error).map(|d| (d / 100.0).to_string()),
+            Some(c.entry.source.citation().to_string()),
+            Some(c.recipe_text()),
+        ],
+    }
+}
+
+/// [`json`] with the paper comparison fields ([`PAPER_FIELDS`]) in each object.
+pub fn json_with(rows: &[SummaryRow], paper: Option<PaperColumn>) -> String {
+    let Some(paper) = paper else { return json(rows) };
+    let items: Vec<serde_json::Value> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut v = serde_json::to_value(r).unwrap_or(serde_json::Value::Null);
+            let c = paper.get(i).and_then(Option::as_ref);
+            if let serde_json::Value::Object(map) = &mut v {
+                map.insert(
+                    "paper_test_error".into(),
+                    c.map(|c| c.entry.test_error_pct / 100.0).into(),
+                );
+                map.insert(
+                    "paper_diff".into(),
+                    c.and_then(|c| c.diff_pp(r.test_error)).map(|d| d / 100.0).into(),
+                );
+                map.insert("paper_source".into(), c.map(|c| c.entry.source.citation()).into());
+                map.insert(
+                    "recipe".into(),
+                    c.map(|c| serde_json::Value::from(c.recipe.clone())).unwrap_or_default(),
+                );
+            }
+            v
+        })
+        .collect();
+    let mut out = serde_json::to_string_pretty(&items).unwrap_or_else(|_| "[]".to_string());
+    out.push('\n');
     out
 }
 

@@ -182,3 +182,91 @@ fn durations_and_counts_read_like_a_paper() {
     assert_eq!(count(1_727_962), "1.73M");
     assert_eq!(count(9_856), "9856");
 }
+
+fn comparison() -> paper::Comparison {
+    paper::Comparison {
+        entry: paper::ENTRIES[0],
+        recipe: vec![
+            "dataset synthetic, not cifar10".into(),
+            "300 iterations, fewer than 64k".into(),
+        ],
+    }
+}
+
+#[test]
+fn paper_columns_show_the_figure_our_difference_and_the_recipe_or_dashes() {
+    let rows = [row(1), failed(2)];
+    let paper = [Some(comparison()), None];
+    let text = table_with(&rows, Some(&paper));
+    let lines: Vec<&str> = text.lines().collect();
+    let words = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
+    assert!(lines[0].contains("images/s  paper test err %"), "{}", lines[0]);
+    assert_eq!(words(lines[0])[words(lines[0]).len() - 2..], ["diff", "recipe"]);
+    // Ours 9.12 − paper 8.75, then the recipe.
+    let cut = lines[1].find("dataset synthetic").expect("the recipe");
+    assert_eq!(
+        lines[1][cut..],
+        *"dataset synthetic, not cifar10; 300 iterations, fewer than 64k"
+    );
+    assert_eq!(words(&lines[1][..cut]).split_last().unwrap().1.last().unwrap(), "8.75");
+    assert_eq!(words(&lines[1][..cut]).last().unwrap(), "+0.37");
+    assert_eq!(words(lines[2])[words(lines[2]).len() - 3..], ["-", "-", "-"]);
+
+    let md = markdown_with(&rows, Some(&paper));
+    let header = md.lines().next().unwrap();
+    assert_eq!(header.matches(" | ").count(), COLUMNS.len() + 2);
+    assert!(md
+        .lines()
+        .nth(2)
+        .unwrap()
+        .contains("| 8.75 | +0.37 | dataset synthetic"));
+
+    let records = parse_csv(&csv_with(&rows, Some(&paper)));
+    let header = &records[0];
+    assert_eq!(header[header.len() - 4..], PAPER_FIELDS.map(String::from));
+    let field = |r: usize, name: &str| records[r][header.iter().position(|h| h == name).unwrap()].clone();
+    assert_eq!(field(1, "paper_test_error"), "0.0875");
+    assert!((field(1, "paper_diff").parse::<f64>().unwrap() - 0.0037).abs() < 1e-12);
+    assert_eq!(
+        field(1, "recipe"),
+        "dataset synthetic, not cifar10; 300 iterations, fewer than 64k"
+    );
+    assert!(field(1, "paper_source").contains("Table 6"));
+    assert_eq!(field(2, "paper_test_error"), "");
+    assert_eq!(field(2, "recipe"), "");
+
+    let value: serde_json::Value = serde_json::from_str(&json_with(&rows, Some(&paper))).unwrap();
+    assert_eq!(value[0]["paper_test_error"].as_f64(), Some(0.0875));
+    assert!((value[0]["paper_diff"].as_f64().unwrap() - 0.0037).abs() < 1e-12);
+    assert_eq!(value[0]["recipe"].as_array().unwrap().len(), 2);
+    assert!(value[1]["paper_test_error"].is_null() && value[1]["recipe"].is_null());
+    // Without --paper nothing changes.
+    assert_eq!(csv_with(&rows, None), csv(&rows));
+    assert_eq!(table_with(&rows, None), table(&rows));
+}
+
+#[test]
+fn the_markdown_document_has_a_title_the_table_the_paper_note_and_chart_links() {
+    let rows = [row(1), failed(2)];
+    let paper = [Some(comparison()), None];
+    let links = [ChartLink {
+        experiment: "depth".into(),
+        title: "depth on cifar10: error during training".into(),
+        image: "charts/depth-curves.png".into(),
+        svg: Some("charts/depth-curves.svg".into()),
+    }];
+    let doc = document(&rows, Some(&paper), &links);
+    assert!(doc.starts_with("# runner report: depth\n"), "{doc}");
+    assert!(doc.contains("- **depth**: dataset cifar10; 2 trials, 1 done"), "{doc}");
+    assert!(doc.contains(&markdown_with(&rows, Some(&paper))));
+    assert!(doc.contains("1 of 2 trials") && doc.contains("Table 6"), "{doc}");
+    assert!(doc.contains("## Failed trials\n\n- trial 2 failed"), "{doc}");
+    assert!(
+        doc.contains("![depth on cifar10: error during training](charts/depth-curves.png)"),
+        "{doc}"
+    );
+    assert!(doc.contains("[SVG](charts/depth-curves.svg)"), "{doc}");
+    // Plain --markdown: no paper note, no charts section.
+    let plain = document(&rows, None, &[]);
+    assert!(!plain.contains("paper") && !plain.contains("## Charts"), "{plain}");
+}
