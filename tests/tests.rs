@@ -9,7 +9,7 @@ mod dry_run;
 #[path = "suite/run.rs"]
 mod run;
 
-#[path = "suite/robust.rs"]
-mod robust;
 #[path = "suite/report_plot.rs"]
 mod report_plot;
+#[path = "suite/robust.rs"]
+mod robust;
