@@ -1,4 +1,5 @@
-//! The per-plane loops of the batch-norm op, written so that the compiler vectorises them:
+//! The element-wise loops of the batch-norm and residual ops, written so that the compiler
+//! vectorises them:
 //! chunks of [`W`] values with `[f32; W]` accumulators (no bounds checks, no closures in the
 //! inner loop), compiled once for AVX-512, once for AVX2 and once for the build's baseline,
 //! and picked at run time.
@@ -142,6 +143,30 @@ multiversion! {
     pub fn grad_input(dx: &mut [MaybeUninit<f32>], g: &[f32], x: &[f32], y: &[f32], a: f32, b: f32, k: f32, relu: bool) {
         for (((d, &g), &x), &y) in dx.iter_mut().zip(g).zip(x).zip(y) {
             d.write(a * masked(g, y, relu) + b * x + k);
+        }
+    }
+}
+
+multiversion! {
+    /// out = b + x, clipped at 0 when `relu`; every value of `out` is written.
+    pub fn sum_relu(out: &mut [MaybeUninit<f32>], b: &[f32], x: &[f32], relu: bool) {
+        if relu {
+            for ((o, &b), &x) in out.iter_mut().zip(b).zip(x) {
+                o.write((b + x).max(0.0));
+            }
+        } else {
+            for ((o, &b), &x) in out.iter_mut().zip(b).zip(x) {
+                o.write(b + x);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// d = g where `out > 0`, 0 elsewhere (the gradient through a ReLU from its output).
+    pub fn relu_grad(d: &mut [MaybeUninit<f32>], g: &[f32], out: &[f32]) {
+        for ((d, &g), &o) in d.iter_mut().zip(g).zip(out) {
+            d.write(masked(g, o, true));
         }
     }
 }

@@ -4,8 +4,12 @@
 //! stride 2 and its channels zero-padded (half the new channels before, half after, as the
 //! common CIFAR ResNet code does), with no parameters.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+use super::lanes;
 
 /// What the shortcut does to `x` before the addition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,21 +137,31 @@ impl CustomOp2 for Residual {
         let (b, x) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
         let g = self.geom;
         let relu = self.relu;
-        let mut out = b.to_vec();
         let (ol, il) = (g.out_image(), g.in_image());
-        out.par_chunks_mut(ol)
+        let mut out: Vec<f32> = Vec::with_capacity(g.n * ol);
+        out.spare_capacity_mut()[..g.n * ol]
+            .par_chunks_mut(ol)
             .with_min_len(min_images(ol))
             .enumerate()
             .for_each(|(i, o)| {
-                let xi = &x[i * il..(i + 1) * il];
+                let (bi, xi) = (&b[i * ol..(i + 1) * ol], &x[i * il..(i + 1) * il]);
                 match self.shortcut {
-                    Shortcut::Identity => o.iter_mut().zip(xi).for_each(|(o, x)| *o += x),
-                    Shortcut::SubsamplePad => g.option_a(|oi, xj| o[oi] += xi[xj]),
-                }
-                if relu {
-                    o.iter_mut().for_each(|v| *v = v.max(0.0));
+                    Shortcut::Identity => lanes::sum_relu(o, bi, xi, relu),
+                    Shortcut::SubsamplePad => {
+                        for (o, &v) in o.iter_mut().zip(bi) {
+                            o.write(v);
+                        }
+                        // SAFETY: every value of o has just been written
+                        let o: &mut [f32] = unsafe { std::slice::from_raw_parts_mut(o.as_mut_ptr().cast(), o.len()) };
+                        g.option_a(|oi, xj| o[oi] += xi[xj]);
+                        if relu {
+                            o.iter_mut().for_each(|v| *v = v.max(0.0));
+                        }
+                    }
                 }
             });
+        // SAFETY: the images' chunks cover the whole output and each was written in full
+        unsafe { out.set_len(g.n * ol) };
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.h_out, g.w_out))))
     }
 
@@ -219,16 +233,18 @@ impl CustomOp2 for ResidualBackward {
         let (ol, il) = (g.out_image(), g.in_image());
         let nb = g.n * ol;
         let len = nb + self.0.d_x_len();
-        let mut buf = vec![0f32; len];
-        let (d_branch, d_x) = buf.split_at_mut(nb);
-        let mask = |i: usize, db: &mut [f32]| {
+        let mut buf: Vec<f32> = Vec::with_capacity(len);
+        let (d_branch, d_x) = buf.spare_capacity_mut()[..len].split_at_mut(nb);
+        // d_x is written only where x feeds the output (option A): zero it first.
+        d_x.fill(MaybeUninit::new(0.0));
+        let mask = |i: usize, db: &mut [MaybeUninit<f32>]| {
             let (gi, oi) = (&grad[i * ol..(i + 1) * ol], &out[i * ol..(i + 1) * ol]);
             if relu {
-                db.iter_mut()
-                    .zip(gi.iter().zip(oi))
-                    .for_each(|(d, (g, o))| *d = if *o > 0.0 { *g } else { 0.0 });
+                lanes::relu_grad(db, gi, oi);
             } else {
-                db.copy_from_slice(gi);
+                for (d, &g) in db.iter_mut().zip(gi) {
+                    d.write(g);
+                }
             }
         };
         match shortcut {
@@ -244,9 +260,15 @@ impl CustomOp2 for ResidualBackward {
                 .enumerate()
                 .for_each(|(i, (db, dx))| {
                     mask(i, db);
-                    g.option_a(|oi, xj| dx[xj] = db[oi]);
+                    // SAFETY: mask(i, db) has just written every value of db
+                    let db: &[f32] = unsafe { std::slice::from_raw_parts(db.as_ptr().cast(), db.len()) };
+                    g.option_a(|oi, xj| {
+                        dx[xj].write(db[oi]);
+                    });
                 }),
         }
+        // SAFETY: every value of d_branch was written by `mask`, and d_x was zero-filled
+        unsafe { buf.set_len(len) };
         Ok((CpuStorage::F32(buf), Shape::from(len)))
     }
 
