@@ -223,8 +223,9 @@ pub struct BenchArgs {
     /// One JSON line instead of text
     #[arg(long)]
     pub json: bool,
-    /// Also time the same model with Candle's own convolution, alternating with ours, and
-    /// print the ratio (the side-by-side comparison every kernel change should show)
+    /// Also time the same model built from Candle's own ops (convolution, batch norm, residual
+    /// addition), alternating with ours step by step, and print the ratio (the side-by-side
+    /// comparison every kernel change should show)
     #[arg(long)]
     pub compare: bool,
 }

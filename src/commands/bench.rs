@@ -107,7 +107,7 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
         );
     }
     // Variants timed in turn, step by step, so a busy host slows them alike: ours, and with
-    // --compare Candle's own convolution.
+    // --compare the same model on Candle's own ops.
     let variants: &[bool] = if args.compare { &[false, true] } else { &[false] };
     let mut train_s = alternate(variants, args.warmup, args.steps, || {
         train_step(&mut sgd).context("training step")
@@ -138,8 +138,8 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
             "cpu": cpu_model(),
         });
         if let Some((rs, re)) = reference {
-            line["candle_conv_train_images_per_s"] = (b / rs).into();
-            line["candle_conv_eval_images_per_s"] = (b / re).into();
+            line["candle_ops_train_images_per_s"] = (b / rs).into();
+            line["candle_ops_eval_images_per_s"] = (b / re).into();
         }
         println!("{line}");
     } else {
@@ -152,7 +152,7 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
         println!("evaluation {:>8.1} images/s  batch {:>8.1} ms", b / eval, eval * 1e3);
         if let Some((rs, re)) = reference {
             println!(
-                "with Candle's convolution, alternating: training {:.1} images/s, evaluation {:.1} images/s; ours is {:.2}× / {:.2}×",
+                "with Candle's own ops, alternating: training {:.1} images/s, evaluation {:.1} images/s; ours is {:.2}× / {:.2}×",
                 b / rs,
                 b / re,
                 rs / step,
@@ -169,7 +169,7 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Seconds per call of `f` for each variant (false: our convolution, true: Candle's), the
+/// Seconds per call of `f` for each variant (false: our ops, true: Candle's own), the
 /// variants taking turns call by call; the first `warmup` rounds are not kept.
 fn alternate(
     variants: &[bool],
@@ -180,7 +180,7 @@ fn alternate(
     let mut times = vec![Vec::with_capacity(steps); variants.len()];
     for round in 0..warmup + steps {
         for (v, reference) in variants.iter().enumerate() {
-            crate::nn::conv::use_reference(*reference);
+            crate::nn::use_reference_ops(*reference);
             let t0 = Instant::now();
             f()?;
             if round >= warmup {
@@ -188,7 +188,7 @@ fn alternate(
             }
         }
     }
-    crate::nn::conv::use_reference(false);
+    crate::nn::use_reference_ops(false);
     Ok(times)
 }
 

@@ -13,6 +13,23 @@ mod params;
 mod residual;
 pub mod residual_bench;
 
+thread_local! {
+    static REFERENCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes the convolution, batch-norm and residual ops built on this thread Candle's own
+/// composed ops (the `*_slow` functions) instead of our kernels, so that `runner bench
+/// --compare` and the tests can run the same model both ways, side by side. Per thread, so
+/// tests running in parallel do not see each other's setting.
+pub fn use_reference_ops(on: bool) {
+    REFERENCE.with(|r| r.set(on));
+}
+
+/// Whether [`use_reference_ops`] is on for this thread.
+pub(crate) fn reference_ops() -> bool {
+    REFERENCE.with(|r| r.get())
+}
+
 pub use layers::{batch_norm, conv2d, global_avg_pool, linear, BatchNorm2d, Conv2d, Linear};
 pub use params::{is_buffer, ParamStore};
 pub use residual::{residual, residual_slow, Shortcut};

@@ -48,7 +48,7 @@ pub fn residual(branch: &Tensor, x: &Tensor, shortcut: Shortcut, relu: bool) -> 
         && x.dtype() == DType::F32
         && branch.is_contiguous()
         && x.is_contiguous();
-    if !fusable {
+    if !fusable || super::reference_ops() {
         return residual_slow(branch, x, shortcut, relu);
     }
     let geom = Geometry {

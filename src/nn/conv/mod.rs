@@ -32,7 +32,6 @@ mod tests;
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -45,18 +44,10 @@ pub use bench::bench_report;
 /// and padding 0, at stride 1 or 2; anything else is passed to Candle's `conv2d` (the same
 /// values, more slowly).
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    if REFERENCE.load(Ordering::Relaxed) {
+    if super::reference_ops() {
         return conv2d_slow(x, w, stride, padding);
     }
     conv2d_with(x, w, stride, padding, Isa::detect())
-}
-
-static REFERENCE: AtomicBool = AtomicBool::new(false);
-
-/// Makes [`conv2d`] use Candle's own convolution everywhere in this process, so `runner bench`
-/// can time a model with our kernels and with Candle's side by side in one run.
-pub fn use_reference(on: bool) {
-    REFERENCE.store(on, Ordering::Relaxed);
 }
 
 /// Candle's own convolution (`x.conv2d(w, padding, stride, 1, 1)`): the reference the fast op
