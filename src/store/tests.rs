@@ -529,11 +529,8 @@ async fn a_file_that_is_not_sqlite_is_a_store_error_naming_it() {
     }
 }
 
-#[tokio::test]
-async fn a_database_from_a_newer_runner_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("runs.db");
-    let store = Store::open(&path).await.unwrap();
+/// Records a migration this binary does not have, as a newer runner would have.
+async fn mark_as_from_a_newer_runner(store: &Store) {
     sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
          VALUES (99990101000000, 'from the future', TRUE, x'00', 0)",
@@ -541,6 +538,14 @@ async fn a_database_from_a_newer_runner_is_refused() {
     .execute(&store.pool)
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_runner_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let store = Store::open(&path).await.unwrap();
+    mark_as_from_a_newer_runner(&store).await;
     store.close().await;
 
     match Store::open(&path).await {
@@ -683,13 +688,7 @@ async fn a_refused_database_is_left_as_it_was() {
     let path = dir.path().join("runs.db");
     let store = Store::open(&path).await.unwrap();
     store.register("e", "", &grid("e", 2)).await.unwrap();
-    sqlx::query(
-        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (99990101000000, 'from the future', TRUE, x'00', 0)",
-    )
-    .execute(&store.pool)
-    .await
-    .unwrap();
+    mark_as_from_a_newer_runner(&store).await;
     store.close().await;
     let before = std::fs::read(&path).unwrap();
 
