@@ -277,10 +277,11 @@ impl Store {
     /// Closes every connection before returning, so that SQLite sees its last connection go and
     /// removes the -wal and -shm files. `Pool::close` alone may return while a connection that
     /// was on its way back to the pool is still being closed by a background task, which a
-    /// process about to exit never waits for: wait (a moment at most) until none is left.
+    /// process about to exit never waits for: wait (10 s at most, for a loaded machine) until
+    /// none is left.
     async fn shut(&self) {
         self.pool.close().await;
-        for _ in 0..200 {
+        for _ in 0..1000 {
             if self.pool.size() == 0 {
                 break;
             }

@@ -181,7 +181,20 @@ pub fn execute(path: &Path, sql: &str) {
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
         conn.close().await.expect("close");
-    })
+    });
+    // Callers compare the directory before and after a command: wait until SQLite's last
+    // close has removed the -wal and -shm files (no other process has the file open here).
+    let side = |ext: &str| path.with_file_name(format!("{}-{ext}", path.file_name().unwrap().to_string_lossy()));
+    for _ in 0..1000 {
+        if !side("wal").exists() && !side("shm").exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!(
+        "{}: -wal/-shm still there 10 s after the last connection closed",
+        path.display()
+    );
 }
 
 /// `PRAGMA integrity_check`: "ok" for an intact file.
