@@ -26,6 +26,11 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// Another runner took the trial over (this one's heartbeats stopped for too long): the
+    /// trial's results are now that runner's to record.
+    #[error("trial {trial} was taken over by runner {by}")]
+    TakenOver { trial: i64, by: String },
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 

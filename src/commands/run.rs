@@ -124,7 +124,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
                     wall_s: 0.0,
                 };
                 progress.start_trial(spec, claim.trial_id, claim.resume.is_some());
-                rt.block_on(store.finish(claim.trial_id, &outcome))?;
+                rt.block_on(store.finish(claim.trial_id, &worker, &outcome))?;
                 progress.end_trial(&outcome);
                 failed += 1;
                 continue;
@@ -317,7 +317,7 @@ fn run_trial(
                     error: format!("cannot resume: {e}"),
                     wall_s: 0.0,
                 };
-                rt.block_on(store.finish(id, &outcome))?;
+                rt.block_on(store.finish(id, worker, &outcome))?;
                 progress.end_trial(&outcome);
                 return Ok(Some(outcome));
             }
@@ -354,13 +354,11 @@ fn run_trial(
                 Ok(Event::Record(_)) if lost || broken.is_some() => {}
                 Ok(Event::Record(ev)) => {
                     progress.record(&ev);
-                    match rt.block_on(store.record(id, &to_record(ev))) {
-                        Ok(()) => beat = Instant::now(),
-                        Err(e) => {
-                            trial_stop.store(true, Ordering::SeqCst);
-                            broken = Some(e);
-                        }
+                    let written = rt.block_on(store.record(id, worker, &to_record(ev)));
+                    if written.is_ok() {
+                        beat = Instant::now();
                     }
+                    lost |= write_failed(written, &trial_stop, &mut broken, progress);
                 }
                 Ok(Event::Finished(outcome)) => break outcome,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -381,11 +379,8 @@ fn run_trial(
                 progress.note("stopping after this step (Ctrl-C again to quit at once)");
             }
             if beat.elapsed() >= beat_every && active {
-                if let Err(e) = rt.block_on(store.heartbeat(id, worker)) {
-                    progress.note(&format!("  {e}: stopping; the runner that took it over continues it"));
-                    lost = true;
-                    trial_stop.store(true, Ordering::SeqCst);
-                }
+                let written = rt.block_on(store.heartbeat(id, worker));
+                lost |= write_failed(written, &trial_stop, &mut broken, progress);
                 beat = Instant::now();
             }
         };
@@ -398,21 +393,40 @@ fn run_trial(
         if lost {
             return Ok(None);
         }
-        // The last word on the trial belongs to its owner: a runner that lost it between two
-        // heartbeats must not mark the new owner's run done or failed.
-        if let Err(e) = rt.block_on(store.heartbeat(id, worker)) {
-            match e {
-                Error::Other(_) => {
-                    progress.note(&format!("  {e}: its result is left to that runner"));
-                    return Ok(None);
-                }
-                e => return Err(e.into()),
+        // A runner that lost the trial between two heartbeats does not get the last word.
+        match rt.block_on(store.finish(id, worker, &outcome)) {
+            Err(e @ Error::TakenOver { .. }) => {
+                progress.note(&format!("  {e}: its result is left to that runner"));
+                return Ok(None);
             }
+            r => r?,
         }
-        rt.block_on(store.finish(id, &outcome))?;
         progress.end_trial(&outcome);
         Ok(Some(outcome))
     })
+}
+
+/// After a write for a running trial: on any failure the trainer is stopped. Returns whether
+/// another runner took the trial over (it continues it); a failure of the store itself goes
+/// into `broken`, to be reported once the trainer has stopped.
+fn write_failed(
+    written: crate::Result<()>,
+    trial_stop: &AtomicBool,
+    broken: &mut Option<Error>,
+    progress: &Progress,
+) -> bool {
+    let Err(e) = written else { return false };
+    trial_stop.store(true, Ordering::SeqCst);
+    match e {
+        Error::TakenOver { .. } => {
+            progress.note(&format!("  {e}: stopping; that runner continues it"));
+            true
+        }
+        e => {
+            *broken = Some(e);
+            false
+        }
+    }
 }
 
 fn to_record(ev: train::Evaluation) -> store::Record {

@@ -284,8 +284,17 @@ async fn stale_running_trial_is_taken_over() {
     assert_eq!(detail.worker.as_deref(), Some("b"));
     assert_eq!(detail.attempts, 2);
 
-    // The old owner learns that it lost the trial; the new one keeps it alive.
-    assert!(store.heartbeat(a.trial_id, "a").await.is_err());
+    // The old owner learns that it lost the trial, and can neither record nor finish it; the
+    // new one keeps it alive.
+    let taken = |r: Result<()>| matches!(r, Err(Error::TakenOver { ref by, .. }) if by == "b");
+    assert!(taken(store.heartbeat(a.trial_id, "a").await));
+    assert!(taken(store.record(a.trial_id, "a", &record(100, 0.5)).await));
+    let done = Outcome::Done {
+        test_error: Some(0.1),
+        wall_s: 1.0,
+    };
+    assert!(taken(store.finish(a.trial_id, "a", &done).await));
+    assert!(store.metrics(a.trial_id).await.unwrap().is_empty());
     store.heartbeat(b.trial_id, "b").await.unwrap();
     // Releasing as the old owner must not touch the new owner's run.
     store.release(a.trial_id, "a").await.unwrap();
@@ -305,6 +314,7 @@ async fn failed_trials_are_claimed_again_only_when_asked() {
     store
         .finish(
             c.trial_id,
+            "w",
             &Outcome::Failed {
                 error: "out of memory".into(),
                 wall_s: 3.0,
@@ -336,8 +346,8 @@ async fn resume_keeps_metrics_up_to_the_last_checkpoint() {
     let state = vec![7u8; 64];
     let mut at100 = record(100, 0.5);
     at100.last = Some(Checkpoint::new(CheckpointKind::Last, 100, state.clone()));
-    store.record(c.trial_id, &at100).await.unwrap();
-    store.record(c.trial_id, &record(200, 0.4)).await.unwrap();
+    store.record(c.trial_id, "w", &at100).await.unwrap();
+    store.record(c.trial_id, "w", &record(200, 0.4)).await.unwrap();
     store.release(c.trial_id, "w").await.unwrap();
     assert_eq!(store.summary(None).await.unwrap()[0].status, "interrupted");
 
@@ -355,8 +365,8 @@ async fn resume_keeps_metrics_up_to_the_last_checkpoint() {
     assert_eq!(steps, HashSet::from([100]));
 
     // The resumed run records step 200 again, with other values: rewritten, not duplicated.
-    store.record(c.trial_id, &record(200, 0.3)).await.unwrap();
-    store.record(c.trial_id, &record(200, 0.25)).await.unwrap();
+    store.record(c.trial_id, "w2", &record(200, 0.3)).await.unwrap();
+    store.record(c.trial_id, "w2", &record(200, 0.25)).await.unwrap();
     let rows = store.metrics(c.trial_id).await.unwrap();
     let val200: Vec<f64> = rows
         .iter()
@@ -375,8 +385,8 @@ async fn restart_without_checkpoint_drops_earlier_results() {
     let c = claim_one(&store, &keys, "w").await;
     let mut rec = record(100, 0.5);
     rec.best = Some((0.5, Checkpoint::new(CheckpointKind::Best, 100, vec![1, 2, 3])));
-    store.record(c.trial_id, &rec).await.unwrap();
-    store.finish(c.trial_id, &Outcome::Interrupted).await.unwrap();
+    store.record(c.trial_id, "w", &rec).await.unwrap();
+    store.finish(c.trial_id, "w", &Outcome::Interrupted).await.unwrap();
 
     let again = claim_one(&store, &keys, "w").await;
     assert!(again.resume.is_none());
@@ -399,12 +409,12 @@ async fn best_checkpoint_is_replaced_together_with_best_val_error() {
 
     let mut first = record(100, 0.4);
     first.best = Some((0.4, Checkpoint::new(CheckpointKind::Best, 100, vec![1; 10])));
-    store.record(c.trial_id, &first).await.unwrap();
+    store.record(c.trial_id, "w", &first).await.unwrap();
     let mut better = record(200, 0.3);
     better.best = Some((0.3, Checkpoint::new(CheckpointKind::Best, 200, vec![2; 10])));
-    store.record(c.trial_id, &better).await.unwrap();
+    store.record(c.trial_id, "w", &better).await.unwrap();
     // Not a new best: the best stays where it was.
-    store.record(c.trial_id, &record(300, 0.35)).await.unwrap();
+    store.record(c.trial_id, "w", &record(300, 0.35)).await.unwrap();
 
     let best = store
         .checkpoint(c.trial_id, CheckpointKind::Best)
@@ -428,6 +438,7 @@ async fn best_checkpoint_is_replaced_together_with_best_val_error() {
     store
         .finish(
             c.trial_id,
+            "w",
             &Outcome::Done {
                 test_error: Some(0.31),
                 wall_s: 42.0,
@@ -455,7 +466,7 @@ async fn damaged_checkpoint_is_reported() {
     let c = claim_one(&store, &keys(&trials), "w").await;
     let mut rec = record(100, 0.4);
     rec.best = Some((0.4, Checkpoint::new(CheckpointKind::Best, 100, vec![1; 10])));
-    store.record(c.trial_id, &rec).await.unwrap();
+    store.record(c.trial_id, "w", &rec).await.unwrap();
     sqlx::query("UPDATE checkpoints SET bytes = x'00' WHERE trial_id = ?1")
         .bind(c.trial_id)
         .execute(&store.pool)
@@ -470,11 +481,11 @@ async fn damaged_checkpoint_is_reported() {
 #[tokio::test]
 async fn record_for_an_unknown_trial_is_an_error() {
     let (_dir, store) = fresh().await;
-    assert!(store.record(99, &record(1, 0.5)).await.is_err());
+    assert!(store.record(99, "w", &record(1, 0.5)).await.is_err());
     let mut rec = record(1, 0.5);
     rec.metrics.clear();
-    assert!(store.record(99, &rec).await.is_err());
-    assert!(store.finish(99, &Outcome::Interrupted).await.is_err());
+    assert!(store.record(99, "w", &rec).await.is_err());
+    assert!(store.finish(99, "w", &Outcome::Interrupted).await.is_err());
 }
 
 #[tokio::test]

@@ -14,6 +14,11 @@ use crate::{Error, Result};
 /// writers never both read and then fail to upgrade: the second simply waits.
 const BEGIN: &str = "BEGIN IMMEDIATE";
 
+/// The condition a write of one runner's to its trial needs: no other runner holds the trial
+/// now (a trial this runner released on Ctrl-C still takes its last checkpoint and outcome).
+/// Parameter ?2 is the writing worker.
+const NOT_TAKEN_OVER: &str = "NOT (status = 'running' AND worker IS NOT ?2)";
+
 impl Store {
     /// Inserts the experiment (or updates its grid_toml) and the trials that are not there yet
     /// (by key), in one transaction; returns the experiment id. Existing trials keep their status
@@ -205,36 +210,74 @@ impl Store {
         if updated > 0 {
             return Ok(());
         }
+        // Finished or released in the meantime: nothing to keep alive.
+        match self.not_updated(trial_id, worker).await? {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Why a write of `worker`'s to the trial touched no row: another runner holds it now
+    /// ([`Error::TakenOver`]) or there is no such trial; `None` when neither.
+    async fn not_updated(&self, trial_id: i64, worker: &str) -> Result<Option<Error>> {
         let owner: Option<(String, Option<String>)> = retry!(self, async {
             sqlx::query_as("SELECT status, worker FROM trials WHERE id = ?1")
                 .bind(trial_id)
                 .fetch_optional(&self.pool)
                 .await
         })?;
-        match owner {
-            None => Err(self.no_trial(trial_id)),
-            Some((status, Some(other))) if status == "running" && other != worker => Err(Error::Other(format!(
-                "trial {trial_id} was taken over by worker {other} after this worker ({worker}) \
-                 missed its heartbeats"
-            ))),
-            // Finished or released in the meantime: nothing to keep alive.
-            Some(_) => Ok(()),
-        }
+        Ok(match owner {
+            None => Some(self.no_trial(trial_id)),
+            Some((status, Some(other))) if status == "running" && other != worker => Some(Error::TakenOver {
+                trial: trial_id,
+                by: other,
+            }),
+            Some(_) => None,
+        })
     }
 
     /// Writes one evaluation point in one transaction: the metrics (replacing those of the same
     /// step, which a resumed trial records again), a new best checkpoint with its validation
-    /// error, the last checkpoint, the trial's progress and its heartbeat.
-    pub async fn record(&self, trial_id: i64, rec: &Record) -> Result<()> {
-        let updated = retry!(self, self.record_once(trial_id, rec))?;
+    /// error, the last checkpoint, the trial's progress and its heartbeat. Nothing is written
+    /// if another runner has taken the trial over ([`Error::TakenOver`]).
+    pub async fn record(&self, trial_id: i64, worker: &str, rec: &Record) -> Result<()> {
+        let updated = retry!(self, self.record_once(trial_id, worker, rec))?;
         if updated == 0 {
-            return Err(self.no_trial(trial_id));
+            return Err(self
+                .not_updated(trial_id, worker)
+                .await?
+                .unwrap_or_else(|| self.no_trial(trial_id)));
         }
         Ok(())
     }
 
-    async fn record_once(&self, trial_id: i64, rec: &Record) -> sqlx::Result<u64> {
+    async fn record_once(&self, trial_id: i64, worker: &str, rec: &Record) -> sqlx::Result<u64> {
         let mut tx = self.pool.begin_with(BEGIN).await?;
+        // First, so that a trial another runner holds gets nothing of this one's.
+        let updated = sqlx::query(&format!(
+            r#"
+            UPDATE trials SET
+                steps = ?3,
+                train_loss = coalesce(?4, train_loss),
+                images_per_s = coalesce(?5, images_per_s),
+                wall_s = ?6,
+                heartbeat_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+            WHERE id = ?1 AND {NOT_TAKEN_OVER}
+            "#
+        ))
+        .bind(trial_id)
+        .bind(worker)
+        .bind(rec.step)
+        .bind(rec.train_loss)
+        .bind(rec.images_per_s)
+        .bind(rec.wall_s)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            tx.rollback().await?;
+            return Ok(0);
+        }
         for m in &rec.metrics {
             sqlx::query(
                 r#"
@@ -281,62 +324,38 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        let updated = sqlx::query(
-            r#"
-            UPDATE trials SET
-                steps = ?2,
-                train_loss = coalesce(?3, train_loss),
-                images_per_s = coalesce(?4, images_per_s),
-                wall_s = ?5,
-                heartbeat_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-            WHERE id = ?1
-            "#,
-        )
-        .bind(trial_id)
-        .bind(rec.step)
-        .bind(rec.train_loss)
-        .bind(rec.images_per_s)
-        .bind(rec.wall_s)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
         tx.commit().await?;
         Ok(updated)
     }
 
     /// Records how the attempt ended. `Interrupted` leaves the results so far in place for a
-    /// later run to resume from.
-    pub async fn finish(&self, trial_id: i64, outcome: &Outcome) -> Result<()> {
+    /// later run to resume from. Nothing is written if another runner has taken the trial over
+    /// ([`Error::TakenOver`]): the last word on a trial belongs to its owner.
+    pub async fn finish(&self, trial_id: i64, worker: &str, outcome: &Outcome) -> Result<()> {
+        let set = match outcome {
+            Outcome::Done { .. } => "status = 'done', test_error = ?3, wall_s = ?4, error = NULL",
+            Outcome::Failed { .. } => "status = 'failed', error = ?3, wall_s = ?4",
+            Outcome::Interrupted => "status = 'interrupted'",
+        };
+        let finished = match outcome {
+            Outcome::Interrupted => "",
+            _ => ", finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+        };
+        let sql = format!("UPDATE trials SET {set}{finished} WHERE id = ?1 AND {NOT_TAKEN_OVER}");
         let updated = retry!(self, async {
+            let query = sqlx::query(&sql).bind(trial_id).bind(worker);
             let query = match outcome {
-                Outcome::Done { test_error, wall_s } => sqlx::query(
-                    r#"
-                        UPDATE trials SET status = 'done', test_error = ?2, wall_s = ?3, error = NULL,
-                            finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-                        WHERE id = ?1
-                        "#,
-                )
-                .bind(trial_id)
-                .bind(*test_error)
-                .bind(*wall_s),
-                Outcome::Failed { error, wall_s } => sqlx::query(
-                    r#"
-                        UPDATE trials SET status = 'failed', error = ?2, wall_s = ?3,
-                            finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-                        WHERE id = ?1
-                        "#,
-                )
-                .bind(trial_id)
-                .bind(error.as_str())
-                .bind(*wall_s),
-                Outcome::Interrupted => {
-                    sqlx::query("UPDATE trials SET status = 'interrupted' WHERE id = ?1").bind(trial_id)
-                }
+                Outcome::Done { test_error, wall_s } => query.bind(*test_error).bind(*wall_s),
+                Outcome::Failed { error, wall_s } => query.bind(error.as_str()).bind(*wall_s),
+                Outcome::Interrupted => query,
             };
             query.execute(&self.pool).await.map(|r| r.rows_affected())
         })?;
         if updated == 0 {
-            return Err(self.no_trial(trial_id));
+            return Err(self
+                .not_updated(trial_id, worker)
+                .await?
+                .unwrap_or_else(|| self.no_trial(trial_id)));
         }
         Ok(())
     }
