@@ -287,6 +287,18 @@ impl Store {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // The pool counts a connection gone before its worker thread has closed the SQLite
+        // handle; SQLite removes the -wal and -shm files at that last close. Give it a moment (a
+        // second at most: another process using the file keeps them, and that is fine).
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        let side = |ext: &str| self.path.with_file_name(format!("{name}-{ext}"));
+        let (wal, shm) = (side("wal"), side("shm"));
+        for _ in 0..100 {
+            if !wal.exists() && !shm.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     async fn connect(path: &Path, create: bool) -> Result<Store> {
