@@ -165,16 +165,15 @@ mod imp {
         ci: &[usize; B],
         taps: &[KTap; T],
     ) -> [[[f32; T]; B]; A] {
-        let hw = job.ho * job.wo;
         let nv = 2 * job.masks.nv;
         let shift = job.masks.shift as isize;
         let mut acc = [[[_mm256_setzero_ps(); T]; B]; A];
         for img in imgs {
-            let dyb = job.dy.as_ptr().add(img * job.nout * hw);
+            let dyb = job.dy.as_ptr().add(img * job.dy_img);
             let sb = job.src.as_ptr().add(img * job.src_img);
             let mut dp = [dyb; A];
             for a in 0..A {
-                dp[a] = dyb.add(co[a] * hw);
+                dp[a] = dyb.add(co[a] * job.dy_ch);
             }
             let mut sp = [[sb; T]; B];
             for b in 0..B {

@@ -48,8 +48,8 @@ pub(super) fn dw_images(job: &DwJob, imgs: Range<usize>, part: &mut [f32]) {
     let hw = ho * wo;
     for img in imgs {
         let src = &job.src[img * job.src_img..];
-        let dy = &job.dy[img * job.nout * hw..(img + 1) * job.nout * hw];
-        for (o, d) in dy.chunks_exact(hw).enumerate() {
+        for o in 0..job.nout {
+            let d = &job.dy[img * job.dy_img + o * job.dy_ch..][..hw];
             for i in 0..job.nin {
                 for (t, tap) in job.taps.iter().enumerate() {
                     let (rows, cols) = (valid(ho, tap.dy), valid(wo, tap.dx));

@@ -96,6 +96,7 @@ fn odd_sizes_and_channel_counts_match_candle_on_every_path() {
         compare(isa, (1, 5, 1, 1), 7, 3, 1); // one pixel: only the centre tap reads it
         compare(isa, (1, 9, 2, 1), 9, 3, 2);
         compare(isa, (1, 8, 8, 10), 8, 3, 1); // 5 pixel vectors: a tile of 3 and one of 2
+        compare(isa, (2, 5, 6, 6), 40, 3, 1); // three output-channel vectors, the last partial
     }
 }
 
@@ -116,6 +117,7 @@ fn one_by_one_matches_candle_at_both_strides() {
         compare(isa, (1, 10, 7, 5), 24, 1, 2);
         compare(isa, (2, 24, 6, 7), 10, 1, 1);
         compare(isa, (2, 3, 5, 5), 3, 1, 1);
+        compare(isa, (2, 32, 4, 6), 64, 1, 2); // four channel vectors per weight-gradient tile
     }
 }
 
