@@ -232,12 +232,7 @@ impl Unit {
         let mut h = x.clone();
         let last = self.convs.len() - 1;
         for (i, (conv, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
-            h = conv.forward(&h)?;
-            h = if i < last {
-                bn.forward_relu(&h, train)?
-            } else {
-                bn.forward_t(&h, train)?
-            };
+            h = nn::conv_bn(conv, bn, &h, train, i < last)?;
         }
         self.add(&h, x, x, true, train)
     }
@@ -249,10 +244,9 @@ impl Unit {
             Path::Identity => nn::residual(branch, x, Shortcut::Identity, relu),
             Path::SubsamplePad => nn::residual(branch, x, Shortcut::SubsamplePad, relu),
             Path::Projection(conv, bn) => {
-                let s = conv.forward(proj_in)?;
                 let s = match bn {
-                    Some(bn) => bn.forward_t(&s, train)?,
-                    None => s,
+                    Some(bn) => nn::conv_bn(conv, bn, proj_in, train, false)?,
+                    None => conv.forward(proj_in)?,
                 };
                 nn::residual(branch, &s, Shortcut::Identity, relu)
             }
@@ -312,10 +306,10 @@ impl Net {
 impl ModuleT for Net {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         // x: (N, C, 32, 32)
-        let mut h = self.conv1.forward(x)?; // (N, 16, 32, 32)
-        if let Some(bn) = &self.bn1 {
-            h = bn.forward_relu(&h, train)?;
-        }
+        let mut h = match &self.bn1 {
+            Some(bn) => nn::conv_bn(&self.conv1, bn, x, train, true)?, // (N, 16, 32, 32)
+            None => self.conv1.forward(x)?,
+        };
         for stage in &self.stages {
             for unit in stage {
                 h = unit.forward_t(&h, train)?; // (N, 16|32|64 (×4), 32|16|8, 32|16|8)

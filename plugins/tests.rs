@@ -250,3 +250,45 @@ fn registry_finds_every_plugin_by_name() {
     }
     assert!(find("vgg").is_none());
 }
+
+#[test]
+fn evaluation_with_batch_norm_folded_into_the_convolutions_matches_the_layers_unfolded() {
+    let dev = Device::Cpu;
+    for given in [
+        vec![depth(8)],
+        vec![depth(8), s("shortcut", "B")],
+        vec![depth(8), s("shortcut", "C")],
+    ] {
+        let (store, model) = build(&ResNet, &given, 10);
+        // BN parameters and running statistics away from their initial 1s and 0s
+        for (name, var) in store.all() {
+            if name.contains("bn") || name.contains("shortcut.1") {
+                let t = var.as_tensor();
+                let v = match name.rsplit('.').next().unwrap() {
+                    "weight" => (Tensor::rand(0.5f32, 1.5, t.dims(), &dev).unwrap()),
+                    "bias" => Tensor::randn(0f32, 0.2, t.dims(), &dev).unwrap(),
+                    _ => continue,
+                };
+                var.set(&v).unwrap();
+            }
+        }
+        let x = (Tensor::randn(0f32, 1., (4, 3, 32, 32), &dev).unwrap() + 0.5).unwrap();
+        model.forward_t(&x, true).unwrap(); // moves the running statistics
+        let folded = model.forward_t(&x, false).unwrap();
+        runner::nn::use_reference_ops(true);
+        let unfolded = model.forward_t(&x, false);
+        runner::nn::use_reference_ops(false);
+        let unfolded = unfolded.unwrap();
+        let diff = (&folded - &unfolded)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let size = unfolded.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(size > 0.1, "{given:?}: logits too small to compare ({size})");
+        assert!(diff <= 1e-4 * size, "{given:?}: folded {folded} vs unfolded {unfolded}");
+    }
+}

@@ -90,6 +90,27 @@ pub fn batch_norm(
     x.apply_op3(weight, bias, op)
 }
 
+/// Eval-mode batch norm as y = scale·x + shift per channel: scale = γ/√(var + ε) and
+/// shift = β − mean·scale from the running statistics (computed in f64).
+pub fn eval_scale_shift(
+    weight: &Tensor,
+    bias: &Tensor,
+    running_mean: &Var,
+    running_var: &Var,
+) -> Result<(Tensor, Tensor)> {
+    let [g, b, m, v] = [weight, bias, running_mean.as_tensor(), running_var.as_tensor()]
+        .map(|t| t.to_dtype(DType::F64).and_then(|t| t.to_vec1::<f64>()));
+    let (g, b, m, v) = (g?, b?, m?, v?);
+    let scale: Vec<f64> = g.iter().zip(&v).map(|(g, v)| g / (v + EPS).sqrt()).collect();
+    let shift: Vec<f64> = b.iter().zip(&m).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+    let dev = weight.device();
+    let as_f32 = |v: Vec<f64>| Tensor::from_vec(v.iter().map(|&x| x as f32).collect::<Vec<f32>>(), v.len(), dev);
+    Ok((
+        as_f32(scale)?.to_dtype(weight.dtype())?,
+        as_f32(shift)?.to_dtype(weight.dtype())?,
+    ))
+}
+
 /// [`batch_norm`] built from Candle's own `BatchNorm` and plain ops: the reference the fused op
 /// is tested against, and the path for devices, dtypes and layouts the fused op does not take.
 pub fn batch_norm_slow(

@@ -43,24 +43,27 @@ mod imp {
         let src = job.src.as_ptr().add(img * job.src_img);
         let wp = job.wp.as_ptr().add(tile * job.taps.len() * job.nin * OT);
         let out = out.add(img * job.out_img + tile * OT * job.out_ch);
+        let ch0 = tile * OT;
         let mut v = 0;
         while v + 2 <= nv {
-            fwd_tile::<2>(job, src, wp, v, out, nvalid);
+            fwd_tile::<2>(job, src, wp, v, out, ch0, nvalid);
             v += 2;
         }
         if v < nv {
-            fwd_tile::<1>(job, src, wp, v, out, nvalid);
+            fwd_tile::<1>(job, src, wp, v, out, ch0, nvalid);
         }
     }
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn fwd_tile<const P: usize>(
         job: &Job,
         src: *const f32,
         wp: *const f32,
         v0: usize,
         out: *mut f32,
+        ch0: usize,
         nvalid: usize,
     ) {
         let mut acc = [[_mm256_setzero_ps(); P]; OT];
@@ -91,10 +94,17 @@ mod imp {
         for p in 0..P {
             let sm = mask(job.masks, CENTRE, v0 + p);
             for c in 0..nvalid {
+                let mut v = acc[c][p];
+                if let Some(b) = job.bias {
+                    v = _mm256_add_ps(v, _mm256_set1_ps(b[ch0 + c]));
+                }
+                if job.relu {
+                    v = _mm256_max_ps(v, _mm256_setzero_ps());
+                }
                 _mm256_maskstore_ps(
                     out.wrapping_offset((c * job.out_ch) as isize + q0 + (p * 8) as isize),
                     sm,
-                    acc[c][p],
+                    v,
                 );
             }
         }

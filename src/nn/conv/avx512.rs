@@ -46,29 +46,33 @@ mod imp {
             1 => ((nv - 4) / 3, 2),
             _ => ((nv - 2) / 3, 1),
         };
+        let ch0 = tile * OT;
         let mut v = 0;
         for _ in 0..threes {
-            fwd_tile::<3>(job, src, wp, v, out, nvalid);
+            fwd_tile::<3>(job, src, wp, v, out, ch0, nvalid);
             v += 3;
         }
         for _ in 0..twos {
-            fwd_tile::<2>(job, src, wp, v, out, nvalid);
+            fwd_tile::<2>(job, src, wp, v, out, ch0, nvalid);
             v += 2;
         }
         if v < nv {
-            fwd_tile::<1>(job, src, wp, v, out, nvalid);
+            fwd_tile::<1>(job, src, wp, v, out, ch0, nvalid);
         }
     }
 
-    /// P pixel vectors from vector `v0` × 8 output channels, over every tap and input channel.
+    /// P pixel vectors from vector `v0` × 8 output channels from `ch0`, over every tap and
+    /// input channel.
     #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn fwd_tile<const P: usize>(
         job: &Job,
         src: *const f32,
         wp: *const f32,
         v0: usize,
         out: *mut f32,
+        ch0: usize,
         nvalid: usize,
     ) {
         let mut acc = [[_mm512_setzero_ps(); P]; OT];
@@ -100,7 +104,14 @@ mod imp {
             let sm = job.masks.get(CENTRE, v0 + p);
             for c in 0..nvalid {
                 let o = out.wrapping_offset((c * job.out_ch) as isize + q0 + (p * 16) as isize);
-                _mm512_mask_storeu_ps(o, sm, acc[c][p]);
+                let mut v = acc[c][p];
+                if let Some(b) = job.bias {
+                    v = _mm512_add_ps(v, _mm512_set1_ps(b[ch0 + c]));
+                }
+                if job.relu {
+                    v = _mm512_max_ps(v, _mm512_setzero_ps());
+                }
+                _mm512_mask_storeu_ps(o, sm, v);
             }
         }
     }

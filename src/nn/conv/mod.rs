@@ -59,6 +59,38 @@ pub fn conv2d_slow(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Res
     x.conv2d(w, padding, stride, 1, 1)
 }
 
+/// `relu?(conv2d(x, w) + bias)`, bias (C_out), in one pass: the kernels add the bias and
+/// apply the ReLU as they store each value. For inference with a BatchNorm folded into the
+/// weights and bias; the result carries no gradient. Shapes the fast op does not handle go
+/// through Candle's ops (the same values).
+pub fn conv2d_bias(x: &Tensor, w: &Tensor, bias: &Tensor, stride: usize, padding: usize, relu: bool) -> Result<Tensor> {
+    let (n, cin, h, wd) = x.dims4()?;
+    let (cout, wcin, k, kw) = w.dims4()?;
+    let fast = !super::reference_ops()
+        && wcin == cin
+        && bias.dims() == [cout]
+        && k == kw
+        && ((k == 3 && padding == 1) || (k == 1 && padding == 0))
+        && (stride == 1 || stride == 2)
+        && [x, w, bias]
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+        && n * cin * h * wd * cout > 0;
+    if !fast {
+        let y = conv2d_slow(x, w, stride, padding)?.broadcast_add(&bias.reshape((1, cout, 1, 1))?)?;
+        return if relu { y.relu() } else { Ok(y) };
+    }
+    let op = BiasConvOp {
+        conv: ConvOp {
+            g: Geom::new(n, cin, cout, h, wd, k, stride),
+            isa: Isa::detect(),
+        },
+        bias: bias.to_vec1::<f32>()?,
+        relu,
+    };
+    x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)
+}
+
 fn conv2d_with(x: &Tensor, w: &Tensor, stride: usize, padding: usize, isa: Isa) -> Result<Tensor> {
     let (n, cin, h, wd) = x.dims4()?;
     let (cout, wcin, k, kw) = w.dims4()?;
@@ -298,6 +330,10 @@ struct Job<'a> {
     ho: usize,
     wo: usize,
     masks: &'a Masks,
+    /// Added to each output channel's values as they are stored, then `relu` applied
+    /// (inference with BatchNorm folded in, see [`conv2d_bias`]).
+    bias: Option<&'a [f32]>,
+    relu: bool,
 }
 
 /// The weight gradient: dW[o][i][t] = Σ_images Σ_q dy[o][q] · src[i][q + taps[t].off].
@@ -608,12 +644,21 @@ fn written_by(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32
     v
 }
 
-fn forward(g: &Geom, isa: Isa, x: &[f32], w: &[f32]) -> Vec<f32> {
-    written_by(g.n * g.cout * g.hw(), |out| forward_into(g, isa, x, w, out))
+/// relu?(conv(x, w) + bias) with `bias` and `relu` applied as each value is stored.
+fn forward(g: &Geom, isa: Isa, x: &[f32], w: &[f32], bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
+    written_by(g.n * g.cout * g.hw(), |out| forward_into(g, isa, x, w, bias, relu, out))
 }
 
 /// [`forward`] into `out`, which must hold n·cout·ho·wo values (every one is overwritten).
-fn forward_into(g: &Geom, isa: Isa, x: &[f32], w: &[f32], out: &mut [MaybeUninit<f32>]) {
+fn forward_into(
+    g: &Geom,
+    isa: Isa,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    out: &mut [MaybeUninit<f32>],
+) {
     let hw = g.hw();
     let mut store = Scratch::take();
     let (src, src_ch) = source(x, g, &mut store.0, 0);
@@ -638,6 +683,8 @@ fn forward_into(g: &Geom, isa: Isa, x: &[f32], w: &[f32], out: &mut [MaybeUninit
         ho: g.ho,
         wo: g.wo,
         masks: &masks,
+        bias,
+        relu,
     };
     run_job(&job, isa, out, g.n);
 }
@@ -676,6 +723,8 @@ fn input_grad(g: &Geom, isa: Isa, dy: &[f32], w: &[f32]) -> Vec<f32> {
                 ho: g.ho,
                 wo: g.wo,
                 masks: &masks,
+                bias: None,
+                relu: false,
             };
             run_job(&job, isa, &mut dsrc[p * hw..], g.n);
         }
@@ -758,15 +807,41 @@ impl CustomOp2 for ConvOp {
         let x = contiguous(s1, l1, "input", self.x_len())?;
         let w = contiguous(s2, l2, "weight", self.w_len())?;
         let g = &self.g;
-        let y = forward(g, self.isa, x, w);
+        let y = forward(g, self.isa, x, w, None, false);
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(w, &InputGradOp(*self))?;
+        // the network's first convolution reads the data batch, which needs no gradient
+        let dx = match x.track_op() {
+            true => Some(dy.apply_op2_no_bwd(w, &InputGradOp(*self))?),
+            false => None,
+        };
         let dw = x.apply_op2_no_bwd(&dy, &WeightGradOp(*self))?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
+    }
+}
+
+/// (x, w) → relu?(conv(x, w) + bias), forward only.
+struct BiasConvOp {
+    conv: ConvOp,
+    bias: Vec<f32>,
+    relu: bool,
+}
+
+impl CustomOp2 for BiasConvOp {
+    fn name(&self) -> &'static str {
+        "conv2d-fast-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let op = &self.conv;
+        let x = contiguous(s1, l1, "input", op.x_len())?;
+        let w = contiguous(s2, l2, "weight", op.w_len())?;
+        let g = &op.g;
+        let y = forward(g, op.isa, x, w, Some(&self.bias), self.relu);
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
 }
 

@@ -37,6 +37,13 @@ pub(super) unsafe fn fwd_unit(job: &Job, img: usize, tile: usize, out: *mut f32)
                 }
             }
         }
+        if let Some(b) = job.bias {
+            let b = b[tile * ot + c];
+            acc.iter_mut().for_each(|a| *a += b);
+        }
+        if job.relu {
+            acc.iter_mut().for_each(|a| *a = a.max(0.0));
+        }
         let o = out.add(img * job.out_img + (tile * ot + c) * job.out_ch);
         std::ptr::copy_nonoverlapping(acc.as_ptr(), o, hw);
     }

@@ -241,9 +241,50 @@ fn results_do_not_depend_on_buffer_alignment() {
                 let ((xb, xs), (db, ds)) = (place(&xv), place(&dyv));
                 let (xs, ds) = (&xb[xs..xs + xv.len()], &db[ds..ds + dyv.len()]);
                 let case = format!("{isa:?} stride {stride}, offset {offset}");
-                assert_close(&format!("y {case}"), &forward(&g, isa, xs, &wv), &y_want);
+                assert_close(&format!("y {case}"), &forward(&g, isa, xs, &wv, None, false), &y_want);
                 assert_close(&format!("dx {case}"), &input_grad(&g, isa, ds, &wv), &dx_want);
                 assert_close(&format!("dw {case}"), &weight_grad(&g, isa, xs, ds), &dw_want);
+            }
+        }
+    }
+}
+
+#[test]
+fn bias_and_relu_are_applied_as_values_are_stored_on_every_path() {
+    let dev = Device::Cpu;
+    for isa in isas() {
+        for (x_shape, cout, k, stride) in [
+            ((2, 16, 8, 8), 16, 3, 1),
+            ((1, 10, 7, 5), 24, 3, 2),
+            ((2, 16, 8, 8), 32, 1, 2),
+            ((2, 3, 5, 5), 10, 3, 1),
+        ] {
+            let (n, cin, h, w) = x_shape;
+            let x = Tensor::randn(0f32, 1., x_shape, &dev).unwrap();
+            let wt = Tensor::randn(0f32, 0.3, (cout, cin, k, k), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1., cout, &dev).unwrap();
+            for relu in [false, true] {
+                let want = conv2d_slow(&x, &wt, stride, k / 2)
+                    .unwrap()
+                    .broadcast_add(&bias.reshape((1, cout, 1, 1)).unwrap())
+                    .unwrap();
+                let want = if relu { want.relu().unwrap() } else { want };
+                let op = BiasConvOp {
+                    conv: ConvOp {
+                        g: Geom::new(n, cin, cout, h, w, k, stride),
+                        isa,
+                    },
+                    bias: values(&bias),
+                    relu,
+                };
+                let got = x.apply_op2_no_bwd(&wt, &op).unwrap();
+                assert_eq!(got.dims(), want.dims());
+                let case = format!("{isa:?} x {x_shape:?} → {cout}, {k}×{k} stride {stride} relu {relu}");
+                let (got, want) = (values(&got), values(&want));
+                assert_close(&case, &got, &want);
+                if relu {
+                    assert!(got.iter().any(|&v| v == 0.0), "{case}: nothing clipped");
+                }
             }
         }
     }
