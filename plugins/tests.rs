@@ -265,7 +265,7 @@ fn evaluation_with_batch_norm_folded_into_the_convolutions_matches_the_layers_un
             if name.contains("bn") || name.contains("shortcut.1") {
                 let t = var.as_tensor();
                 let v = match name.rsplit('.').next().unwrap() {
-                    "weight" => (Tensor::rand(0.5f32, 1.5, t.dims(), &dev).unwrap()),
+                    "weight" => Tensor::rand(0.5f32, 1.5, t.dims(), &dev).unwrap(),
                     "bias" => Tensor::randn(0f32, 0.2, t.dims(), &dev).unwrap(),
                     _ => continue,
                 };

@@ -283,7 +283,7 @@ fn bias_and_relu_are_applied_as_values_are_stored_on_every_path() {
                 let (got, want) = (values(&got), values(&want));
                 assert_close(&case, &got, &want);
                 if relu {
-                    assert!(got.iter().any(|&v| v == 0.0), "{case}: nothing clipped");
+                    assert!(got.contains(&0.0), "{case}: nothing clipped");
                 }
             }
         }
