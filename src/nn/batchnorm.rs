@@ -8,8 +8,9 @@
 //! its gradient is one more custom op that is not differentiated further.
 //!
 //! Layout: `x` is (N, C, H, W), contiguous f32. Channel `c` is the N planes of H·W values at
-//! plane indices `c, C + c, 2C + c, …`. Every per-channel sum runs over those planes in a fixed
-//! order in one task, so the results do not depend on the thread count or on scheduling.
+//! plane indices `c, C + c, 2C + c, …`. Per-channel sums walk the planes in memory order in
+//! fixed chunks of images whose sums are added in image order, so the results do not depend
+//! on the thread count or on scheduling.
 //! Anything else (another device, dtype or layout) goes through [`batch_norm_slow`].
 
 use std::sync::Arc;
@@ -176,11 +177,44 @@ impl Geometry {
     fn len(&self) -> usize {
         self.n * self.c * self.plane
     }
-    /// Channel `c`'s planes of `data`, in image order.
-    fn planes<'a>(&self, data: &'a [f32], c: usize) -> impl Iterator<Item = &'a [f32]> + 'a {
-        let (stride, plane) = (self.c * self.plane, self.plane);
-        (0..self.n).map(move |i| &data[i * stride + c * plane..i * stride + (c + 1) * plane])
+    /// Per channel, the sum over every image of `f(i, c)` for plane i = image·C + c.
+    ///
+    /// The planes are walked in memory order, a fixed number of images per task, and the
+    /// tasks' sums added in image order, so the result does not depend on the thread count.
+    /// (Walking one channel's planes, a plane apart, ran the passes ~3× slower than the
+    /// element-wise ones: a prefetcher stops at each 4 KiB page, and planes are 1 KiB or less
+    /// in the later stages.)
+    fn channel_sums(&self, f: impl Fn(usize, usize) -> (f64, f64) + Sync) -> Vec<(f64, f64)> {
+        const IMAGES: usize = 8;
+        let parts: Vec<Vec<(f64, f64)>> = (0..self.n.div_ceil(IMAGES))
+            .into_par_iter()
+            .map(|k| {
+                let mut part = vec![(0.0, 0.0); self.c];
+                for img in k * IMAGES..((k + 1) * IMAGES).min(self.n) {
+                    for (c, p) in part.iter_mut().enumerate() {
+                        let (u, v) = f(img * self.c + c, c);
+                        p.0 += u;
+                        p.1 += v;
+                    }
+                }
+                part
+            })
+            .collect();
+        let mut total = vec![(0.0, 0.0); self.c];
+        for part in &parts {
+            for (t, p) in total.iter_mut().zip(part) {
+                t.0 += p.0;
+                t.1 += p.1;
+            }
+        }
+        total
     }
+
+    /// Plane `i` (image·C + channel) of `data`.
+    fn plane<'a>(&self, data: &'a [f32], i: usize) -> &'a [f32] {
+        &data[i * self.plane..(i + 1) * self.plane]
+    }
+
     /// Planes per rayon task in element-wise passes: below `PARALLEL_MIN` values, threads cost
     /// more than they save.
     fn min_planes(&self) -> usize {
@@ -218,15 +252,15 @@ impl CustomOp1 for BatchStats {
             candle_core::bail!("batch_norm: input has {} values, expected {}", x.len(), g.len());
         }
         let count = g.count() as f64;
-        let stats: Vec<(f64, f64)> = (0..g.c)
-            .into_par_iter()
-            .map(|c| {
-                let first = &x[c * g.plane..(c + 1) * g.plane];
-                let k = (lanes::shifted_sums(first, 0.0).0 / g.plane as f64) as f32;
-                let (s1, s2) = g.planes(x, c).fold((0.0, 0.0), |(a, b), p| {
-                    let (u, v) = lanes::shifted_sums(p, k);
-                    (a + u, b + v)
-                });
+        // k: the mean of each channel's first plane
+        let shift: Vec<f32> = (0..g.c)
+            .map(|c| (lanes::shifted_sums(g.plane(x, c), 0.0).0 / g.plane as f64) as f32)
+            .collect();
+        let sums = g.channel_sums(|i, c| lanes::shifted_sums(g.plane(x, i), shift[c]));
+        let stats: Vec<(f64, f64)> = sums
+            .iter()
+            .zip(&shift)
+            .map(|(&(s1, s2), &k)| {
                 let d = s1 / count;
                 (k as f64 + d, (s2 / count - d * d).max(0.0))
             })
@@ -338,17 +372,8 @@ impl CustomOp3 for BatchNormBackward {
         }
         let relu = f.relu;
         // Per channel: (Σ g, Σ g·(x − μ)), each in a fixed order.
-        let sums: Vec<(f64, f64)> = (0..g.c)
-            .into_par_iter()
-            .map(|c| {
-                let m = f.mean[c];
-                let planes = g.planes(grad, c).zip(g.planes(x, c)).zip(g.planes(y, c));
-                planes.fold((0.0, 0.0), |(a, b), ((gp, xp), yp)| {
-                    let (u, v) = lanes::grad_sums(gp, xp, yp, m, relu);
-                    (a + u, b + v)
-                })
-            })
-            .collect();
+        let sums =
+            g.channel_sums(|i, c| lanes::grad_sums(g.plane(grad, i), g.plane(x, i), g.plane(y, i), f.mean[c], relu));
         let count = g.count() as f64;
         let len = g.len();
         let mut out: Vec<f32> = Vec::with_capacity(len + 2 * g.c);
