@@ -556,6 +556,20 @@ mod tests {
     }
 
     #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        // 20 images: three chunks of the per-channel sums, the last one short
+        let k = case((20, 6, 7, 5), 9);
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| run(batch_norm, &k, true, true))
+        };
+        let one = on(1);
+        for threads in [2, 3] {
+            assert_eq!(on(threads), one, "{threads} threads");
+        }
+    }
+
+    #[test]
     fn train_needs_more_than_one_value_per_channel() {
         let k = case((1, 2, 1, 1), 1);
         let r = batch_norm(
