@@ -705,16 +705,24 @@ async fn a_refused_database_is_left_as_it_was() {
 
     assert!(matches!(Store::open(&path).await, Err(Error::Store { .. })));
     assert!(std::fs::read(&path).unwrap() == before, "the refused file changed");
-    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+    // Nothing else either; SQLite's side files may outlive a pool connection that sqlx, on a
+    // loaded machine, has not finished closing (they go when the process exits).
+    let left = files_in(dir.path());
+    assert!(left.iter().all(|f| f.starts_with("runs.db")), "{left:?}");
+}
+
+/// The names in `dir`, sorted.
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    left.sort();
-    assert_eq!(left, ["runs.db"]);
+    names.sort();
+    names
 }
 
 #[tokio::test]
-async fn close_leaves_the_main_file_alone() {
+async fn close_leaves_every_write_in_the_main_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("runs.db");
     let store = Store::open(&path).await.unwrap();
@@ -723,9 +731,22 @@ async fn close_leaves_the_main_file_alone() {
     // A connection on its way back to the pool as the store closes.
     let _ = store.claim(&keys(&trials), "w", false, HOUR).await.unwrap();
     store.close().await;
-    let left: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(left, ["runs.db"]);
+    // Usually SQLite removes its side files at the last close. When a pool connection is
+    // still closing (a loaded machine), they stay until the process exits, but the WAL has
+    // been checkpointed into the main file and truncated: runs.db alone holds every write.
+    let left = files_in(dir.path());
+    assert!(left.iter().all(|f| f.starts_with("runs.db")), "{left:?}");
+    let wal = dir.path().join("runs.db-wal");
+    if wal.exists() {
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0, "WAL not checkpointed");
+    }
+    let alone = tempfile::tempdir().unwrap();
+    let copy = alone.path().join("runs.db");
+    std::fs::copy(&path, &copy).unwrap();
+    let reopened = Store::open(&copy).await.unwrap();
+    let rows = reopened.summary(None).await.unwrap();
+    reopened.close().await;
+    let mut status: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+    status.sort();
+    assert_eq!(status, ["pending", "running"]);
 }
