@@ -142,7 +142,13 @@ pub fn batch_norm_slow(
     }
 }
 
-fn update_running(running_mean: &Var, running_var: &Var, mean: &[f64], var: &[f64], count: usize) -> Result<()> {
+pub(super) fn update_running(
+    running_mean: &Var,
+    running_var: &Var,
+    mean: &[f64],
+    var: &[f64],
+    count: usize,
+) -> Result<()> {
     let unbias = count as f64 / (count as f64 - 1.0);
     let rm = running_mean.as_tensor().to_vec1::<f32>()?;
     let rv = running_var.as_tensor().to_vec1::<f32>()?;
@@ -163,18 +169,18 @@ fn update_running(running_mean: &Var, running_var: &Var, mean: &[f64], var: &[f6
 
 /// The shape of a batch-norm input: N images of C planes of `plane` = H·W values.
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
-    n: usize,
-    c: usize,
-    plane: usize,
+pub(super) struct Geometry {
+    pub(super) n: usize,
+    pub(super) c: usize,
+    pub(super) plane: usize,
 }
 
 impl Geometry {
     /// Values per channel.
-    fn count(&self) -> usize {
+    pub(super) fn count(&self) -> usize {
         self.n * self.plane
     }
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.n * self.c * self.plane
     }
     /// Per channel, the sum over every image of `f(i, c)` for plane i = image·C + c.
@@ -235,6 +241,23 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
+/// Per-channel batch mean and biased variance of `x` (see [`BatchStats`]).
+pub(super) fn batch_stats(x: &[f32], g: Geometry) -> Vec<(f64, f64)> {
+    let count = g.count() as f64;
+    // k: the mean of each channel's first plane
+    let shift: Vec<f32> = (0..g.c)
+        .map(|c| (lanes::shifted_sums(g.plane(x, c), 0.0).0 / g.plane as f64) as f32)
+        .collect();
+    let sums = g.channel_sums(|i, c| lanes::shifted_sums(g.plane(x, i), shift[c]));
+    sums.iter()
+        .zip(&shift)
+        .map(|(&(s1, s2), &k)| {
+            let d = s1 / count;
+            (k as f64 + d, (s2 / count - d * d).max(0.0))
+        })
+        .collect()
+}
+
 /// Per-channel batch mean and biased variance of `x`, as f64 `[mean (C) | var (C)]`, in one
 /// pass: the sums of (x − k) and (x − k)² with k the mean of the channel's first plane, which
 /// is close enough to the channel's mean that the variance loses nothing to cancellation.
@@ -251,36 +274,50 @@ impl CustomOp1 for BatchStats {
         if x.len() != g.len() {
             candle_core::bail!("batch_norm: input has {} values, expected {}", x.len(), g.len());
         }
-        let count = g.count() as f64;
-        // k: the mean of each channel's first plane
-        let shift: Vec<f32> = (0..g.c)
-            .map(|c| (lanes::shifted_sums(g.plane(x, c), 0.0).0 / g.plane as f64) as f32)
-            .collect();
-        let sums = g.channel_sums(|i, c| lanes::shifted_sums(g.plane(x, i), shift[c]));
-        let stats: Vec<(f64, f64)> = sums
-            .iter()
-            .zip(&shift)
-            .map(|(&(s1, s2), &k)| {
-                let d = s1 / count;
-                (k as f64 + d, (s2 / count - d * d).max(0.0))
-            })
-            .collect();
+        let stats = batch_stats(x, g);
         let mut out: Vec<f64> = stats.iter().map(|s| s.0).collect();
         out.extend(stats.iter().map(|s| s.1));
         Ok((CpuStorage::F64(out), Shape::from(2 * g.c)))
     }
 }
 
+/// y = relu?(γ·(x − μ)·invstd + β) per channel; every value of y is written once.
+pub(super) fn normalize(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    relu: bool,
+    g: Geometry,
+) -> Vec<f32> {
+    let len = g.len();
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    y.spare_capacity_mut()[..len]
+        .par_chunks_mut(g.plane)
+        .with_min_len(g.min_planes())
+        .zip(x.par_chunks(g.plane))
+        .enumerate()
+        .for_each(|(p, (y, x))| {
+            let c = p % g.c;
+            let scale = gamma[c] * invstd[c];
+            lanes::scale_shift(y, x, scale, beta[c] - mean[c] * scale, relu);
+        });
+    // SAFETY: the planes cover all `len` values and scale_shift wrote every one
+    unsafe { y.set_len(len) };
+    y
+}
+
 /// The forward op on (x, γ, β): y = relu?(γ·(x − μ)·invstd + β), with μ and invstd per channel
 /// (the batch's in train mode, the running statistics' in eval mode).
 #[derive(Debug, Clone)]
-struct BatchNorm {
-    geom: Geometry,
-    mean: Arc<Vec<f32>>,
-    invstd: Arc<Vec<f32>>,
-    relu: bool,
+pub(super) struct BatchNorm {
+    pub(super) geom: Geometry,
+    pub(super) mean: Arc<Vec<f32>>,
+    pub(super) invstd: Arc<Vec<f32>>,
+    pub(super) relu: bool,
     /// Whether μ and invstd came from x itself (train mode), so that dx goes through them too.
-    batch_stats: bool,
+    pub(super) batch_stats: bool,
 }
 
 impl CustomOp3 for BatchNorm {
@@ -302,21 +339,7 @@ impl CustomOp3 for BatchNorm {
         if x.len() != g.len() || gamma.len() != g.c || beta.len() != g.c {
             candle_core::bail!("batch_norm: inputs do not match {g:?}");
         }
-        let len = g.len();
-        let mut y: Vec<f32> = Vec::with_capacity(len);
-        let relu = self.relu;
-        y.spare_capacity_mut()[..len]
-            .par_chunks_mut(g.plane)
-            .with_min_len(g.min_planes())
-            .zip(x.par_chunks(g.plane))
-            .enumerate()
-            .for_each(|(p, (y, x))| {
-                let c = p % g.c;
-                let scale = gamma[c] * self.invstd[c];
-                lanes::scale_shift(y, x, scale, beta[c] - self.mean[c] * scale, relu);
-            });
-        // SAFETY: the planes cover all `len` values and scale_shift wrote every one
-        unsafe { y.set_len(len) };
+        let y = normalize(x, gamma, beta, &self.mean, &self.invstd, self.relu, g);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -341,13 +364,60 @@ impl CustomOp3 for BatchNorm {
     }
 }
 
+/// The gradient of [`BatchNorm`] `f` as `[dx | dγ | dβ]` (see [`BatchNormBackward`]).
+pub(super) fn backward(f: &BatchNorm, gamma: &[f32], grad: &[f32], x: &[f32], y: &[f32]) -> Vec<f32> {
+    let g = f.geom;
+    let relu = f.relu;
+    // Per channel: (Σ g, Σ g·(x − μ)), each in a fixed order.
+    let sums = g.channel_sums(|i, c| lanes::grad_sums(g.plane(grad, i), g.plane(x, i), g.plane(y, i), f.mean[c], relu));
+    let count = g.count() as f64;
+    let len = g.len();
+    let mut out: Vec<f32> = Vec::with_capacity(len + 2 * g.c);
+    let (dx, dgb) = out.spare_capacity_mut()[..len + 2 * g.c].split_at_mut(len);
+    // dx = a·g + b·(x − μ) + k per channel; b and k vanish in eval mode.
+    let coeffs: Vec<(f32, f32, f32)> = sums
+        .iter()
+        .enumerate()
+        .map(|(c, &(sg, sgx))| {
+            let invstd = f.invstd[c] as f64;
+            let a = gamma[c] as f64 * invstd;
+            let dgamma = sgx * invstd;
+            dgb[c].write(dgamma as f32);
+            dgb[g.c + c].write(sg as f32);
+            if f.batch_stats {
+                let b = -a * invstd * dgamma / count;
+                let k = -a * sg / count;
+                (a as f32, b as f32, k as f32)
+            } else {
+                (a as f32, 0.0, 0.0)
+            }
+        })
+        .collect();
+    dx.par_chunks_mut(g.plane)
+        .with_min_len(g.min_planes())
+        .zip(
+            grad.par_chunks(g.plane)
+                .zip(x.par_chunks(g.plane))
+                .zip(y.par_chunks(g.plane)),
+        )
+        .enumerate()
+        .for_each(|(p, (dx, ((gp, xp), yp)))| {
+            let c = p % g.c;
+            let (a, b, k) = coeffs[c];
+            lanes::grad_input(dx, gp, xp, yp, a, b, k - b * f.mean[c], relu);
+        });
+    // SAFETY: dx's planes and the 2·C values of dγ, dβ were all written above
+    unsafe { out.set_len(len + 2 * g.c) };
+    out
+}
+
 /// The backward op of a [`BatchNorm`] on (grad, x, y), writing `[dx | dγ | dβ]` into one buffer.
 /// With g the incoming gradient masked by y > 0 under ReLU and x̂ = (x − μ)·invstd, per channel:
 /// dβ = Σ g, dγ = Σ g·x̂, and dx = γ·invstd·(g − dβ/N − x̂·dγ/N) in train mode (μ and invstd
 /// depend on x), dx = γ·invstd·g in eval mode. N is the values per channel.
-struct BatchNormBackward {
-    fwd: BatchNorm,
-    gamma: Arc<Vec<f32>>,
+pub(super) struct BatchNormBackward {
+    pub(super) fwd: BatchNorm,
+    pub(super) gamma: Arc<Vec<f32>>,
 }
 
 impl CustomOp3 for BatchNormBackward {
@@ -370,48 +440,7 @@ impl CustomOp3 for BatchNormBackward {
         if grad.len() != g.len() || x.len() != g.len() || y.len() != g.len() {
             candle_core::bail!("batch_norm backward: inputs do not match {g:?}");
         }
-        let relu = f.relu;
-        // Per channel: (Σ g, Σ g·(x − μ)), each in a fixed order.
-        let sums =
-            g.channel_sums(|i, c| lanes::grad_sums(g.plane(grad, i), g.plane(x, i), g.plane(y, i), f.mean[c], relu));
-        let count = g.count() as f64;
-        let len = g.len();
-        let mut out: Vec<f32> = Vec::with_capacity(len + 2 * g.c);
-        let (dx, dgb) = out.spare_capacity_mut()[..len + 2 * g.c].split_at_mut(len);
-        // dx = a·g + b·(x − μ) + k per channel; b and k vanish in eval mode.
-        let coeffs: Vec<(f32, f32, f32)> = sums
-            .iter()
-            .enumerate()
-            .map(|(c, &(sg, sgx))| {
-                let invstd = f.invstd[c] as f64;
-                let a = self.gamma[c] as f64 * invstd;
-                let dgamma = sgx * invstd;
-                dgb[c].write(dgamma as f32);
-                dgb[g.c + c].write(sg as f32);
-                if f.batch_stats {
-                    let b = -a * invstd * dgamma / count;
-                    let k = -a * sg / count;
-                    (a as f32, b as f32, k as f32)
-                } else {
-                    (a as f32, 0.0, 0.0)
-                }
-            })
-            .collect();
-        dx.par_chunks_mut(g.plane)
-            .with_min_len(g.min_planes())
-            .zip(
-                grad.par_chunks(g.plane)
-                    .zip(x.par_chunks(g.plane))
-                    .zip(y.par_chunks(g.plane)),
-            )
-            .enumerate()
-            .for_each(|(p, (dx, ((gp, xp), yp)))| {
-                let c = p % g.c;
-                let (a, b, k) = coeffs[c];
-                lanes::grad_input(dx, gp, xp, yp, a, b, k - b * f.mean[c], relu);
-            });
-        // SAFETY: dx's planes and the 2·C values of dγ, dβ were all written above
-        unsafe { out.set_len(len + 2 * g.c) };
+        let out = backward(f, &self.gamma, grad, x, y);
         Ok((CpuStorage::F32(out), Shape::from(g.len() + 2 * g.c)))
     }
 }

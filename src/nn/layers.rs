@@ -44,14 +44,33 @@ impl Conv2d {
     }
 }
 
-/// `relu?(bn(conv(x)))`, the unit most of these nets are made of. In eval mode the BatchNorm
+/// `relu?(bn(conv(x)))`, the unit most of these nets are made of. In training mode it is one
+/// op (see [`super::conv_bn`]). In eval mode the BatchNorm
 /// is folded into the convolution, weights w·γ/σ and bias β − μ·γ/σ from the running
 /// statistics, and the kernel adds the bias and applies the ReLU as it stores each value:
 /// one pass over the activations instead of three. The values match the unfolded layers to
 /// rounding.
 pub fn conv_bn(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
-    if train || super::reference_ops() {
+    if super::reference_ops() {
         return bn.apply(&conv.forward(x)?, train, relu);
+    }
+    if train {
+        // one op, so that the convolution's output is no node of Candle's graph
+        let fused = super::conv_bn::conv_bn_train(
+            x,
+            &conv.weight,
+            conv.stride,
+            conv.padding,
+            &bn.weight,
+            &bn.bias,
+            &bn.running_mean,
+            &bn.running_var,
+            relu,
+        )?;
+        return match fused {
+            Some(y) => conv.count(&y),
+            None => bn.apply(&conv.forward(x)?, train, relu),
+        };
     }
     let (scale, shift) = bn.eval_scale_shift()?;
     let c = scale.dim(0)?;

@@ -6,6 +6,7 @@
 
 mod batchnorm;
 pub mod conv;
+mod conv_bn;
 pub mod flops;
 mod lanes;
 mod layers;

@@ -92,6 +92,14 @@ pub fn conv2d_bias(x: &Tensor, w: &Tensor, bias: &Tensor, stride: usize, padding
 }
 
 fn conv2d_with(x: &Tensor, w: &Tensor, stride: usize, padding: usize, isa: Isa) -> Result<Tensor> {
+    match plan(x, w, stride, padding, isa)? {
+        Some(op) => x.contiguous()?.apply_op2(&w.contiguous()?, op),
+        None => conv2d_slow(x, w, stride, padding),
+    }
+}
+
+/// The fast op for `conv2d(x, w)`, or None where Candle's `conv2d` must run instead.
+pub(super) fn plan(x: &Tensor, w: &Tensor, stride: usize, padding: usize, isa: Isa) -> Result<Option<ConvOp>> {
     let (n, cin, h, wd) = x.dims4()?;
     let (cout, wcin, k, kw) = w.dims4()?;
     if wcin != cin {
@@ -107,16 +115,15 @@ fn conv2d_with(x: &Tensor, w: &Tensor, stride: usize, padding: usize, isa: Isa) 
         && x.dtype() == DType::F32
         && w.dtype() == DType::F32
         && n * cin * h * wd * cout > 0;
-    if !fast {
-        return conv2d_slow(x, w, stride, padding);
-    }
-    let g = Geom::new(n, cin, cout, h, wd, k, stride);
-    x.contiguous()?.apply_op2(&w.contiguous()?, ConvOp { g, isa })
+    Ok(fast.then(|| ConvOp {
+        g: Geom::new(n, cin, cout, h, wd, k, stride),
+        isa,
+    }))
 }
 
 /// The instruction set a kernel is written for; the tests force each one this machine has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Isa {
+pub(super) enum Isa {
     Scalar,
     Avx2,
     Avx512,
@@ -124,7 +131,7 @@ enum Isa {
 
 impl Isa {
     /// The fastest one this CPU supports.
-    fn detect() -> Isa {
+    pub(super) fn detect() -> Isa {
         [Isa::Avx512, Isa::Avx2]
             .into_iter()
             .find(|i| i.supported())
@@ -781,12 +788,30 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str, len: usize) -> Resu
 
 /// The forward op on (x, w); its backward runs the two gradient ops below.
 #[derive(Debug, Clone, Copy)]
-struct ConvOp {
+pub(super) struct ConvOp {
     g: Geom,
     isa: Isa,
 }
 
 impl ConvOp {
+    /// The output's shape (N, C_out, H', W').
+    pub(super) fn out_dims(&self) -> (usize, usize, usize, usize) {
+        (self.g.n, self.g.cout, self.g.ho, self.g.wo)
+    }
+
+    /// The forward pass on contiguous x and w (lengths checked).
+    pub(super) fn forward(&self, x: &[f32], w: &[f32]) -> Result<Vec<f32>> {
+        if x.len() != self.x_len() || w.len() != self.w_len() {
+            candle_core::bail!(
+                "conv2d: {} input and {} weight values do not match {:?}",
+                x.len(),
+                w.len(),
+                self.g
+            );
+        }
+        Ok(forward(&self.g, self.isa, x, w, None, false))
+    }
+
     fn x_len(&self) -> usize {
         self.g.n * self.g.cin * self.g.h * self.g.w
     }
@@ -846,7 +871,7 @@ impl CustomOp2 for BiasConvOp {
 }
 
 /// (dy, w) → dx.
-struct InputGradOp(ConvOp);
+pub(super) struct InputGradOp(pub(super) ConvOp);
 
 impl CustomOp2 for InputGradOp {
     fn name(&self) -> &'static str {
@@ -864,7 +889,7 @@ impl CustomOp2 for InputGradOp {
 }
 
 /// (x, dy) → dw.
-struct WeightGradOp(ConvOp);
+pub(super) struct WeightGradOp(pub(super) ConvOp);
 
 impl CustomOp2 for WeightGradOp {
     fn name(&self) -> &'static str {
