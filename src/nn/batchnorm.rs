@@ -231,14 +231,7 @@ impl Geometry {
 const PARALLEL_MIN: usize = 1 << 15;
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(d) => d.as_slice(),
-        _ => candle_core::bail!("batch_norm: expected f32 data"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("batch_norm: expected contiguous data"),
-    }
+    super::f32_data(s, l, "batch_norm")
 }
 
 /// Per-channel batch mean and biased variance of `x` (see [`BatchStats`]).

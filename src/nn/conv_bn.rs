@@ -81,17 +81,6 @@ struct ConvBn {
     saved: Arc<Mutex<Option<Saved>>>,
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(d) => d.as_slice(),
-        _ => candle_core::bail!("conv-bn: {what} must be f32"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("conv-bn: {what} must be contiguous"),
-    }
-}
-
 impl CustomOp3 for ConvBn {
     fn name(&self) -> &'static str {
         "conv2d-batch-norm"
@@ -107,9 +96,9 @@ impl CustomOp3 for ConvBn {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w, gb) = (
-            slice(s1, l1, "input")?,
-            slice(s2, l2, "weight")?,
-            slice(s3, l3, "γ, β")?,
+            super::f32_data(s1, l1, "conv-bn input")?,
+            super::f32_data(s2, l2, "conv-bn weight")?,
+            super::f32_data(s3, l3, "conv-bn γ, β")?,
         );
         let g = self.geom;
         if gb.len() != 2 * g.c {

@@ -26,6 +26,23 @@ pub fn use_reference_ops(on: bool) {
     REFERENCE.with(|r| r.set(on));
 }
 
+/// The f32 values of a contiguous CPU tensor as a custom op receives it; `op` names the op in
+/// the error otherwise.
+pub(crate) fn f32_data<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let data = match s {
+        candle_core::CpuStorage::F32(d) => d.as_slice(),
+        _ => candle_core::bail!("{op}: expected f32 data"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: expected contiguous data"),
+    }
+}
+
 /// Whether [`use_reference_ops`] is on for this thread.
 pub(crate) fn reference_ops() -> bool {
     REFERENCE.with(|r| r.get())

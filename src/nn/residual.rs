@@ -110,14 +110,7 @@ fn min_images(image_len: usize) -> usize {
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(d) => d.as_slice(),
-        _ => candle_core::bail!("residual: expected f32 data"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("residual: expected contiguous data"),
-    }
+    super::f32_data(s, l, "residual")
 }
 
 /// The forward op: out = relu?(branch + S(x)).
