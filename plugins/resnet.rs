@@ -228,12 +228,17 @@ impl Unit {
             }
             return self.add(&h, x, &pre, false, train);
         }
-        // conv → BN (→ ReLU, except after the last conv, where the ReLU follows the addition)
+        // conv → BN → ReLU, except after the last conv, where the ReLU follows the addition
         let mut h = x.clone();
         let last = self.convs.len() - 1;
-        for (i, (conv, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
-            h = nn::conv_bn(conv, bn, &h, train, i < last)?;
+        for (conv, bn) in self.convs.iter().zip(&self.bns).take(last) {
+            h = nn::conv_bn(conv, bn, &h, train, true)?;
         }
+        let (conv, bn) = (&self.convs[last], &self.bns[last]);
+        if let Path::Identity = self.path {
+            return nn::conv_bn_add_relu(conv, bn, &h, x, train);
+        }
+        let h = nn::conv_bn(conv, bn, &h, train, false)?;
         self.add(&h, x, x, true, train)
     }
 

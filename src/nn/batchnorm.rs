@@ -13,6 +13,7 @@
 //! on the thread count or on scheduling.
 //! Anything else (another device, dtype or layout) goes through [`batch_norm_slow`].
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, Var};
@@ -274,7 +275,9 @@ impl CustomOp1 for BatchStats {
     }
 }
 
-/// y = relu?(γ·(x − μ)·invstd + β) per channel; every value of y is written once.
+/// y = relu?(γ·(x − μ)·invstd + β (+ s)) per channel, with `s` a tensor of x's shape added
+/// before the ReLU (a residual unit's shortcut); every value of y is written once.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn normalize(
     x: &[f32],
     gamma: &[f32],
@@ -282,6 +285,7 @@ pub(super) fn normalize(
     mean: &[f32],
     invstd: &[f32],
     relu: bool,
+    add: Option<&[f32]>,
     g: Geometry,
 ) -> Vec<f32> {
     let len = g.len();
@@ -294,7 +298,11 @@ pub(super) fn normalize(
         .for_each(|(p, (y, x))| {
             let c = p % g.c;
             let scale = gamma[c] * invstd[c];
-            lanes::scale_shift(y, x, scale, beta[c] - mean[c] * scale, relu);
+            let shift = beta[c] - mean[c] * scale;
+            match add {
+                Some(s) => lanes::scale_shift_add(y, x, &s[p * g.plane..][..g.plane], scale, shift, relu),
+                None => lanes::scale_shift(y, x, scale, shift, relu),
+            }
         });
     // SAFETY: the planes cover all `len` values and scale_shift wrote every one
     unsafe { y.set_len(len) };
@@ -332,7 +340,7 @@ impl CustomOp3 for BatchNorm {
         if x.len() != g.len() || gamma.len() != g.c || beta.len() != g.c {
             candle_core::bail!("batch_norm: inputs do not match {g:?}");
         }
-        let y = normalize(x, gamma, beta, &self.mean, &self.invstd, self.relu, g);
+        let y = normalize(x, gamma, beta, &self.mean, &self.invstd, self.relu, None, g);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -347,6 +355,7 @@ impl CustomOp3 for BatchNorm {
         let back = BatchNormBackward {
             fwd: self.clone(),
             gamma: Arc::new(gamma.to_vec1::<f32>()?),
+            keep_masked: false,
         };
         let d = grad.contiguous()?.apply_op3_no_bwd(x, &res.contiguous()?, &back)?;
         let (len, c) = (self.geom.len(), self.geom.c);
@@ -357,16 +366,27 @@ impl CustomOp3 for BatchNorm {
     }
 }
 
-/// The gradient of [`BatchNorm`] `f` as `[dx | dγ | dβ]` (see [`BatchNormBackward`]).
-pub(super) fn backward(f: &BatchNorm, gamma: &[f32], grad: &[f32], x: &[f32], y: &[f32]) -> Vec<f32> {
+/// The gradient of [`BatchNorm`] `f` as `[dx | dγ | dβ]` (see [`BatchNormBackward`]), followed
+/// by the masked incoming gradient (`grad` where `y > 0`) when `keep_masked` and `f` has a ReLU.
+pub(super) fn backward(
+    f: &BatchNorm,
+    gamma: &[f32],
+    grad: &[f32],
+    x: &[f32],
+    y: &[f32],
+    keep_masked: bool,
+) -> Vec<f32> {
     let g = f.geom;
     let relu = f.relu;
+    let keep_masked = keep_masked && relu;
     // Per channel: (Σ g, Σ g·(x − μ)), each in a fixed order.
     let sums = g.channel_sums(|i, c| lanes::grad_sums(g.plane(grad, i), g.plane(x, i), g.plane(y, i), f.mean[c], relu));
     let count = g.count() as f64;
     let len = g.len();
-    let mut out: Vec<f32> = Vec::with_capacity(len + 2 * g.c);
-    let (dx, dgb) = out.spare_capacity_mut()[..len + 2 * g.c].split_at_mut(len);
+    let total = len + 2 * g.c + if keep_masked { len } else { 0 };
+    let mut out: Vec<f32> = Vec::with_capacity(total);
+    let (dx, rest) = out.spare_capacity_mut()[..total].split_at_mut(len);
+    let (dgb, masked) = rest.split_at_mut(2 * g.c);
     // dx = a·g + b·(x − μ) + k per channel; b and k vanish in eval mode.
     let coeffs: Vec<(f32, f32, f32)> = sums
         .iter()
@@ -386,21 +406,36 @@ pub(super) fn backward(f: &BatchNorm, gamma: &[f32], grad: &[f32], x: &[f32], y:
             }
         })
         .collect();
-    dx.par_chunks_mut(g.plane)
-        .with_min_len(g.min_planes())
+    let planes = dx
+        .par_chunks_mut(g.plane)
         .zip(
             grad.par_chunks(g.plane)
                 .zip(x.par_chunks(g.plane))
                 .zip(y.par_chunks(g.plane)),
         )
-        .enumerate()
-        .for_each(|(p, (dx, ((gp, xp), yp)))| {
-            let c = p % g.c;
-            let (a, b, k) = coeffs[c];
-            lanes::grad_input(dx, gp, xp, yp, a, b, k - b * f.mean[c], relu);
-        });
-    // SAFETY: dx's planes and the 2·C values of dγ, dβ were all written above
-    unsafe { out.set_len(len + 2 * g.c) };
+        .enumerate();
+    let dx_plane = |p: usize, dx: &mut [MaybeUninit<f32>], gp: &[f32], xp: &[f32], yp: &[f32]| {
+        let c = p % g.c;
+        let (a, b, k) = coeffs[c];
+        lanes::grad_input(dx, gp, xp, yp, a, b, k - b * f.mean[c], relu);
+    };
+    if keep_masked {
+        // the masked gradient from the same planes while they are in cache
+        planes
+            .zip(masked.par_chunks_mut(g.plane))
+            .with_min_len(g.min_planes())
+            .for_each(|((p, (dx, ((gp, xp), yp))), m)| {
+                dx_plane(p, dx, gp, xp, yp);
+                lanes::relu_grad(m, gp, yp);
+            });
+    } else {
+        planes
+            .with_min_len(g.min_planes())
+            .for_each(|(p, (dx, ((gp, xp), yp)))| dx_plane(p, dx, gp, xp, yp));
+    }
+    // SAFETY: dx's planes, the 2·C values of dγ, dβ and (when kept) the masked planes were all
+    // written above
+    unsafe { out.set_len(total) };
     out
 }
 
@@ -411,6 +446,8 @@ pub(super) fn backward(f: &BatchNorm, gamma: &[f32], grad: &[f32], x: &[f32], y:
 pub(super) struct BatchNormBackward {
     pub(super) fwd: BatchNorm,
     pub(super) gamma: Arc<Vec<f32>>,
+    /// Also write the masked incoming gradient after dβ (see [`backward`]).
+    pub(super) keep_masked: bool,
 }
 
 impl CustomOp3 for BatchNormBackward {
@@ -433,8 +470,9 @@ impl CustomOp3 for BatchNormBackward {
         if grad.len() != g.len() || x.len() != g.len() || y.len() != g.len() {
             candle_core::bail!("batch_norm backward: inputs do not match {g:?}");
         }
-        let out = backward(f, &self.gamma, grad, x, y);
-        Ok((CpuStorage::F32(out), Shape::from(g.len() + 2 * g.c)))
+        let out = backward(f, &self.gamma, grad, x, y, self.keep_masked);
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }
 

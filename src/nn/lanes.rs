@@ -100,6 +100,21 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// y = x·scale + shift + s, clipped at 0 when `relu`; every value of `y` is written.
+    pub fn scale_shift_add(y: &mut [MaybeUninit<f32>], x: &[f32], s: &[f32], scale: f32, shift: f32, relu: bool) {
+        if relu {
+            for ((y, &x), &s) in y.iter_mut().zip(x).zip(s) {
+                y.write((x * scale + shift + s).max(0.0));
+            }
+        } else {
+            for ((y, &x), &s) in y.iter_mut().zip(x).zip(s) {
+                y.write(x * scale + shift + s);
+            }
+        }
+    }
+}
+
 /// The incoming gradient where the ReLU passed it (`y > 0`), or as it is without a ReLU.
 #[inline(always)]
 fn masked(g: f32, y: f32, relu: bool) -> f32 {

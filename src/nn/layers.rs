@@ -56,19 +56,8 @@ pub fn conv_bn(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, train: bool, relu: b
     }
     if train {
         // one op, so that the convolution's output is no node of Candle's graph
-        let fused = super::conv_bn::conv_bn_train(
-            x,
-            &conv.weight,
-            conv.stride,
-            conv.padding,
-            &bn.weight,
-            &bn.bias,
-            &bn.running_mean,
-            &bn.running_var,
-            relu,
-        )?;
-        return match fused {
-            Some(y) => conv.count(&y),
+        return match conv_bn_train(conv, bn, x, relu, None)? {
+            Some(y) => Ok(y),
             None => bn.apply(&conv.forward(x)?, train, relu),
         };
     }
@@ -77,6 +66,43 @@ pub fn conv_bn(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, train: bool, relu: b
     let w = conv.weight.broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?;
     let y = super::conv::conv2d_bias(x, &w, &shift, conv.stride, conv.padding, relu)?;
     conv.count(&y)
+}
+
+/// `relu(bn(conv(x)) + s)`: the last layer of a residual unit and its identity shortcut `s`
+/// (a tensor of the output's shape). In training mode it is one op, so that neither the
+/// convolution's nor the batch norm's output is a node of Candle's graph; otherwise
+/// [`conv_bn`] then [`super::residual`].
+pub fn conv_bn_add_relu(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, s: &Tensor, train: bool) -> Result<Tensor> {
+    if train && !super::reference_ops() {
+        if let Some(y) = conv_bn_train(conv, bn, x, true, Some(s))? {
+            return Ok(y);
+        }
+    }
+    let h = conv_bn(conv, bn, x, train, false)?;
+    super::residual(&h, s, super::Shortcut::Identity, true)
+}
+
+/// [`super::conv_bn::conv_bn_train`] with the layers' tensors, counted as the convolution.
+fn conv_bn_train(
+    conv: &Conv2d,
+    bn: &BatchNorm2d,
+    x: &Tensor,
+    relu: bool,
+    s: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    let fused = super::conv_bn::conv_bn_train(
+        x,
+        &conv.weight,
+        conv.stride,
+        conv.padding,
+        &bn.weight,
+        &bn.bias,
+        &bn.running_mean,
+        &bn.running_var,
+        relu,
+        s,
+    )?;
+    fused.map(|y| conv.count(&y)).transpose()
 }
 
 /// Spatial batch normalisation (PyTorch's `BatchNorm2d`: eps 1e-5, momentum 0.1); tensors

@@ -790,6 +790,11 @@ impl ConvOp {
         (self.g.n, self.g.cout, self.g.ho, self.g.wo)
     }
 
+    /// The weight's shape (C_out, C_in, k, k).
+    pub(super) fn w_dims(&self) -> (usize, usize, usize, usize) {
+        (self.g.cout, self.g.cin, self.g.k, self.g.k)
+    }
+
     /// The forward pass on contiguous x and w (lengths checked).
     pub(super) fn forward(&self, x: &[f32], w: &[f32]) -> Result<Vec<f32>> {
         if x.len() != self.x_len() || w.len() != self.w_len() {
