@@ -21,7 +21,7 @@ mod imp {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::super::{Geom, Job, CENTRE};
+    use super::super::{pad_image, Aligned, Geom, Job, CENTRE};
 
     /// Output channels per forward tile: the packing width of `Job::wp`.
     const OT: usize = 8;
@@ -364,35 +364,5 @@ mod imp {
             c[8 + j] = _mm512_shuffle_f32x4::<0xdd>(v[j], v[8 + j]);
         }
         c
-    }
-
-    /// One image's `cin` planes into `xp`'s padded planes (interior only).
-    fn pad_image(x: &[f32], g: &Geom, xp: &mut [f32]) {
-        let (wp, ps) = (g.w + 2, (g.h + 2) * (g.w + 2));
-        for (c, plane) in x.chunks_exact(g.h * g.w).enumerate() {
-            for (y, row) in plane.chunks_exact(g.w).enumerate() {
-                xp[c * ps + (y + 1) * wp + 1..][..g.w].copy_from_slice(row);
-            }
-        }
-    }
-
-    /// A 64-byte aligned buffer of floats.
-    struct Aligned {
-        v: Vec<f32>,
-        start: usize,
-    }
-
-    impl Aligned {
-        fn new(len: usize) -> Aligned {
-            let v = vec![0f32; len + 16];
-            let start = (16 - (v.as_ptr() as usize / 4) % 16) % 16;
-            Aligned { v, start }
-        }
-        fn as_ptr(&self) -> *const f32 {
-            self.v[self.start..].as_ptr()
-        }
-        fn as_mut_ptr(&mut self) -> *mut f32 {
-            self.v[self.start..].as_mut_ptr()
-        }
     }
 }

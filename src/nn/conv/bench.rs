@@ -206,6 +206,10 @@ fn fma_loop(iters: usize) -> f64 {
             // SAFETY: AVX-512F is present (checked above)
             return unsafe { fma_avx512(iters) };
         }
+        if Isa::Avx2.supported() {
+            // SAFETY: AVX2 and FMA are present (checked above)
+            return unsafe { fma_avx2(iters) };
+        }
     }
     // A portable estimate: 8 independent scalar chains.
     let mut acc = [1.0f32; 8];
@@ -236,6 +240,25 @@ unsafe fn fma_avx512(iters: usize) -> f64 {
     }
     std::hint::black_box(&acc);
     ((iters / 4) * 4 * 12 * 16 * 2) as f64
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_avx2(iters: usize) -> f64 {
+    use std::arch::x86_64::*;
+    // 12 chains, as for AVX-512, in 16 ymm registers
+    let mut acc = [_mm256_set1_ps(1.0); 12];
+    let m = _mm256_set1_ps(std::hint::black_box(0.999_999));
+    let a = _mm256_set1_ps(std::hint::black_box(1e-7));
+    for _ in 0..iters / 4 {
+        for _ in 0..4 {
+            for v in acc.iter_mut() {
+                *v = _mm256_fmadd_ps(*v, m, a);
+            }
+        }
+    }
+    std::hint::black_box(&acc);
+    ((iters / 4) * 4 * 12 * 8 * 2) as f64
 }
 
 #[cfg(test)]

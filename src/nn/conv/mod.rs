@@ -14,11 +14,13 @@
 //! *phase planes* of its input, each the size of the output; the same tap-list kernel then
 //! serves the forward pass, the input gradient (the output gradient convolved with the
 //! transposed weights and negated tap offsets, one phase plane at a time) and, with a
-//! different inner loop, the weight gradient on AVX2 and the plain-Rust path. On AVX-512 the
-//! weight gradient vectorises over output channels instead, on a pixel-major copy of dy and a
-//! zero-bordered copy of x (`avx512::dw_chunk`). Either way each thread sums its own images
-//! and the per-thread partial sums are added in a fixed order, so results are bit-identical
-//! for a given thread count.
+//! different inner loop, the weight gradient on the plain-Rust path. On AVX2, where masks
+//! would take registers the accumulators need, planes whose rows are whole 8-pixel vectors
+//! (every CIFAR shape) are instead read from a zero-bordered per-image copy with no masks at
+//! all (`avx2::fwd_padded`). The SIMD weight gradients vectorise over output channels instead,
+//! on a pixel-major copy of dy and a zero-bordered copy of x (`avx512::dw_chunk`,
+//! `avx2::dw_chunk`). Either way each thread sums its own images and the per-thread partial
+//! sums are added in a fixed order, so results are bit-identical for a given thread count.
 //!
 //! The work is split over images (and output-channel tiles) across Candle's thread count with
 //! rayon. Kernels exist for AVX-512 (F + VL), AVX2 + FMA and plain Rust, picked at run time;
@@ -239,6 +241,7 @@ impl Geom {
 #[derive(Debug, Clone, Copy)]
 struct KTap {
     off: isize,
+    plane: usize,
     kind: usize,
     dy: isize,
     dx: isize,
@@ -247,6 +250,7 @@ struct KTap {
 fn ktap(hw: usize, wo: usize, plane: usize, dy: isize, dx: isize) -> KTap {
     KTap {
         off: (plane * hw) as isize + dy * wo as isize + dx,
+        plane,
         kind: mask_kind(dy, dx),
         dy,
         dx,
@@ -332,6 +336,29 @@ struct Job<'a> {
     /// (inference with BatchNorm folded in, see [`conv2d_bias`]).
     bias: Option<&'a [f32]>,
     relu: bool,
+    /// Run image by image on a zero-bordered copy of each image (see [`padded`]).
+    padded: bool,
+}
+
+/// Whether a job runs on zero-bordered copies of its images: the AVX2 kernel for planes whose
+/// rows are whole 8-pixel vectors. Without lane masks it has registers for 3 pixel vectors ×
+/// 4 output channels of accumulators instead of 2 × 4, and the copy's planes
+/// ((h + 2) × (w + 2) floats) never lie a multiple of 4 KiB apart, where the loads of one
+/// input value per channel would all map to the same L1 set (a 32×32 plane is exactly 4 KiB).
+fn padded(isa: Isa, wo: usize) -> bool {
+    cfg!(target_arch = "x86_64") && isa == Isa::Avx2 && wo.is_multiple_of(8)
+}
+
+/// Output channels per tile of the padded kernel (`avx2::fwd_padded`).
+const PAD_OT: usize = 6;
+
+/// The output-channel tile (packing width) of a job's kernel.
+fn out_tile(isa: Isa, padded: bool) -> usize {
+    if padded {
+        PAD_OT
+    } else {
+        isa.out_tile()
+    }
 }
 
 /// The weight gradient: dW[o][i][t] = Σ_images Σ_q dy[o][q] · src[i][q + taps[t].off].
@@ -349,7 +376,6 @@ struct DwJob<'a> {
     taps: &'a [KTap],
     ho: usize,
     wo: usize,
-    masks: &'a Masks,
 }
 
 /// A pointer the threads of one job write through, each to its own disjoint part.
@@ -369,6 +395,40 @@ fn run_job(job: &Job, isa: Isa, out: &mut [MaybeUninit<f32>], n: usize) {
     };
     assert!(out.len() >= need, "conv: output buffer too small");
     let ptr = OutPtr(out.as_mut_ptr().cast::<f32>());
+    #[cfg(target_arch = "x86_64")]
+    if job.padded {
+        let (hw, wpd) = (job.ho * job.wo, job.wo + 2);
+        let pps = (job.ho + 2) * wpd;
+        let planes = job.src_ch / hw;
+        let pch = planes * pps;
+        // tap offsets within a channel's padded planes
+        let offs: Vec<isize> = job
+            .taps
+            .iter()
+            .map(|t| (t.plane * pps) as isize + t.dy * wpd as isize + t.dx)
+            .collect();
+        (0..n).into_par_iter().for_each_init(
+            // the border is zeroed here once; only the interior is written per image
+            || vec![0f32; job.nin * pch],
+            |xp, img| {
+                let src = &job.src[img * job.src_img..];
+                for (c, block) in xp.chunks_exact_mut(pch).enumerate() {
+                    for (pl, plane) in block.chunks_exact_mut(pps).enumerate() {
+                        let from = &src[c * job.src_ch + pl * hw..][..hw];
+                        for (r, row) in from.chunks_exact(job.wo).enumerate() {
+                            plane[(r + 1) * wpd + 1..][..job.wo].copy_from_slice(row);
+                        }
+                    }
+                }
+                let p = ptr;
+                for tile in 0..tiles {
+                    // SAFETY: as below; each image's planes are written by this unit alone
+                    unsafe { avx2::fwd_padded(job, xp, pch, &offs, tile, p.0.add(img * job.out_img)) };
+                }
+            },
+        );
+        return;
+    }
     (0..n * tiles).into_par_iter().for_each(|u| {
         let (img, tile) = (u / tiles, u % tiles);
         let p = ptr;
@@ -398,7 +458,13 @@ fn run_dw(g: &Geom, job: &DwJob, isa: Isa, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 // SAFETY: x and dy hold every image (the op checked their lengths)
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => unsafe { avx512::dw_chunk(g, x, dy, a..b) },
-                _ => dw_blocks(job, isa, a..b),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { avx2::dw_chunk(g, x, dy, a..b) },
+                _ => {
+                    let mut part = vec![0f32; len];
+                    scalar::dw_images(job, a..b, &mut part);
+                    part
+                }
             }
         })
         .collect();
@@ -407,81 +473,6 @@ fn run_dw(g: &Geom, job: &DwJob, isa: Isa, x: &[f32], dy: &[f32]) -> Vec<f32> {
         total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
     }
     total
-}
-
-/// The weight gradient of images `imgs` by the pixel-vector kernels, in blocks that fit L2.
-///
-/// A block's x and dy are first copied to buffers whose channel planes start on 64-byte
-/// boundaries and lie a cache line more than a multiple of 4 KiB apart: in the tensors a 32×32
-/// plane is exactly 4 KiB, so the dozen streams a tile reads all map to the same L1 set and
-/// evict each other (the copy made the 16-channel 32×32 weight gradient twice as fast).
-fn dw_blocks(job: &DwJob, isa: Isa, imgs: Range<usize>) -> Vec<f32> {
-    let mut part = vec![0f32; job.nout * job.nin * job.taps.len()];
-    let (src_ch, dy_ch) = (padded_plane(job.src_ch), padded_plane(job.ho * job.wo));
-    // enough pixel vectors per tile to amortise its horizontal sums, few enough images for
-    // the block to stay in L2
-    let image_bytes = (job.nin * src_ch + job.nout * dy_ch) * 4;
-    let block = (256 / job.masks.nv.max(1)).clamp(1, ((512 << 10) / image_bytes).max(1));
-    let (mut xs, mut ds) = (Vec::new(), Vec::new());
-    let mut b0 = imgs.start;
-    while b0 < imgs.end {
-        let b1 = (b0 + block).min(imgs.end);
-        let blk = DwJob {
-            src: planes_copy(job.src, job.src_img, job.src_ch, job.nin, b0..b1, src_ch, &mut xs),
-            src_img: job.nin * src_ch,
-            src_ch,
-            dy: planes_copy(job.dy, job.dy_img, job.dy_ch, job.nout, b0..b1, dy_ch, &mut ds),
-            dy_img: job.nout * dy_ch,
-            dy_ch,
-            ..*job
-        };
-        // SAFETY: the copies hold every image of the block
-        unsafe {
-            match isa {
-                Isa::Avx2 => avx2::dw_images(&blk, 0..b1 - b0, &mut part),
-                _ => scalar::dw_images(&blk, 0..b1 - b0, &mut part),
-            }
-        }
-        b0 = b1;
-    }
-    part
-}
-
-/// A channel stride of at least `len` floats that keeps planes 64-byte aligned and moves each
-/// plane at least one cache line along the L1 sets from the one before.
-fn padded_plane(len: usize) -> usize {
-    let s = len.next_multiple_of(16);
-    if s.is_multiple_of(64) {
-        s + 16
-    } else {
-        s
-    }
-}
-
-/// Copies `nch` planes of `len` floats per image (image and channel strides `img`, `ch` in
-/// `v`) of images `imgs` into `buf` with channel stride `stride`, the first plane 64-byte
-/// aligned, and returns the copy.
-fn planes_copy<'a>(
-    v: &[f32],
-    img: usize,
-    ch: usize,
-    nch: usize,
-    imgs: Range<usize>,
-    stride: usize,
-    buf: &'a mut Vec<f32>,
-) -> &'a [f32] {
-    let total = imgs.len() * nch * stride;
-    buf.clear();
-    buf.resize(total + 16, 0.0);
-    let start = (16 - misalignment(buf.as_ptr())) % 16;
-    let out = &mut buf[start..start + total];
-    for (k, i) in imgs.enumerate() {
-        for c in 0..nch {
-            let from = &v[i * img + c * ch..][..ch.min(stride)];
-            out[(k * nch + c) * stride..][..from.len()].copy_from_slice(from);
-        }
-    }
-    &buf[start..start + total]
 }
 
 /// Packs weights for a [`Job`] over the taps `ts` (weight indices): [out tile][j][in][lane].
@@ -601,6 +592,36 @@ fn unphase(ph: &[f32], g: &Geom) -> Vec<f32> {
     })
 }
 
+/// One image's `cin` planes into `xp`'s padded planes (interior only).
+fn pad_image(x: &[f32], g: &Geom, xp: &mut [f32]) {
+    let (wp, ps) = (g.w + 2, (g.h + 2) * (g.w + 2));
+    for (c, plane) in x.chunks_exact(g.h * g.w).enumerate() {
+        for (y, row) in plane.chunks_exact(g.w).enumerate() {
+            xp[c * ps + (y + 1) * wp + 1..][..g.w].copy_from_slice(row);
+        }
+    }
+}
+
+/// A 64-byte aligned buffer of floats.
+struct Aligned {
+    v: Vec<f32>,
+    start: usize,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Aligned {
+        let v = vec![0f32; len + 16];
+        let start = (16 - (v.as_ptr() as usize / 4) % 16) % 16;
+        Aligned { v, start }
+    }
+    fn as_ptr(&self) -> *const f32 {
+        self.v[self.start..].as_ptr()
+    }
+    fn as_mut_ptr(&mut self) -> *mut f32 {
+        self.v[self.start..].as_mut_ptr()
+    }
+}
+
 thread_local! {
     static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
@@ -665,7 +686,8 @@ fn forward_into(
     let taps = g.taps();
     let ktaps: Vec<KTap> = taps.iter().map(|t| ktap(hw, g.wo, t.plane, t.dy, t.dx)).collect();
     let ts: Vec<usize> = taps.iter().map(|t| t.t).collect();
-    let ot = isa.out_tile();
+    let padded = padded(isa, g.wo);
+    let ot = out_tile(isa, padded);
     let wp = pack(w, g, &ts, false, ot);
     let job = Job {
         src,
@@ -683,6 +705,7 @@ fn forward_into(
         masks: &masks,
         bias,
         relu,
+        padded,
     };
     run_job(&job, isa, out, g.n);
 }
@@ -692,7 +715,8 @@ fn forward_into(
 fn input_grad(g: &Geom, isa: Isa, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (hw, np) = (g.hw(), g.planes());
     let masks = Masks::aligned_to(g.ho, g.wo, dy.as_ptr(), hw);
-    let ot = isa.out_tile();
+    let padded = padded(isa, g.wo);
+    let ot = out_tile(isa, padded);
     let dsrc = written_by(g.n * g.cin * np * hw, |dsrc| {
         let taps = g.taps();
         for p in 0..np {
@@ -723,6 +747,7 @@ fn input_grad(g: &Geom, isa: Isa, dy: &[f32], w: &[f32]) -> Vec<f32> {
                 masks: &masks,
                 bias: None,
                 relu: false,
+                padded,
             };
             run_job(&job, isa, &mut dsrc[p * hw..], g.n);
         }
@@ -736,13 +761,9 @@ fn input_grad(g: &Geom, isa: Isa, dy: &[f32], w: &[f32]) -> Vec<f32> {
 
 fn weight_grad(g: &Geom, isa: Isa, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let hw = g.hw();
-    // The pixel-vector grid decides the order of the sums, so it must not follow wherever the
-    // allocator put dy (runs would differ in the last bits): it always starts at pixel 0, and
-    // dw_blocks copies every plane to a 64-byte boundary.
-    let masks = Masks::new(g.ho, g.wo, 0);
     let mut store = Scratch::take();
-    let (src, src_ch) = if isa == Isa::Avx512 {
-        (x, g.h * g.w) // reads x itself
+    let (src, src_ch) = if isa != Isa::Scalar {
+        (x, g.h * g.w) // the SIMD kernels read x itself
     } else {
         source(x, g, &mut store.0, 0)
     };
@@ -760,7 +781,6 @@ fn weight_grad(g: &Geom, isa: Isa, x: &[f32], dy: &[f32]) -> Vec<f32> {
         taps: &ktaps,
         ho: g.ho,
         wo: g.wo,
-        masks: &masks,
     };
     run_dw(g, &job, isa, x, dy)
 }
