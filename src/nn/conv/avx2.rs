@@ -22,7 +22,6 @@ pub(super) use imp::{dw_chunk, fwd_padded, fwd_unit};
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use std::arch::x86_64::*;
-    use std::ops::Range;
 
     use super::super::{pad_image, Aligned, Geom, Job, Masks, CENTRE, PAD_OT};
 
@@ -224,189 +223,30 @@ mod imp {
         }
     }
 
-    /// The weight gradient of images `imgs` ([out][in][tap]), vectorised over 8 output
-    /// channels: the AVX-512 kernel's scheme (see `avx512::dw_chunk`) at half the width, on a
-    /// pixel-major copy of dy and a zero-bordered copy of x, so no lane mask, no unaligned
-    /// vector load and no horizontal sum.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA; `x` and `dy` must hold every image in `imgs`.
-    #[target_feature(enable = "avx2,fma")]
-    pub(in super::super) unsafe fn dw_chunk(g: &Geom, x: &[f32], dy: &[f32], imgs: Range<usize>) -> Vec<f32> {
-        let (hw, kk) = (g.hw(), g.k * g.k);
-        let ovs = g.cout.div_ceil(8);
-        let op = ovs * 8;
-        let (wp, ps) = (g.w + 2, (g.h + 2) * (g.w + 2));
-        let mut dyt = Aligned::new(hw * op);
-        // the border is zeroed here once; pad_image only ever writes the interior
-        let mut xp = vec![0f32; g.cin * ps];
-        let mut part_v = vec![0f32; op * g.cin * kk];
-        for img in imgs {
-            transpose(dy.as_ptr().add(img * g.cout * hw), g.cout, hw, dyt.as_mut_ptr(), op);
-            pad_image(&x[img * g.cin * g.h * g.w..][..g.cin * g.h * g.w], g, &mut xp);
-            let t = Tiles {
-                g,
-                dyt: dyt.as_ptr(),
-                op,
-                xp: xp.as_ptr(),
-                wp,
-                ps,
-            };
-            match (g.k, ovs % 2) {
-                (3, _) if g.stride == 1 => t.run_rows::<1, 4>(&mut part_v),
-                (3, 0) => t.run::<2, 2, 3>(&mut part_v),
-                (3, _) => t.run::<1, 4, 3>(&mut part_v),
-                (_, 0) => t.run::<2, 6, 1>(&mut part_v),
-                _ => t.run::<1, 8, 1>(&mut part_v),
-            }
+    // The weight gradient (see `dw_tiles`) at 8 output channels per register: tiles of
+    // 1 channel vector × 4 input channels × 3 taps reading each input value once (3×3,
+    // stride 1), else 2 × 2 × 3 (3×3) or 2 × 6 (1×1), within the 16 ymm registers.
+    dw_kernel!(
+        "avx2,fma",
+        8,
+        __m256,
+        [
+            _mm256_setzero_ps,
+            _mm256_load_ps,
+            _mm256_loadu_ps,
+            _mm256_storeu_ps,
+            _mm256_add_ps,
+            _mm256_fmadd_ps,
+            _mm256_set1_ps
+        ],
+        |t, g, ovs, part_v| match (g.k, ovs % 2) {
+            (3, _) if g.stride == 1 => t.run_rows::<1, 4>(&mut part_v),
+            (3, 0) => t.run::<2, 2, 3>(&mut part_v),
+            (3, _) => t.run::<1, 4, 3>(&mut part_v),
+            (_, 0) => t.run::<2, 6, 1>(&mut part_v),
+            _ => t.run::<1, 8, 1>(&mut part_v),
         }
-        // [o vector][i][t][lane] → [o][i][t]
-        let mut part = vec![0f32; g.cout * g.cin * kk];
-        for o in 0..g.cout {
-            for it in 0..g.cin * kk {
-                part[o * g.cin * kk + it] = part_v[((o / 8) * g.cin * kk + it) * 8 + o % 8];
-            }
-        }
-        part
-    }
-
-    /// One image's tiles: its transposed dy (`op` floats per pixel) and padded x (planes of
-    /// `ps` floats, rows of `wp`).
-    struct Tiles<'a> {
-        g: &'a Geom,
-        dyt: *const f32,
-        op: usize,
-        xp: *const f32,
-        wp: usize,
-        ps: usize,
-    }
-
-    impl Tiles<'_> {
-        /// Every tile by [`Tiles::tile`].
-        #[target_feature(enable = "avx2,fma")]
-        #[inline]
-        unsafe fn run<const O: usize, const I: usize, const T: usize>(&self, part_v: &mut [f32]) {
-            self.each_tile::<O, I, T>(part_v, |ov0, xs| self.tile::<O, I, T>(ov0, xs));
-        }
-
-        /// [`Tiles::run`] for 3×3 kernels at stride 1 with [`Tiles::tile_row`].
-        #[target_feature(enable = "avx2,fma")]
-        #[inline]
-        unsafe fn run_rows<const O: usize, const I: usize>(&self, part_v: &mut [f32]) {
-            self.each_tile::<O, I, 3>(part_v, |ov0, xs| self.tile_row::<O, I>(ov0, xs));
-        }
-
-        /// Every (O channel vectors × I input channels × kernel row) tile, each added to
-        /// `part_v` ([o vector][i][t][lane]). Input channels past the end are clamped to the
-        /// last one and their sums dropped.
-        #[target_feature(enable = "avx2,fma")]
-        #[inline]
-        unsafe fn each_tile<const O: usize, const I: usize, const T: usize>(
-            &self,
-            part_v: &mut [f32],
-            tile: impl Fn(usize, [*const f32; I]) -> [[[__m256; T]; I]; O],
-        ) {
-            let g = self.g;
-            let (k, kk, pad) = (g.k, g.k * g.k, g.k / 2);
-            for ov0 in (0..self.op / 8).step_by(O) {
-                for i0 in (0..g.cin).step_by(I) {
-                    for ky in 0..k {
-                        // padded row s·r + ky + 1 − pad, column s·c + kx + 1 − pad
-                        let first = (ky + 1 - pad) * self.wp + 1 - pad;
-                        let xs: [*const f32; I] =
-                            std::array::from_fn(|i| self.xp.add((i0 + i).min(g.cin - 1) * self.ps + first));
-                        let acc = tile(ov0, xs);
-                        for o in 0..O.min(self.op / 8 - ov0) {
-                            for i in 0..I.min(g.cin - i0) {
-                                for t in 0..T {
-                                    let at = part_v
-                                        .as_mut_ptr()
-                                        .add((((ov0 + o) * g.cin + i0 + i) * kk + ky * k + t) * 8);
-                                    _mm256_storeu_ps(at, _mm256_add_ps(_mm256_loadu_ps(at), acc[o][i][t]));
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-
-        /// A 3×3 stride-1 tile that reads each input value once: padded column p is tap kx of
-        /// output column p − kx, so one broadcast feeds three FMAs, with the dy vectors of
-        /// columns p, p − 1 and p − 2 kept in registers.
-        #[target_feature(enable = "avx2,fma")]
-        #[inline]
-        unsafe fn tile_row<const O: usize, const I: usize>(
-            &self,
-            ov0: usize,
-            xs: [*const f32; I],
-        ) -> [[[__m256; 3]; I]; O] {
-            let g = self.g;
-            let (op, wo) = (self.op, g.wo);
-            let mut acc = [[[_mm256_setzero_ps(); 3]; I]; O];
-            let zero = [_mm256_setzero_ps(); O];
-            // column p of the padded row: FMAs of taps 0, 1, 2 with the dy of columns p, p − 1, p − 2
-            let step = |acc: &mut [[[__m256; 3]; I]; O], xr: &[*const f32; I], p: usize, d: [&[__m256; O]; 3]| {
-                for i in 0..I {
-                    let xv = _mm256_set1_ps(*xr[i].add(p));
-                    for o in 0..O {
-                        for t in 0..3 {
-                            acc[o][i][t] = _mm256_fmadd_ps(d[t][o], xv, acc[o][i][t]);
-                        }
-                    }
-                }
-            };
-            for r in 0..g.ho {
-                let xr: [*const f32; I] = std::array::from_fn(|i| xs[i].add(r * self.wp));
-                let drow = self.dyt.add(r * wo * op + ov0 * 8);
-                let load =
-                    |c: usize| -> [__m256; O] { std::array::from_fn(|o| _mm256_load_ps(drow.add(c * op + o * 8))) };
-                let (mut d1, mut d2) = (zero, zero);
-                for p in 0..wo {
-                    let d0 = load(p);
-                    step(&mut acc, &xr, p, [&d0, &d1, &d2]);
-                    d2 = d1;
-                    d1 = d0;
-                }
-                // the right border's two columns: no tap-0 output column
-                step(&mut acc, &xr, wo, [&zero, &d1, &d2]);
-                step(&mut acc, &xr, wo + 1, [&zero, &zero, &d1]);
-            }
-            acc
-        }
-
-        #[target_feature(enable = "avx2,fma")]
-        #[inline]
-        unsafe fn tile<const O: usize, const I: usize, const T: usize>(
-            &self,
-            ov0: usize,
-            xs: [*const f32; I],
-        ) -> [[[__m256; T]; I]; O] {
-            let g = self.g;
-            let (s, op) = (g.stride, self.op);
-            let mut acc = [[[_mm256_setzero_ps(); T]; I]; O];
-            let mut d = self.dyt.add(ov0 * 8);
-            for r in 0..g.ho {
-                let xr: [*const f32; I] = std::array::from_fn(|i| xs[i].add(s * r * self.wp));
-                for c in 0..g.wo {
-                    let mut dv = [_mm256_setzero_ps(); O];
-                    for o in 0..O {
-                        dv[o] = _mm256_load_ps(d.add(o * 8));
-                    }
-                    for i in 0..I {
-                        for t in 0..T {
-                            let xv = _mm256_set1_ps(*xr[i].add(s * c + t));
-                            for o in 0..O {
-                                acc[o][i][t] = _mm256_fmadd_ps(dv[o], xv, acc[o][i][t]);
-                            }
-                        }
-                    }
-                    d = d.add(op);
-                }
-            }
-            acc
-        }
-    }
+    );
 
     /// dy's `cout` planes of `hw` pixels → `hw` rows of `op` floats (channels past `cout`
     /// zero), 8 × 8 blocks at a time. `out` must be 32-byte aligned.

@@ -28,6 +28,8 @@
 //! (out, in, k, k) as PyTorch has them; weights are repacked per call (tiny), stride-2 inputs
 //! are split into phase planes per call (one pass over x).
 
+#[macro_use]
+mod dw_tiles;
 mod avx2;
 mod avx512;
 pub mod bench;

@@ -1,0 +1,210 @@
+//! The SIMD weight gradient, written once for both vector widths: `dw_kernel!` expands to
+//! a `dw_chunk` function and its `Tiles` inside `avx512::imp` (16 lanes) and `avx2::imp`
+//! (8 lanes), with that module's intrinsics, target features and register tiles; each module
+//! brings its own `transpose` (dy's planes to pixel-major rows).
+//!
+//! The scheme: vectorise over output channels rather than over pixels, so that no sum is ever
+//! reduced across lanes. Per image, dy is transposed to pixel-major order (each pixel's output
+//! channels one vector) and x copied into planes with a one-pixel zero border; a tile then
+//! holds O channel vectors × I input channels × T taps of one kernel row in registers, and
+//! for every output pixel loads O dy vectors and broadcasts I·T input values from the padded
+//! copy: no lane masks, no unaligned vector loads, and a stride-2 kernel is the same loop with
+//! doubled input steps.
+
+/// `dw_kernel!(features, lanes, vector type, [setzero, load, loadu, storeu, add, fmadd, set1],
+/// |tiles, geometry, channel vectors, sums| tile choice)`: see the module documentation.
+macro_rules! dw_kernel {
+    (
+        $feature:literal, $lanes:literal, $v:ty,
+        [$zero:ident, $load:ident, $loadu:ident, $storeu:ident, $add:ident, $fmadd:ident, $set1:ident],
+        |$t:ident, $g:ident, $ovs:ident, $part_v:ident| $pick:expr
+    ) => {
+        /// The weight gradient of images `imgs` ([out][in][tap]): see `dw_tiles`.
+        ///
+        /// # Safety
+        /// The CPU must support this module's target features; `x` and `dy` must hold every
+        /// image in `imgs`.
+        #[target_feature(enable = $feature)]
+        pub(in super::super) unsafe fn dw_chunk(
+            g: &Geom,
+            x: &[f32],
+            dy: &[f32],
+            imgs: std::ops::Range<usize>,
+        ) -> Vec<f32> {
+            let (hw, kk) = (g.hw(), g.k * g.k);
+            let $ovs = g.cout.div_ceil($lanes);
+            let op = $ovs * $lanes;
+            let (wp, ps) = (g.w + 2, (g.h + 2) * (g.w + 2));
+            let mut dyt = Aligned::new(hw * op);
+            // the border is zeroed here once; pad_image only ever writes the interior
+            let mut xp = vec![0f32; g.cin * ps];
+            let mut $part_v = vec![0f32; op * g.cin * kk];
+            for img in imgs {
+                transpose(
+                    dy.as_ptr().add(img * g.cout * hw),
+                    g.cout,
+                    hw,
+                    dyt.as_mut_ptr(),
+                    op,
+                );
+                pad_image(&x[img * g.cin * g.h * g.w..][..g.cin * g.h * g.w], g, &mut xp);
+                let $t = Tiles {
+                    g,
+                    dyt: dyt.as_ptr(),
+                    op,
+                    xp: xp.as_ptr(),
+                    wp,
+                    ps,
+                };
+                let $g = g;
+                $pick;
+            }
+            // [o vector][i][t][lane] → [o][i][t]
+            let mut part = vec![0f32; g.cout * g.cin * kk];
+            for o in 0..g.cout {
+                for it in 0..g.cin * kk {
+                    part[o * g.cin * kk + it] = $part_v[((o / $lanes) * g.cin * kk + it) * $lanes + o % $lanes];
+                }
+            }
+            part
+        }
+
+        /// One image's tiles: its transposed dy (`op` floats per pixel) and padded x (planes
+        /// of `ps` floats, rows of `wp`).
+        struct Tiles<'a> {
+            g: &'a Geom,
+            dyt: *const f32,
+            op: usize,
+            xp: *const f32,
+            wp: usize,
+            ps: usize,
+        }
+
+        impl Tiles<'_> {
+            /// Every tile by [`Tiles::tile`].
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn run<const O: usize, const I: usize, const T: usize>(&self, part_v: &mut [f32]) {
+                self.each_tile::<O, I, T>(part_v, |ov0, xs| self.tile::<O, I, T>(ov0, xs));
+            }
+
+            /// [`Tiles::run`] for 3×3 kernels at stride 1 with [`Tiles::tile_row`].
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn run_rows<const O: usize, const I: usize>(&self, part_v: &mut [f32]) {
+                self.each_tile::<O, I, 3>(part_v, |ov0, xs| self.tile_row::<O, I>(ov0, xs));
+            }
+
+            /// Every (O channel vectors × I input channels × kernel row) tile, each added to
+            /// `part_v` ([o vector][i][t][lane]). Input channels past the end are clamped to
+            /// the last one and their sums dropped.
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn each_tile<const O: usize, const I: usize, const T: usize>(
+                &self,
+                part_v: &mut [f32],
+                tile: impl Fn(usize, [*const f32; I]) -> [[[$v; T]; I]; O],
+            ) {
+                let g = self.g;
+                let (k, kk, pad) = (g.k, g.k * g.k, g.k / 2);
+                for ov0 in (0..self.op / $lanes).step_by(O) {
+                    for i0 in (0..g.cin).step_by(I) {
+                        for ky in 0..k {
+                            // padded row s·r + ky + 1 − pad, column s·c + kx + 1 − pad
+                            let first = (ky + 1 - pad) * self.wp + 1 - pad;
+                            let xs: [*const f32; I] =
+                                std::array::from_fn(|i| self.xp.add((i0 + i).min(g.cin - 1) * self.ps + first));
+                            let acc = tile(ov0, xs);
+                            for o in 0..O.min(self.op / $lanes - ov0) {
+                                for i in 0..I.min(g.cin - i0) {
+                                    for t in 0..T {
+                                        let at = part_v
+                                            .as_mut_ptr()
+                                            .add((((ov0 + o) * g.cin + i0 + i) * kk + ky * k + t) * $lanes);
+                                        $storeu(at, $add($loadu(at), acc[o][i][t]));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+
+            /// A 3×3 stride-1 tile that reads each input value once: padded column p is tap kx
+            /// of output column p − kx, so one broadcast feeds three FMAs, with the dy vectors
+            /// of columns p, p − 1 and p − 2 kept in registers (O + I broadcasts and loads per
+            /// 3·O·I FMAs, against O + 3·I for [`Tiles::tile`]).
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn tile_row<const O: usize, const I: usize>(
+                &self,
+                ov0: usize,
+                xs: [*const f32; I],
+            ) -> [[[$v; 3]; I]; O] {
+                let g = self.g;
+                let (op, wo) = (self.op, g.wo);
+                let mut acc = [[[$zero(); 3]; I]; O];
+                let zero = [$zero(); O];
+                // column p of the padded row: FMAs of taps 0, 1, 2 with the dy of columns p, p − 1, p − 2
+                let step = |acc: &mut [[[$v; 3]; I]; O], xr: &[*const f32; I], p: usize, d: [&[$v; O]; 3]| {
+                    for i in 0..I {
+                        let xv = $set1(*xr[i].add(p));
+                        for o in 0..O {
+                            for t in 0..3 {
+                                acc[o][i][t] = $fmadd(d[t][o], xv, acc[o][i][t]);
+                            }
+                        }
+                    }
+                };
+                for r in 0..g.ho {
+                    let xr: [*const f32; I] = std::array::from_fn(|i| xs[i].add(r * self.wp));
+                    let drow = self.dyt.add(r * wo * op + ov0 * $lanes);
+                    let load = |c: usize| -> [$v; O] { std::array::from_fn(|o| $load(drow.add(c * op + o * $lanes))) };
+                    let (mut d1, mut d2) = (zero, zero);
+                    for p in 0..wo {
+                        let d0 = load(p);
+                        step(&mut acc, &xr, p, [&d0, &d1, &d2]);
+                        d2 = d1;
+                        d1 = d0;
+                    }
+                    // the right border's two columns: no tap-0 output column
+                    step(&mut acc, &xr, wo, [&zero, &d1, &d2]);
+                    step(&mut acc, &xr, wo + 1, [&zero, &zero, &d1]);
+                }
+                acc
+            }
+
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn tile<const O: usize, const I: usize, const T: usize>(
+                &self,
+                ov0: usize,
+                xs: [*const f32; I],
+            ) -> [[[$v; T]; I]; O] {
+                let g = self.g;
+                let (s, op) = (g.stride, self.op);
+                let mut acc = [[[$zero(); T]; I]; O];
+                let mut d = self.dyt.add(ov0 * $lanes);
+                for r in 0..g.ho {
+                    let xr: [*const f32; I] = std::array::from_fn(|i| xs[i].add(s * r * self.wp));
+                    for c in 0..g.wo {
+                        let mut dv = [$zero(); O];
+                        for o in 0..O {
+                            dv[o] = $load(d.add(o * $lanes));
+                        }
+                        for i in 0..I {
+                            for t in 0..T {
+                                let xv = $set1(*xr[i].add(s * c + t));
+                                for o in 0..O {
+                                    acc[o][i][t] = $fmadd(dv[o], xv, acc[o][i][t]);
+                                }
+                            }
+                        }
+                        d = d.add(op);
+                    }
+                }
+                acc
+            }
+        }
+    };
+}
