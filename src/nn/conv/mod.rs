@@ -343,8 +343,8 @@ struct Job<'a> {
 }
 
 /// Whether a job runs on zero-bordered copies of its images: the AVX2 kernel for planes whose
-/// rows are whole 8-pixel vectors. Without lane masks it has registers for 3 pixel vectors ×
-/// 4 output channels of accumulators instead of 2 × 4, and the copy's planes
+/// rows are whole 8-pixel vectors. Without lane masks it has registers for 2 pixel vectors ×
+/// 6 output channels of accumulators instead of 2 × 4, and the copy's planes
 /// ((h + 2) × (w + 2) floats) never lie a multiple of 4 KiB apart, where the loads of one
 /// input value per channel would all map to the same L1 set (a 32×32 plane is exactly 4 KiB).
 fn padded(isa: Isa, wo: usize) -> bool {
