@@ -107,6 +107,8 @@ macro_rules! dw_kernel {
             ) {
                 let g = self.g;
                 let (k, kk, pad) = (g.k, g.k * g.k, g.k / 2);
+                // the tiles read O whole channel vectors: the tile choice makes O divide their count
+                debug_assert!((self.op / $lanes).is_multiple_of(O));
                 for ov0 in (0..self.op / $lanes).step_by(O) {
                     for i0 in (0..g.cin).step_by(I) {
                         for ky in 0..k {
@@ -115,7 +117,7 @@ macro_rules! dw_kernel {
                             let xs: [*const f32; I] =
                                 std::array::from_fn(|i| self.xp.add((i0 + i).min(g.cin - 1) * self.ps + first));
                             let acc = tile(ov0, xs);
-                            for o in 0..O.min(self.op / $lanes - ov0) {
+                            for o in 0..O {
                                 for i in 0..I.min(g.cin - i0) {
                                     for t in 0..T {
                                         let at = part_v

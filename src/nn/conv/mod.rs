@@ -409,10 +409,12 @@ fn run_job(job: &Job, isa: Isa, out: &mut [MaybeUninit<f32>], n: usize) {
             .iter()
             .map(|t| (t.plane * pps) as isize + t.dy * wpd as isize + t.dx)
             .collect();
-        (0..n).into_par_iter().for_each_init(
-            // the border is zeroed here once; only the interior is written per image
-            || vec![0f32; job.nin * pch],
-            |xp, img| {
+        // one copy buffer per thread's run of images, as `run_dw` splits them; its border is
+        // zeroed once and only the interior is written per image
+        let chunks = candle_core::utils::get_num_threads().clamp(1, n.max(1));
+        (0..chunks).into_par_iter().for_each(|ch| {
+            let mut xp = vec![0f32; job.nin * pch];
+            for img in ch * n / chunks..(ch + 1) * n / chunks {
                 let src = &job.src[img * job.src_img..];
                 for (c, block) in xp.chunks_exact_mut(pch).enumerate() {
                     for (pl, plane) in block.chunks_exact_mut(pps).enumerate() {
@@ -425,10 +427,10 @@ fn run_job(job: &Job, isa: Isa, out: &mut [MaybeUninit<f32>], n: usize) {
                 let p = ptr;
                 for tile in 0..tiles {
                     // SAFETY: as below; each image's planes are written by this unit alone
-                    unsafe { avx2::fwd_padded(job, xp, pch, &offs, tile, p.0.add(img * job.out_img)) };
+                    unsafe { avx2::fwd_padded(job, &xp, pch, &offs, tile, p.0.add(img * job.out_img)) };
                 }
-            },
-        );
+            }
+        });
         return;
     }
     (0..n * tiles).into_par_iter().for_each(|u| {
