@@ -50,6 +50,21 @@ macro_rules! multiversion {
     };
 }
 
+/// Σ f(j) lane by lane over j in 0..n, in order. One sum per loop: with two sums in one
+/// loop, LLVM pairs the two sums' lane i into a two-lane vector instead of keeping each sum
+/// in whole registers (scalar loads, shuffles and stack spills on AVX2).
+#[inline(always)]
+fn lane_sums(n: usize, f: impl Fn(usize) -> [f32; W]) -> [f32; W] {
+    let mut acc = [0.0f32; W];
+    for j in 0..n {
+        let v = f(j);
+        for i in 0..W {
+            acc[i] += v[i];
+        }
+    }
+    acc
+}
+
 /// Adds a block's lanes (and its tail) into an f64 total, in a fixed order.
 #[inline(always)]
 fn fold(lanes: &[f32; W], tail: f32) -> f64 {
@@ -62,16 +77,11 @@ multiversion! {
     pub fn shifted_sums(x: &[f32], k: f32) -> (f64, f64) {
         let (mut s1, mut s2) = (0.0f64, 0.0f64);
         for block in x.chunks(BLOCK) {
-            let (mut a, mut b) = ([0.0f32; W], [0.0f32; W]);
-            let chunks = block.chunks_exact(W);
-            let rest = chunks.remainder();
-            for c in chunks {
-                for i in 0..W {
-                    let d = c[i] - k;
-                    a[i] += d;
-                    b[i] += d * d;
-                }
-            }
+            let (chunks, rest) = block.as_chunks::<W>();
+            let a = lane_sums(chunks.len(), |j| std::array::from_fn(|i| chunks[j][i] - k));
+            let b = lane_sums(chunks.len(), |j| {
+                std::array::from_fn(|i| (chunks[j][i] - k) * (chunks[j][i] - k))
+            });
             let (mut ta, mut tb) = (0.0f32, 0.0f32);
             for &v in rest {
                 let d = v - k;
@@ -130,16 +140,11 @@ multiversion! {
     pub fn grad_sums(g: &[f32], x: &[f32], y: &[f32], m: f32, relu: bool) -> (f64, f64) {
         let (mut s1, mut s2) = (0.0f64, 0.0f64);
         for ((gb, xb), yb) in g.chunks(BLOCK).zip(x.chunks(BLOCK)).zip(y.chunks(BLOCK)) {
-            let (mut a, mut b) = ([0.0f32; W], [0.0f32; W]);
-            let (gc, xc, yc) = (gb.chunks_exact(W), xb.chunks_exact(W), yb.chunks_exact(W));
-            let (gr, xr, yr) = (gc.remainder(), xc.remainder(), yc.remainder());
-            for ((gv, xv), yv) in gc.zip(xc).zip(yc) {
-                for i in 0..W {
-                    let gm = masked(gv[i], yv[i], relu);
-                    a[i] += gm;
-                    b[i] += gm * (xv[i] - m);
-                }
-            }
+            let ((gc, gr), (xc, xr), (yc, yr)) = (gb.as_chunks::<W>(), xb.as_chunks::<W>(), yb.as_chunks::<W>());
+            let n = gc.len().min(xc.len()).min(yc.len());
+            let gm = |j: usize, i: usize| masked(gc[j][i], yc[j][i], relu);
+            let a = lane_sums(n, |j| std::array::from_fn(|i| gm(j, i)));
+            let b = lane_sums(n, |j| std::array::from_fn(|i| gm(j, i) * (xc[j][i] - m)));
             let (mut ta, mut tb) = (0.0f32, 0.0f32);
             for ((&gv, &xv), &yv) in gr.iter().zip(xr).zip(yr) {
                 let gm = masked(gv, yv, relu);
