@@ -85,14 +85,14 @@ macro_rules! dw_kernel {
             #[target_feature(enable = $feature)]
             #[inline]
             unsafe fn run<const O: usize, const I: usize, const T: usize>(&self, part_v: &mut [f32]) {
-                self.each_tile::<O, I, T>(part_v, |ov0, xs| self.tile::<O, I, T>(ov0, xs));
+                self.each_tile::<O, I, T>(part_v, |ov0, xs, rows| self.tile::<O, I, T>(ov0, xs, rows));
             }
 
             /// [`Tiles::run`] for 3×3 kernels at stride 1 with [`Tiles::tile_row`].
             #[target_feature(enable = $feature)]
             #[inline]
             unsafe fn run_rows<const O: usize, const I: usize>(&self, part_v: &mut [f32]) {
-                self.each_tile::<O, I, 3>(part_v, |ov0, xs| self.tile_row::<O, I>(ov0, xs));
+                self.each_tile::<O, I, 3>(part_v, |ov0, xs, rows| self.tile_row::<O, I>(ov0, xs, rows));
             }
 
             /// Every (O channel vectors × I input channels × kernel row) tile, each added to
@@ -103,7 +103,7 @@ macro_rules! dw_kernel {
             unsafe fn each_tile<const O: usize, const I: usize, const T: usize>(
                 &self,
                 part_v: &mut [f32],
-                tile: impl Fn(usize, [*const f32; I]) -> [[[$v; T]; I]; O],
+                tile: impl Fn(usize, [*const f32; I], std::ops::Range<usize>) -> [[[$v; T]; I]; O],
             ) {
                 let g = self.g;
                 let (k, kk, pad) = (g.k, g.k * g.k, g.k / 2);
@@ -116,7 +116,7 @@ macro_rules! dw_kernel {
                             let first = (ky + 1 - pad) * self.wp + 1 - pad;
                             let xs: [*const f32; I] =
                                 std::array::from_fn(|i| self.xp.add((i0 + i).min(g.cin - 1) * self.ps + first));
-                            let acc = tile(ov0, xs);
+                            let acc = tile(ov0, xs, self.rows(ky));
                             for o in 0..O {
                                 for i in 0..I.min(g.cin - i0) {
                                     for t in 0..T {
@@ -132,6 +132,17 @@ macro_rules! dw_kernel {
                 }
             }
 
+            /// The output rows whose kernel row `ky` reads an input row rather than the zero
+            /// border (padded row s·r + ky + 1 − pad in 1..=h): the others add nothing.
+            fn rows(&self, ky: usize) -> std::ops::Range<usize> {
+                let (g, pad) = (self.g, self.g.k / 2);
+                let lo = pad.saturating_sub(ky).div_ceil(g.stride);
+                let hi = (g.h + pad)
+                    .checked_sub(ky + 1)
+                    .map_or(0, |top| (top / g.stride + 1).min(g.ho));
+                lo.min(hi)..hi
+            }
+
             /// A 3×3 stride-1 tile that reads each input value once: padded column p is tap kx
             /// of output column p − kx, so one broadcast feeds three FMAs, with the dy vectors
             /// of columns p, p − 1 and p − 2 kept in registers (O + I broadcasts and loads per
@@ -142,36 +153,28 @@ macro_rules! dw_kernel {
                 &self,
                 ov0: usize,
                 xs: [*const f32; I],
+                rows: std::ops::Range<usize>,
             ) -> [[[$v; 3]; I]; O] {
                 let g = self.g;
                 let (op, wo) = (self.op, g.wo);
                 let mut acc = [[[$zero(); 3]; I]; O];
-                let zero = [$zero(); O];
-                // column p of the padded row: FMAs of taps 0, 1, 2 with the dy of columns p, p − 1, p − 2
-                let step = |acc: &mut [[[$v; 3]; I]; O], xr: &[*const f32; I], p: usize, d: [&[$v; O]; 3]| {
-                    for i in 0..I {
-                        let xv = $set1(*xr[i].add(p));
-                        for o in 0..O {
-                            for t in 0..3 {
-                                acc[o][i][t] = $fmadd(d[t][o], xv, acc[o][i][t]);
-                            }
-                        }
-                    }
-                };
-                for r in 0..g.ho {
+                for r in rows {
                     let xr: [*const f32; I] = std::array::from_fn(|i| xs[i].add(r * self.wp));
                     let drow = self.dyt.add(r * wo * op + ov0 * $lanes);
                     let load = |c: usize| -> [$v; O] { std::array::from_fn(|o| $load(drow.add(c * op + o * $lanes))) };
+                    // padded column 0 is the zero border too, but a loop entered with dy loaded
+                    // (to skip it) got one accumulator spilled to the stack: 40% slower
+                    let zero = [$zero(); O];
                     let (mut d1, mut d2) = (zero, zero);
                     for p in 0..wo {
                         let d0 = load(p);
-                        step(&mut acc, &xr, p, [&d0, &d1, &d2]);
+                        row_step::<O, I, 0, 3>(&mut acc, &xr, p, [&d0, &d1, &d2]);
                         d2 = d1;
                         d1 = d0;
                     }
-                    // the right border's two columns: no tap-0 output column
-                    step(&mut acc, &xr, wo, [&zero, &d1, &d2]);
-                    step(&mut acc, &xr, wo + 1, [&zero, &zero, &d1]);
+                    // the last input column: no output column has it as tap 0; padded column
+                    // wo + 1 is the zero border
+                    row_step::<O, I, 1, 3>(&mut acc, &xr, wo, [&d1, &d1, &d2]);
                 }
                 acc
             }
@@ -182,12 +185,13 @@ macro_rules! dw_kernel {
                 &self,
                 ov0: usize,
                 xs: [*const f32; I],
+                rows: std::ops::Range<usize>,
             ) -> [[[$v; T]; I]; O] {
                 let g = self.g;
                 let (s, op) = (g.stride, self.op);
                 let mut acc = [[[$zero(); T]; I]; O];
-                let mut d = self.dyt.add(ov0 * $lanes);
-                for r in 0..g.ho {
+                let mut d = self.dyt.add((rows.start * g.wo * op) + ov0 * $lanes);
+                for r in rows {
                     let xr: [*const f32; I] = std::array::from_fn(|i| xs[i].add(s * r * self.wp));
                     for c in 0..g.wo {
                         let mut dv = [$zero(); O];
@@ -206,6 +210,26 @@ macro_rules! dw_kernel {
                     }
                 }
                 acc
+            }
+        }
+
+        /// Padded column `p` of a 3×3 stride-1 tile row: the FMAs of taps LO..HI, tap t with
+        /// `d[t]`, the dy vectors of output column p − t.
+        #[target_feature(enable = $feature)]
+        #[inline]
+        unsafe fn row_step<const O: usize, const I: usize, const LO: usize, const HI: usize>(
+            acc: &mut [[[$v; 3]; I]; O],
+            xr: &[*const f32; I],
+            p: usize,
+            d: [&[$v; O]; 3],
+        ) {
+            for i in 0..I {
+                let xv = $set1(*xr[i].add(p));
+                for o in 0..O {
+                    for t in LO..HI {
+                        acc[o][i][t] = $fmadd(d[t][o], xv, acc[o][i][t]);
+                    }
+                }
             }
         }
     };

@@ -95,10 +95,12 @@ fn odd_sizes_and_channel_counts_match_candle_on_every_path() {
         compare(isa, (2, 24, 3, 9), 3, 3, 1);
         compare(isa, (1, 5, 1, 1), 7, 3, 1); // one pixel: only the centre tap reads it
         compare(isa, (1, 9, 2, 1), 9, 3, 2);
-        compare(isa, (1, 8, 8, 10), 8, 3, 1); // 5 pixel vectors: a tile of 3 and one of 2
-        compare(isa, (2, 5, 6, 6), 40, 3, 1); // three output-channel vectors, the last partial
-                                              // rows of whole 8-pixel vectors (AVX2's zero-bordered copies): 3 vectors, a tile of 2
-                                              // and one of 1; 11 = 6 + 5 and 7 = 6 + 1 output channels, last tiles partial
+        // 5 pixel vectors: a tile of 3 and one of 2
+        compare(isa, (1, 8, 8, 10), 8, 3, 1);
+        // three output-channel vectors, the last partial
+        compare(isa, (2, 5, 6, 6), 40, 3, 1);
+        // rows of whole 8-pixel vectors (AVX2's zero-bordered copies): 3 vectors, a tile of 2
+        // and one of 1; 11 = 6 + 5 and 7 = 6 + 1 output channels, last tiles partial
         compare(isa, (1, 4, 3, 8), 11, 3, 1);
         compare(isa, (2, 6, 5, 16), 7, 3, 1);
         compare(isa, (2, 6, 5, 16), 7, 3, 2);
