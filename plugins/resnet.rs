@@ -229,6 +229,9 @@ impl Unit {
             return self.add(&h, x, &pre, false, train);
         }
         // conv → BN → ReLU, except after the last conv, where the ReLU follows the addition
+        if let ([c1, c2], [b1, b2], Path::Identity) = (&self.convs[..], &self.bns[..], &self.path) {
+            return nn::basic_unit((c1, b1), (c2, b2), x, train);
+        }
         let mut h = x.clone();
         let last = self.convs.len() - 1;
         for (conv, bn) in self.convs.iter().zip(&self.bns).take(last) {

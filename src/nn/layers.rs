@@ -82,6 +82,40 @@ pub fn conv_bn_add_relu(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, s: &Tensor,
     super::residual(&h, s, super::Shortcut::Identity, true)
 }
 
+/// `relu(bn2(conv2(relu(bn1(conv1(x))))) + x)`: a basic residual unit with an identity
+/// shortcut (two 3×3 conv → BN layers that keep the shape). In training mode it is one op
+/// (see [`super::conv_bn::unit_train`]); otherwise, or where that op does not take the shapes,
+/// [`conv_bn`] then [`conv_bn_add_relu`].
+pub fn basic_unit(
+    first: (&Conv2d, &BatchNorm2d),
+    second: (&Conv2d, &BatchNorm2d),
+    x: &Tensor,
+    train: bool,
+) -> Result<Tensor> {
+    if train && !super::reference_ops() {
+        let fused = super::conv_bn::unit_train(x, &params(first.0, first.1), &params(second.0, second.1))?;
+        if let Some(y) = fused {
+            first.0.count(&y)?;
+            return second.0.count(&y);
+        }
+    }
+    let h = conv_bn(first.0, first.1, x, train, true)?;
+    conv_bn_add_relu(second.0, second.1, &h, x, train)
+}
+
+/// A conv → BN layer's tensors as the fused ops take them.
+fn params<'a>(conv: &'a Conv2d, bn: &'a BatchNorm2d) -> super::conv_bn::LayerParams<'a> {
+    super::conv_bn::LayerParams {
+        w: &conv.weight,
+        stride: conv.stride,
+        padding: conv.padding,
+        gamma: &bn.weight,
+        beta: &bn.bias,
+        running_mean: &bn.running_mean,
+        running_var: &bn.running_var,
+    }
+}
+
 /// [`super::conv_bn::conv_bn_train`] with the layers' tensors, counted as the convolution.
 fn conv_bn_train(
     conv: &Conv2d,
@@ -90,18 +124,7 @@ fn conv_bn_train(
     relu: bool,
     s: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
-    let fused = super::conv_bn::conv_bn_train(
-        x,
-        &conv.weight,
-        conv.stride,
-        conv.padding,
-        &bn.weight,
-        &bn.bias,
-        &bn.running_mean,
-        &bn.running_var,
-        relu,
-        s,
-    )?;
+    let fused = super::conv_bn::conv_bn_train(x, &params(conv, bn), relu, s)?;
     fused.map(|y| conv.count(&y)).transpose()
 }
 

@@ -48,6 +48,8 @@ pub(crate) fn reference_ops() -> bool {
     REFERENCE.with(|r| r.get())
 }
 
-pub use layers::{batch_norm, conv2d, conv_bn, conv_bn_add_relu, global_avg_pool, linear, BatchNorm2d, Conv2d, Linear};
+pub use layers::{
+    basic_unit, batch_norm, conv2d, conv_bn, conv_bn_add_relu, global_avg_pool, linear, BatchNorm2d, Conv2d, Linear,
+};
 pub use params::{is_buffer, ParamStore};
 pub use residual::{residual, residual_slow, Shortcut};

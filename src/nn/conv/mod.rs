@@ -95,7 +95,19 @@ fn conv2d_with(x: &Tensor, w: &Tensor, stride: usize, padding: usize, isa: Isa) 
 
 /// The fast op for `conv2d(x, w)`, or None where Candle's `conv2d` must run instead.
 pub(super) fn plan(x: &Tensor, w: &Tensor, stride: usize, padding: usize, isa: Isa) -> Result<Option<ConvOp>> {
-    let (n, cin, h, wd) = x.dims4()?;
+    let op = plan_dims(x.dims4()?, w, stride, padding, isa)?;
+    Ok(op.filter(|_| x.device().is_cpu() && x.dtype() == DType::F32))
+}
+
+/// [`plan`] for an f32 CPU input of dimensions `x`.
+pub(super) fn plan_dims(
+    x: (usize, usize, usize, usize),
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    isa: Isa,
+) -> Result<Option<ConvOp>> {
+    let (n, cin, h, wd) = x;
     let (cout, wcin, k, kw) = w.dims4()?;
     if wcin != cin {
         candle_core::bail!(
@@ -104,12 +116,7 @@ pub(super) fn plan(x: &Tensor, w: &Tensor, stride: usize, padding: usize, isa: I
         );
     }
     let fast_shape = k == kw && ((k == 3 && padding == 1) || (k == 1 && padding == 0)) && (stride == 1 || stride == 2);
-    let fast = fast_shape
-        && x.device().is_cpu()
-        && w.device().is_cpu()
-        && x.dtype() == DType::F32
-        && w.dtype() == DType::F32
-        && n * cin * h * wd * cout > 0;
+    let fast = fast_shape && w.device().is_cpu() && w.dtype() == DType::F32 && n * cin * h * wd * cout > 0;
     Ok(fast.then(|| ConvOp {
         g: Geom::new(n, cin, cout, h, wd, k, stride),
         isa,
