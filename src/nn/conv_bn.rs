@@ -224,7 +224,8 @@ impl Layer {
     }
 
     /// The gradients for the incoming gradient `grad` of the layer's output `y`, given its
-    /// input `x`, weight `w` and γ; dx only when `need_dx`, the shortcut's when `shortcut`.
+    /// input `x`, weight `w` and γ; dx only when `dx` says so (`Some(add)`: dx + add, added
+    /// by the kernel as it stores), the shortcut's when `shortcut`.
     #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
@@ -234,7 +235,7 @@ impl Layer {
         gamma: &Tensor,
         y: &Tensor,
         grad: &Tensor,
-        need_dx: bool,
+        dx: Option<Option<&Tensor>>,
         shortcut: bool,
     ) -> Result<Grads> {
         let (c, len) = (self.geom.c, self.geom.len());
@@ -249,9 +250,10 @@ impl Layer {
         let d = grad.apply_op3_no_bwd(&saved.conv_out, &y.contiguous()?, &back)?;
         let dyc = d.narrow(0, 0, len)?.reshape(saved.conv_out.shape())?;
         let w = w.reshape(self.conv.w_dims())?;
-        let dx = match need_dx {
-            true => Some(dyc.apply_op2_no_bwd(&w, &InputGradOp(self.conv))?),
-            false => None,
+        let dx = match dx {
+            Some(None) => Some(dyc.apply_op2_no_bwd(&w, &InputGradOp(self.conv))?),
+            Some(Some(add)) => Some(dyc.apply_op3_no_bwd(&w, &add.contiguous()?, &InputGradOp(self.conv))?),
+            None => None,
         };
         let dw = x.apply_op2_no_bwd(&dyc, &WeightGradOp(self.conv))?;
         let dgb = d.narrow(0, len, 2 * c)?;
@@ -331,9 +333,16 @@ impl CustomOp3 for ConvBn {
             false => (second.clone(), third.narrow(0, 0, c)?),
         };
         // the network's first convolution reads the data batch, which needs no gradient
-        let g = self
-            .layer
-            .backward(saved, x, &w, &gamma, y, grad, x.track_op(), self.shortcut)?;
+        let g = self.layer.backward(
+            saved,
+            x,
+            &w,
+            &gamma,
+            y,
+            grad,
+            x.track_op().then_some(None),
+            self.shortcut,
+        )?;
         match self.shortcut {
             true => Ok((g.dx.clone(), Some(g.params()?), g.ds)),
             false => Ok((g.dx, Some(g.dw), Some(g.dgb))),
@@ -398,16 +407,16 @@ impl CustomOp3 for Unit {
         };
         let (w1, gamma1) = weight_gamma(p1, self.l1.geom.c)?;
         let (w2, gamma2) = weight_gamma(p2, self.l2.geom.c)?;
-        let second = self.l2.backward(&s.second, &s.h, &w2, &gamma2, y, grad, true, true)?;
+        let second = self
+            .l2
+            .backward(&s.second, &s.h, &w2, &gamma2, y, grad, Some(None), true)?;
         let (Some(dh), Some(ds)) = (&second.dx, &second.ds) else {
             candle_core::bail!("residual unit: the second layer gave no input or shortcut gradient");
         };
-        let first = self
-            .l1
-            .backward(&s.first, x, &w1, &gamma1, &s.h, dh, x.track_op(), false)?;
-        // x feeds both the first convolution and the shortcut
-        let dx = first.dx.as_ref().map(|dx| dx + ds).transpose()?;
-        Ok((dx, Some(first.params()?), Some(second.params()?)))
+        // x feeds both the first convolution and the shortcut: the kernel adds the two
+        let dx = x.track_op().then_some(Some(ds));
+        let first = self.l1.backward(&s.first, x, &w1, &gamma1, &s.h, dh, dx, false)?;
+        Ok((first.dx.clone(), Some(first.params()?), Some(second.params()?)))
     }
 }
 

@@ -61,19 +61,29 @@ pub fn conv_bn(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, train: bool, relu: b
             None => bn.apply(&conv.forward(x)?, train, relu),
         };
     }
+    conv_bn_eval(conv, bn, x, None, relu)
+}
+
+/// Inference: relu?(bn(conv(x)) (+ s)) with the BatchNorm folded into the convolution's
+/// weights and bias, and the shortcut `s` added by the kernels as they store.
+fn conv_bn_eval(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, s: Option<&Tensor>, relu: bool) -> Result<Tensor> {
     let (scale, shift) = bn.eval_scale_shift()?;
     let c = scale.dim(0)?;
     let w = conv.weight.broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?;
-    let y = super::conv::conv2d_bias(x, &w, &shift, conv.stride, conv.padding, relu)?;
+    let y = super::conv::conv2d_bias(x, &w, &shift, s, conv.stride, conv.padding, relu)?;
     conv.count(&y)
 }
 
 /// `relu(bn(conv(x)) + s)`: the last layer of a residual unit and its identity shortcut `s`
 /// (a tensor of the output's shape). In training mode it is one op, so that neither the
-/// convolution's nor the batch norm's output is a node of Candle's graph; otherwise
-/// [`conv_bn`] then [`super::residual`].
+/// convolution's nor the batch norm's output is a node of Candle's graph; in eval mode the
+/// folded convolution adds `s` and applies the ReLU as it stores (see [`conv_bn`]); with the
+/// reference ops, [`conv_bn`] then [`super::residual`].
 pub fn conv_bn_add_relu(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, s: &Tensor, train: bool) -> Result<Tensor> {
-    if train && !super::reference_ops() {
+    if !super::reference_ops() {
+        if !train {
+            return conv_bn_eval(conv, bn, x, Some(s), true);
+        }
         if let Some(y) = conv_bn_train(conv, bn, x, true, Some(s))? {
             return Ok(y);
         }

@@ -48,15 +48,16 @@ mod imp {
         let nvalid = (job.nout - tile * OT).min(OT);
         let src = job.src.as_ptr().add(img * job.src_img);
         let wp = job.wp.as_ptr().add(tile * job.taps.len() * job.nin * OT);
-        let out = out.add(img * job.out_img + tile * OT * job.out_ch);
+        let at = img * job.out_img + tile * OT * job.out_ch;
+        let (out, add) = (out.add(at), job.add.map(|a| a.as_ptr().add(at)));
         let ch0 = tile * OT;
         let mut v = 0;
         while v + 2 <= nv {
-            fwd_tile::<2>(job, src, wp, v, out, ch0, nvalid);
+            fwd_tile::<2>(job, src, wp, v, (out, add), ch0, nvalid);
             v += 2;
         }
         if v < nv {
-            fwd_tile::<1>(job, src, wp, v, out, ch0, nvalid);
+            fwd_tile::<1>(job, src, wp, v, (out, add), ch0, nvalid);
         }
     }
 
@@ -68,7 +69,7 @@ mod imp {
         src: *const f32,
         wp: *const f32,
         v0: usize,
-        out: *mut f32,
+        (out, add): (*mut f32, Option<*const f32>),
         ch0: usize,
         nvalid: usize,
     ) {
@@ -100,18 +101,18 @@ mod imp {
         for p in 0..P {
             let sm = mask(job.masks, CENTRE, v0 + p);
             for c in 0..nvalid {
+                let at = (c * job.out_ch) as isize + q0 + (p * 8) as isize;
                 let mut v = acc[c][p];
                 if let Some(b) = job.bias {
                     v = _mm256_add_ps(v, _mm256_set1_ps(b[ch0 + c]));
                 }
+                if let Some(a) = add {
+                    v = _mm256_add_ps(v, _mm256_maskload_ps(a.wrapping_offset(at), sm));
+                }
                 if job.relu {
                     v = _mm256_max_ps(v, _mm256_setzero_ps());
                 }
-                _mm256_maskstore_ps(
-                    out.wrapping_offset((c * job.out_ch) as isize + q0 + (p * 8) as isize),
-                    sm,
-                    v,
-                );
+                _mm256_maskstore_ps(out.wrapping_offset(at), sm, v);
             }
         }
     }
@@ -126,7 +127,8 @@ mod imp {
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA; `xp` must hold `nin` blocks laid out as `run_job`
-    /// makes them; `out` must be valid for writes of this tile's planes.
+    /// makes them; `out` must be valid for writes of this tile's planes, and `add` (the
+    /// image's planes of `job.add`) for reads of them.
     #[target_feature(enable = "avx2,fma")]
     pub(in super::super) unsafe fn fwd_padded(
         job: &Job,
@@ -134,7 +136,7 @@ mod imp {
         pch: usize,
         offs: &[isize],
         tile: usize,
-        out: *mut f32,
+        (out, add): (*mut f32, Option<*const f32>),
     ) {
         debug_assert!(job.wo.is_multiple_of(8) && xp.len() >= job.nin * pch && job.out_tile == PAD_OT);
         let (nvr, wpd) = (job.wo / 8, job.wo + 2);
@@ -151,6 +153,7 @@ mod imp {
             offs,
             wp: job.wp.as_ptr().add(tile * offs.len() * job.nin * PAD_OT),
             out: out.add(tile * PAD_OT * job.out_ch),
+            add: add.map(|a| a.add(tile * PAD_OT * job.out_ch)),
             ch0: tile * PAD_OT,
             nvalid: (job.nout - tile * PAD_OT).min(PAD_OT),
         };
@@ -179,6 +182,8 @@ mod imp {
         offs: &'a [isize],
         wp: *const f32,
         out: *mut f32,
+        /// The values to add to `out`'s (see [`Job::add`]).
+        add: Option<*const f32>,
         ch0: usize,
         nvalid: usize,
     }
@@ -211,13 +216,17 @@ mod imp {
             for c in 0..self.nvalid {
                 for p in 0..P {
                     let mut v = acc[c][p];
+                    let o = c * job.out_ch + at[p].1;
                     if let Some(b) = job.bias {
                         v = _mm256_add_ps(v, _mm256_set1_ps(b[self.ch0 + c]));
+                    }
+                    if let Some(a) = self.add {
+                        v = _mm256_add_ps(v, _mm256_loadu_ps(a.add(o)));
                     }
                     if job.relu {
                         v = _mm256_max_ps(v, _mm256_setzero_ps());
                     }
-                    _mm256_storeu_ps(self.out.add(c * job.out_ch + at[p].1), v);
+                    _mm256_storeu_ps(self.out.add(o), v);
                 }
             }
         }

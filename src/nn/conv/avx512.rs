@@ -36,7 +36,8 @@ mod imp {
         let nvalid = (job.nout - tile * OT).min(OT);
         let src = job.src.as_ptr().add(img * job.src_img);
         let wp = job.wp.as_ptr().add(tile * job.taps.len() * job.nin * OT);
-        let out = out.add(img * job.out_img + tile * OT * job.out_ch);
+        let at = img * job.out_img + tile * OT * job.out_ch;
+        let out = (out.add(at), job.add.map(|a| a.as_ptr().add(at)));
         // tiles of 3 vectors, and of 2 for the remainder (a lone 1-vector tile has too few
         // independent accumulators to hide the FMA latency)
         let (threes, twos) = match nv % 3 {
@@ -70,7 +71,7 @@ mod imp {
         src: *const f32,
         wp: *const f32,
         v0: usize,
-        out: *mut f32,
+        (out, add): (*mut f32, Option<*const f32>),
         ch0: usize,
         nvalid: usize,
     ) {
@@ -102,15 +103,18 @@ mod imp {
         for p in 0..P {
             let sm = job.masks.get(CENTRE, v0 + p);
             for c in 0..nvalid {
-                let o = out.wrapping_offset((c * job.out_ch) as isize + q0 + (p * 16) as isize);
+                let at = (c * job.out_ch) as isize + q0 + (p * 16) as isize;
                 let mut v = acc[c][p];
                 if let Some(b) = job.bias {
                     v = _mm512_add_ps(v, _mm512_set1_ps(b[ch0 + c]));
                 }
+                if let Some(a) = add {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(sm, a.wrapping_offset(at)));
+                }
                 if job.relu {
                     v = _mm512_max_ps(v, _mm512_setzero_ps());
                 }
-                _mm512_mask_storeu_ps(o, sm, v);
+                _mm512_mask_storeu_ps(out.wrapping_offset(at), sm, v);
             }
         }
     }

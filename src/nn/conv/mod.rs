@@ -40,7 +40,7 @@ mod tests;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 pub use bench::bench_report;
@@ -63,19 +63,33 @@ pub fn conv2d_slow(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Res
     x.conv2d(w, padding, stride, 1, 1)
 }
 
-/// `relu?(conv2d(x, w) + bias)`, bias (C_out), in one pass: the kernels add the bias and
-/// apply the ReLU as they store each value. For inference with a BatchNorm folded into the
-/// weights and bias; the result carries no gradient. Shapes the fast op does not handle go
-/// through Candle's ops (the same values).
-pub fn conv2d_bias(x: &Tensor, w: &Tensor, bias: &Tensor, stride: usize, padding: usize, relu: bool) -> Result<Tensor> {
+/// `relu?(conv2d(x, w) + bias (+ add))`, bias (C_out) and `add` a tensor of the output's
+/// shape, in one pass: the kernels add the bias and `add` and apply the ReLU as they store
+/// each value. For inference with a BatchNorm folded into the weights and bias (and a residual
+/// unit's shortcut as `add`); the result carries no gradient. Shapes the fast op does not
+/// handle go through Candle's ops (the same values up to rounding).
+pub fn conv2d_bias(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    add: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    relu: bool,
+) -> Result<Tensor> {
     let cout = w.dim(0)?;
-    let bias_fits = bias.dims() == [cout] && bias.device().is_cpu() && bias.dtype() == DType::F32;
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    let bias_fits = bias.dims() == [cout] && f32_cpu(bias);
     let fast = match super::reference_ops() || !bias_fits {
         true => None,
         false => plan(x, w, stride, padding, Isa::detect())?,
     };
+    let fast = fast.filter(|op| add.is_none_or(|a| f32_cpu(a) && a.dims4().ok() == Some(op.out_dims())));
     let Some(conv) = fast else {
-        let y = conv2d_slow(x, w, stride, padding)?.broadcast_add(&bias.reshape((1, cout, 1, 1))?)?;
+        let mut y = conv2d_slow(x, w, stride, padding)?.broadcast_add(&bias.reshape((1, cout, 1, 1))?)?;
+        if let Some(a) = add {
+            y = (y + a)?;
+        }
         return if relu { y.relu() } else { Ok(y) };
     };
     let op = BiasConvOp {
@@ -83,7 +97,11 @@ pub fn conv2d_bias(x: &Tensor, w: &Tensor, bias: &Tensor, stride: usize, padding
         bias: bias.to_vec1::<f32>()?,
         relu,
     };
-    x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match add {
+        Some(a) => x.apply_op3_no_bwd(&w, &a.contiguous()?, &op),
+        None => x.apply_op2_no_bwd(&w, &op),
+    }
 }
 
 fn conv2d_with(x: &Tensor, w: &Tensor, stride: usize, padding: usize, isa: Isa) -> Result<Tensor> {
@@ -344,6 +362,10 @@ struct Job<'a> {
     /// Added to each output channel's values as they are stored, then `relu` applied
     /// (inference with BatchNorm folded in, see [`conv2d_bias`]).
     bias: Option<&'a [f32]>,
+    /// Added to the values as they are stored (after the bias, before the ReLU): values laid
+    /// out as the output (a residual unit's shortcut in inference, the shortcut's gradient in
+    /// a unit's input gradient).
+    add: Option<&'a [f32]>,
     relu: bool,
     /// Run image by image on a zero-bordered copy of each image (see [`padded`]).
     padded: bool,
@@ -403,6 +425,7 @@ fn run_job(job: &Job, isa: Isa, out: &mut [MaybeUninit<f32>], n: usize) {
         (n - 1) * job.out_img + (job.nout - 1) * job.out_ch + job.ho * job.wo
     };
     assert!(out.len() >= need, "conv: output buffer too small");
+    assert!(job.add.is_none_or(|a| a.len() >= need), "conv: too few values to add");
     let ptr = OutPtr(out.as_mut_ptr().cast::<f32>());
     #[cfg(target_arch = "x86_64")]
     if job.padded {
@@ -432,9 +455,11 @@ fn run_job(job: &Job, isa: Isa, out: &mut [MaybeUninit<f32>], n: usize) {
                     }
                 }
                 let p = ptr;
+                let at = img * job.out_img;
+                let add = job.add.map(|a| a[at..].as_ptr());
                 for tile in 0..tiles {
                     // SAFETY: as below; each image's planes are written by this unit alone
-                    unsafe { avx2::fwd_padded(job, &xp, pch, &offs, tile, p.0.add(img * job.out_img)) };
+                    unsafe { avx2::fwd_padded(job, &xp, pch, &offs, tile, (p.0.add(at), add)) };
                 }
             }
         });
@@ -674,18 +699,31 @@ fn written_by(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32
     v
 }
 
-/// relu?(conv(x, w) + bias) with `bias` and `relu` applied as each value is stored.
-fn forward(g: &Geom, isa: Isa, x: &[f32], w: &[f32], bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
-    written_by(g.n * g.cout * g.hw(), |out| forward_into(g, isa, x, w, bias, relu, out))
+/// relu?(conv(x, w) + bias + add) with `bias`, `add` (values laid out as the output) and
+/// `relu` applied as each value is stored.
+fn forward(
+    g: &Geom,
+    isa: Isa,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    add: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
+    written_by(g.n * g.cout * g.hw(), |out| {
+        forward_into(g, isa, x, w, bias, add, relu, out)
+    })
 }
 
 /// [`forward`] into `out`, which must hold n·cout·ho·wo values (every one is overwritten).
+#[allow(clippy::too_many_arguments)]
 fn forward_into(
     g: &Geom,
     isa: Isa,
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
+    add: Option<&[f32]>,
     relu: bool,
     out: &mut [MaybeUninit<f32>],
 ) {
@@ -715,15 +753,16 @@ fn forward_into(
         wo: g.wo,
         masks: &masks,
         bias,
+        add,
         relu,
         padded,
     };
     run_job(&job, isa, out, g.n);
 }
 
-/// dx: for each input plane, the output gradient convolved with the transposed weights of the
-/// taps that read that plane, at negated offsets.
-fn input_grad(g: &Geom, isa: Isa, dy: &[f32], w: &[f32]) -> Vec<f32> {
+/// dx (+ `add`, values laid out as x): for each input plane, the output gradient convolved with
+/// the transposed weights of the taps that read that plane, at negated offsets.
+fn input_grad(g: &Geom, isa: Isa, dy: &[f32], w: &[f32], add: Option<&[f32]>) -> Vec<f32> {
     let (hw, np) = (g.hw(), g.planes());
     let masks = Masks::aligned_to(g.ho, g.wo, dy.as_ptr(), hw);
     let padded = padded(isa, g.wo);
@@ -757,6 +796,8 @@ fn input_grad(g: &Geom, isa: Isa, dy: &[f32], w: &[f32]) -> Vec<f32> {
                 wo: g.wo,
                 masks: &masks,
                 bias: None,
+                // at stride 1 the output is dx itself; phase planes get it added below
+                add: add.filter(|_| g.stride == 1),
                 relu: false,
                 padded,
             };
@@ -764,10 +805,13 @@ fn input_grad(g: &Geom, isa: Isa, dy: &[f32], w: &[f32]) -> Vec<f32> {
         }
     });
     if g.stride == 1 {
-        dsrc
-    } else {
-        unphase(&dsrc, g)
+        return dsrc;
     }
+    let mut dx = unphase(&dsrc, g);
+    if let Some(add) = add {
+        dx.par_iter_mut().zip(add).for_each(|(d, a)| *d += a);
+    }
+    dx
 }
 
 fn weight_grad(g: &Geom, isa: Isa, x: &[f32], dy: &[f32]) -> Vec<f32> {
@@ -836,7 +880,7 @@ impl ConvOp {
                 self.g
             );
         }
-        Ok(forward(&self.g, self.isa, x, w, None, false))
+        Ok(forward(&self.g, self.isa, x, w, None, None, false))
     }
 
     fn x_len(&self) -> usize {
@@ -859,7 +903,7 @@ impl CustomOp2 for ConvOp {
         let x = contiguous(s1, l1, "input", self.x_len())?;
         let w = contiguous(s2, l2, "weight", self.w_len())?;
         let g = &self.g;
-        let y = forward(g, self.isa, x, w, None, false);
+        let y = forward(g, self.isa, x, w, None, None, false);
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
 
@@ -875,11 +919,30 @@ impl CustomOp2 for ConvOp {
     }
 }
 
-/// (x, w) → relu?(conv(x, w) + bias), forward only.
+/// (x, w) → relu?(conv(x, w) + bias), or (x, w, s) → relu?(conv(x, w) + bias + s); forward
+/// only.
 struct BiasConvOp {
     conv: ConvOp,
     bias: Vec<f32>,
     relu: bool,
+}
+
+impl BiasConvOp {
+    fn run(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        add: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = &self.conv;
+        let x = contiguous(s1, l1, "input", op.x_len())?;
+        let w = contiguous(s2, l2, "weight", op.w_len())?;
+        let g = &op.g;
+        let y = forward(g, op.isa, x, w, Some(&self.bias), add, self.relu);
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
+    }
 }
 
 impl CustomOp2 for BiasConvOp {
@@ -888,17 +951,49 @@ impl CustomOp2 for BiasConvOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let op = &self.conv;
-        let x = contiguous(s1, l1, "input", op.x_len())?;
-        let w = contiguous(s2, l2, "weight", op.w_len())?;
-        let g = &op.g;
-        let y = forward(g, op.isa, x, w, Some(&self.bias), self.relu);
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
+        self.run(s1, l1, s2, l2, None)
     }
 }
 
-/// (dy, w) → dx.
+impl CustomOp3 for BiasConvOp {
+    fn name(&self) -> &'static str {
+        "conv2d-fast-bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let add = contiguous(s3, l3, "added values", self.conv.y_len())?;
+        self.run(s1, l1, s2, l2, Some(add))
+    }
+}
+
+/// (dy, w) → dx, or (dy, w, s) → dx + s.
 pub(super) struct InputGradOp(pub(super) ConvOp);
+
+impl InputGradOp {
+    fn run(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        add: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = &self.0;
+        let dy = contiguous(s1, l1, "output gradient", op.y_len())?;
+        let w = contiguous(s2, l2, "weight", op.w_len())?;
+        let g = &op.g;
+        let dx = input_grad(g, op.isa, dy, w, add);
+        Ok((CpuStorage::F32(dx), Shape::from((g.n, g.cin, g.h, g.w))))
+    }
+}
 
 impl CustomOp2 for InputGradOp {
     fn name(&self) -> &'static str {
@@ -906,12 +1001,26 @@ impl CustomOp2 for InputGradOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let op = &self.0;
-        let dy = contiguous(s1, l1, "output gradient", op.y_len())?;
-        let w = contiguous(s2, l2, "weight", op.w_len())?;
-        let g = &op.g;
-        let dx = input_grad(g, op.isa, dy, w);
-        Ok((CpuStorage::F32(dx), Shape::from((g.n, g.cin, g.h, g.w))))
+        self.run(s1, l1, s2, l2, None)
+    }
+}
+
+impl CustomOp3 for InputGradOp {
+    fn name(&self) -> &'static str {
+        "conv2d-fast-input-grad-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let add = contiguous(s3, l3, "added gradient", self.0.x_len())?;
+        self.run(s1, l1, s2, l2, Some(add))
     }
 }
 

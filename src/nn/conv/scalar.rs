@@ -41,10 +41,14 @@ pub(super) unsafe fn fwd_unit(job: &Job, img: usize, tile: usize, out: *mut f32)
             let b = b[tile * ot + c];
             acc.iter_mut().for_each(|a| *a += b);
         }
+        let at = img * job.out_img + (tile * ot + c) * job.out_ch;
+        if let Some(add) = job.add {
+            acc.iter_mut().zip(&add[at..at + hw]).for_each(|(a, s)| *a += s);
+        }
         if job.relu {
             acc.iter_mut().for_each(|a| *a = a.max(0.0));
         }
-        let o = out.add(img * job.out_img + (tile * ot + c) * job.out_ch);
+        let o = out.add(at);
         std::ptr::copy_nonoverlapping(acc.as_ptr(), o, hw);
     }
 }

@@ -248,8 +248,12 @@ fn results_do_not_depend_on_buffer_alignment() {
                 let ((xb, xs), (db, ds)) = (place(&xv), place(&dyv));
                 let (xs, ds) = (&xb[xs..xs + xv.len()], &db[ds..ds + dyv.len()]);
                 let case = format!("{isa:?} stride {stride}, offset {offset}");
-                assert_close(&format!("y {case}"), &forward(&g, isa, xs, &wv, None, false), &y_want);
-                assert_close(&format!("dx {case}"), &input_grad(&g, isa, ds, &wv), &dx_want);
+                assert_close(
+                    &format!("y {case}"),
+                    &forward(&g, isa, xs, &wv, None, None, false),
+                    &y_want,
+                );
+                assert_close(&format!("dx {case}"), &input_grad(&g, isa, ds, &wv, None), &dx_want);
                 assert_close(&format!("dw {case}"), &weight_grad(&g, isa, xs, ds), &dw_want);
             }
         }
@@ -270,29 +274,65 @@ fn bias_and_relu_are_applied_as_values_are_stored_on_every_path() {
             let x = Tensor::randn(0f32, 1., x_shape, &dev).unwrap();
             let wt = Tensor::randn(0f32, 0.3, (cout, cin, k, k), &dev).unwrap();
             let bias = Tensor::randn(0f32, 1., cout, &dev).unwrap();
-            for relu in [false, true] {
-                let want = conv2d_slow(&x, &wt, stride, k / 2)
+            let g = Geom::new(n, cin, cout, h, w, k, stride);
+            let s = Tensor::randn(0f32, 1., (n, cout, g.ho, g.wo), &dev).unwrap();
+            for (relu, add) in [(false, None), (true, None), (false, Some(&s)), (true, Some(&s))] {
+                let mut want = conv2d_slow(&x, &wt, stride, k / 2)
                     .unwrap()
                     .broadcast_add(&bias.reshape((1, cout, 1, 1)).unwrap())
                     .unwrap();
+                if let Some(s) = add {
+                    want = (want + s).unwrap();
+                }
                 let want = if relu { want.relu().unwrap() } else { want };
                 let op = BiasConvOp {
-                    conv: ConvOp {
-                        g: Geom::new(n, cin, cout, h, w, k, stride),
-                        isa,
-                    },
+                    conv: ConvOp { g, isa },
                     bias: values(&bias),
                     relu,
                 };
-                let got = x.apply_op2_no_bwd(&wt, &op).unwrap();
+                let got = match add {
+                    Some(s) => x.apply_op3_no_bwd(&wt, s, &op).unwrap(),
+                    None => x.apply_op2_no_bwd(&wt, &op).unwrap(),
+                };
                 assert_eq!(got.dims(), want.dims());
-                let case = format!("{isa:?} x {x_shape:?} → {cout}, {k}×{k} stride {stride} relu {relu}");
+                let case = format!(
+                    "{isa:?} x {x_shape:?} → {cout}, {k}×{k} stride {stride} relu {relu} add {}",
+                    add.is_some()
+                );
                 let (got, want) = (values(&got), values(&want));
                 assert_close(&case, &got, &want);
                 if relu {
                     assert!(got.contains(&0.0), "{case}: nothing clipped");
                 }
             }
+        }
+    }
+}
+
+/// The input gradient with a tensor added as the kernel stores (a residual unit's input gets
+/// its shortcut's gradient that way) is the plain input gradient plus the tensor, bit for bit.
+#[test]
+fn input_gradient_adds_a_tensor_as_it_stores_on_every_path() {
+    let dev = Device::Cpu;
+    for isa in isas() {
+        for (x_shape, cout, k, stride) in [
+            ((2, 16, 8, 8), 16, 3, 1), // rows of whole 8-pixel vectors
+            ((2, 6, 5, 7), 10, 3, 1),
+            ((1, 10, 7, 5), 24, 3, 2),
+            ((2, 16, 8, 8), 32, 1, 2),
+        ] {
+            let (n, cin, h, w) = x_shape;
+            let op = ConvOp {
+                g: Geom::new(n, cin, cout, h, w, k, stride),
+                isa,
+            };
+            let dy = Tensor::randn(0f32, 1., op.out_dims(), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 0.3, (cout, cin, k, k), &dev).unwrap();
+            let s = Tensor::randn(0f32, 1., x_shape, &dev).unwrap();
+            let got = dy.apply_op3_no_bwd(&wt, &s, &InputGradOp(op)).unwrap();
+            let want = (dy.apply_op2_no_bwd(&wt, &InputGradOp(op)).unwrap() + &s).unwrap();
+            let case = format!("{isa:?} x {x_shape:?} → {cout}, {k}×{k} stride {stride}");
+            assert_eq!(values(&got), values(&want), "{case}");
         }
     }
 }
