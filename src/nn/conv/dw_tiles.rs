@@ -19,7 +19,8 @@ macro_rules! dw_kernel {
         [$zero:ident, $load:ident, $loadu:ident, $storeu:ident, $add:ident, $fmadd:ident, $set1:ident],
         |$t:ident, $g:ident, $ovs:ident, $part_v:ident| $pick:expr
     ) => {
-        /// The weight gradient of images `imgs` ([out][in][tap]): see `dw_tiles`.
+        /// The weight gradient of images `imgs`, as [out vector][in][tap][lane] (see
+        /// `dw_tiles`; `unvectorize` makes it [out][in][tap]).
         ///
         /// # Safety
         /// The CPU must support this module's target features; `x` and `dy` must hold every
@@ -59,14 +60,7 @@ macro_rules! dw_kernel {
                 let $g = g;
                 $pick;
             }
-            // [o vector][i][t][lane] → [o][i][t]
-            let mut part = vec![0f32; g.cout * g.cin * kk];
-            for o in 0..g.cout {
-                for it in 0..g.cin * kk {
-                    part[o * g.cin * kk + it] = $part_v[((o / $lanes) * g.cin * kk + it) * $lanes + o % $lanes];
-                }
-            }
-            part
+            $part_v
         }
 
         /// One image's tiles: its transposed dy (`op` floats per pixel) and padded x (planes

@@ -19,11 +19,11 @@
 //! (every CIFAR shape) are instead read from a zero-bordered per-image copy with no masks at
 //! all (`avx2::fwd_padded`). The SIMD weight gradients vectorise over output channels instead,
 //! on a pixel-major copy of dy and a zero-bordered copy of x (`avx512::dw_chunk`,
-//! `avx2::dw_chunk`). Either way each thread sums its own images and the per-thread partial
-//! sums are added in a fixed order, so results are bit-identical for a given thread count.
+//! `avx2::dw_chunk`). Either way runs of a fixed number of images are summed in parallel and
+//! their partial sums added in run order, so results do not depend on the thread count.
 //!
-//! The work is split over images (and output-channel tiles) across Candle's thread count with
-//! rayon. Kernels exist for AVX-512 (F + VL), AVX2 + FMA and plain Rust, picked at run time;
+//! The work is split over images (and output-channel tiles) with rayon, finely enough that a
+//! thread the host slows down hands work to the others. Kernels exist for AVX-512 (F + VL), AVX2 + FMA and plain Rust, picked at run time;
 //! the tests force each one the machine has. Layout: activations (N, C, H, W) and weights
 //! (out, in, k, k) as PyTorch has them; weights are repacked per call (tiny), stride-2 inputs
 //! are split into phase planes per call (one pass over x).
@@ -439,12 +439,18 @@ fn run_job(job: &Job, isa: Isa, out: &mut [MaybeUninit<f32>], n: usize) {
             .iter()
             .map(|t| (t.plane * pps) as isize + t.dy * wpd as isize + t.dx)
             .collect();
-        // one copy buffer per thread's run of images, as `run_dw` splits them; its border is
-        // zeroed once and only the interior is written per image
-        let chunks = candle_core::utils::get_num_threads().clamp(1, n.max(1));
-        (0..chunks).into_par_iter().for_each(|ch| {
-            let mut xp = vec![0f32; job.nin * pch];
-            for img in ch * n / chunks..(ch + 1) * n / chunks {
+        // image by image, so that a thread the host slows down hands its share to the others
+        // (with one run of images per thread, a busy host left one thread idle for up to half
+        // the op); each thread's copy buffer is kept between images and calls
+        (0..n).into_par_iter().for_each(|img| {
+            PADDED.with_borrow_mut(|(key, xp)| {
+                let shape = (job.nin, planes, job.ho, job.wo);
+                if *key != shape {
+                    // the border is zeroed here; only the interior is written per image
+                    *key = shape;
+                    xp.clear();
+                    xp.resize(job.nin * pch, 0.0);
+                }
                 let src = &job.src[img * job.src_img..];
                 for (c, block) in xp.chunks_exact_mut(pch).enumerate() {
                     for (pl, plane) in block.chunks_exact_mut(pps).enumerate() {
@@ -459,9 +465,9 @@ fn run_job(job: &Job, isa: Isa, out: &mut [MaybeUninit<f32>], n: usize) {
                 let add = job.add.map(|a| a[at..].as_ptr());
                 for tile in 0..tiles {
                     // SAFETY: as below; each image's planes are written by this unit alone
-                    unsafe { avx2::fwd_padded(job, &xp, pch, &offs, tile, (p.0.add(at), add)) };
+                    unsafe { avx2::fwd_padded(job, xp, pch, &offs, tile, (p.0.add(at), add)) };
                 }
-            }
+            })
         });
         return;
     }
@@ -479,13 +485,32 @@ fn run_job(job: &Job, isa: Isa, out: &mut [MaybeUninit<f32>], n: usize) {
     });
 }
 
-/// The weight gradient summed over all images: per-chunk partial sums, computed in parallel,
-/// added in chunk order so the result depends only on the number of threads.
+/// Images per partial sum of the weight gradient for planes of `hw` pixels: about
+/// [`DW_PIXELS`] output pixels, so that a run's work is ~hw·DW_PIXELS/hw times its partial
+/// sum's size (zeroed, then added up), within 4..=16 images.
+fn dw_images(hw: usize) -> usize {
+    (DW_PIXELS / hw.max(1)).clamp(4, 16)
+}
+
+const DW_PIXELS: usize = 2048;
+
+/// The weight gradient summed over all images: partial sums over runs of [`dw_images`]
+/// images, computed in parallel (more runs than threads, so that a thread the host slows down
+/// hands runs to the others) and added in run order, so the result does not depend on the
+/// thread count.
 fn run_dw(g: &Geom, job: &DwJob, isa: Isa, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let n = g.n;
-    let len = job.nout * job.nin * job.taps.len();
-    let chunks = candle_core::utils::get_num_threads().clamp(1, n.max(1));
-    let bounds = |c: usize| (c * n / chunks, (c + 1) * n / chunks);
+    let kk = job.taps.len();
+    // the SIMD kernels' partial sums are [out vector][in][tap][lane]
+    let lanes = match isa {
+        Isa::Avx512 => 16,
+        Isa::Avx2 => 8,
+        Isa::Scalar => 1,
+    };
+    let len = job.nout.next_multiple_of(lanes) * job.nin * kk;
+    let per = dw_images(g.hw());
+    let chunks = n.div_ceil(per).max(1);
+    let bounds = |c: usize| (c * per, ((c + 1) * per).min(n));
     let partials: Vec<Vec<f32>> = (0..chunks)
         .into_par_iter()
         .map(|c| {
@@ -508,7 +533,18 @@ fn run_dw(g: &Geom, job: &DwJob, isa: Isa, x: &[f32], dy: &[f32]) -> Vec<f32> {
     for p in &partials {
         total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
     }
-    total
+    if lanes == 1 {
+        return total;
+    }
+    // [o vector][i][t][lane] → [o][i][t]
+    let ikk = job.nin * kk;
+    let mut dw = vec![0f32; job.nout * ikk];
+    for (o, row) in dw.chunks_exact_mut(ikk).enumerate() {
+        for (it, v) in row.iter_mut().enumerate() {
+            *v = total[((o / lanes) * ikk + it) * lanes + o % lanes];
+        }
+    }
+    dw
 }
 
 /// Packs weights for a [`Job`] over the taps `ts` (weight indices): [out tile][j][in][lane].
@@ -660,7 +696,12 @@ impl Aligned {
 
 thread_local! {
     static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// This thread's zero-bordered image copy for padded jobs (see [`PaddedCopy`]).
+    static PADDED: std::cell::RefCell<PaddedCopy> = const { std::cell::RefCell::new(((0, 0, 0, 0), Vec::new())) };
 }
+
+/// The (channels, planes, rows, columns) a padded copy's border was laid out for, and the copy.
+type PaddedCopy = ((usize, usize, usize, usize), Vec<f32>);
 
 /// This thread's buffer for phase planes, kept between calls (returned on drop): a fresh
 /// 8 MB allocation per call cost page faults that took longer than the split itself.

@@ -146,6 +146,30 @@ fn weight_gradient_is_bit_identical_across_runs() {
 }
 
 #[test]
+fn weight_gradient_does_not_depend_on_the_thread_count() {
+    let dev = Device::Cpu;
+    // 40 images of 6×6 planes: three runs of partial sums (see `dw_images`)
+    let (n, hw) = (40, 36);
+    assert!(n > 2 * dw_images(hw));
+    let x = Tensor::randn(0f32, 1., (n, 16, 12, 12), &dev).unwrap();
+    let dy = Tensor::randn(0f32, 1., (n, 32, 6, 6), &dev).unwrap();
+    for isa in isas() {
+        let op = ConvOp {
+            g: Geom::new(n, 16, 32, 12, 12, 3, 2),
+            isa,
+        };
+        let dw: Vec<Vec<u32>> = [1, 3]
+            .map(|t| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+                let dw = pool.install(|| x.apply_op2_no_bwd(&dy, &WeightGradOp(op)).unwrap());
+                values(&dw).iter().map(|v| v.to_bits()).collect()
+            })
+            .into();
+        assert_eq!(dw[0], dw[1], "{isa:?}");
+    }
+}
+
+#[test]
 fn weight_gradient_does_not_depend_on_where_its_buffers_start() {
     let dev = Device::Cpu;
     // 16×16 planes: a whole number of pixel vectors, where the kernels care about alignment
