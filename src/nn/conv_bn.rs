@@ -13,7 +13,8 @@
 //! A whole basic residual unit with an identity shortcut (two such layers, the second with the
 //! unit's input as its shortcut) is one op too ([`unit_train`]): then the first layer's output
 //! is no node either, and the input's two gradients (through the first convolution and through
-//! the shortcut) are added once by the op rather than each into a zero-filled buffer by Candle.
+//! the shortcut) are added by the convolution's kernel as it stores rather than each into a
+//! zero-filled buffer by Candle.
 //!
 //! The arithmetic is the separate ops' own: [`super::conv`]'s kernels and [`super::batchnorm`]'s
 //! statistics, normalisation and backward pass, so the values are the same bit for bit.
@@ -74,9 +75,10 @@ pub(super) fn conv_bn_train(
 /// A basic residual unit with an identity shortcut, `relu(bn2(conv2(h)) + x)` with
 /// `h = relu(bn1(conv1(x)))`, in training mode as one op: neither `h` nor any other inner
 /// value is a node of Candle's graph, so Candle neither zero-fills nor adds a gradient buffer
-/// for them, and x's gradient (the first convolution's plus the shortcut's) is added once
-/// here instead of twice by Candle. None where either layer would not take the fused path or
-/// the unit changes the shape (the caller then runs the layers one by one).
+/// for them, and x's two gradients (through the first convolution and through the shortcut)
+/// are added by that convolution's input-gradient kernel as it stores, not by Candle. None
+/// where either layer would not take the fused path or the unit changes the shape (the caller
+/// then runs the layers one by one).
 pub(super) fn unit_train(x: &Tensor, p1: &LayerParams, p2: &LayerParams) -> Result<Option<Tensor>> {
     let Some(l1) = Layer::plan(x, p1, true)? else {
         return Ok(None);
