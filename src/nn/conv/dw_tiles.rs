@@ -20,7 +20,7 @@ macro_rules! dw_kernel {
         |$t:ident, $g:ident, $ovs:ident, $part_v:ident| $pick:expr
     ) => {
         /// The weight gradient of images `imgs`, as [out vector][in][tap][lane] (see
-        /// `dw_tiles`; `unvectorize` makes it [out][in][tap]).
+        /// `dw_tiles`; `run_dw` makes the sum of them [out][in][tap]).
         ///
         /// # Safety
         /// The CPU must support this module's target features; `x` and `dy` must hold every
