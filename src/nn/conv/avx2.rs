@@ -23,7 +23,7 @@ pub(super) use imp::{dw_chunk, fwd_padded, fwd_unit};
 mod imp {
     use std::arch::x86_64::*;
 
-    use super::super::{pad_image, Aligned, Geom, Job, Masks, CENTRE, PAD_OT};
+    use super::super::{pad_image, with_dy_rows, with_padded_copy, Geom, Job, Masks, CENTRE, PAD_OT};
 
     /// Output channels per forward tile: the packing width of `Job::wp`.
     const OT: usize = 4;

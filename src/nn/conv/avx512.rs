@@ -20,7 +20,7 @@ pub(super) use imp::{dw_chunk, fwd_unit};
 mod imp {
     use std::arch::x86_64::*;
 
-    use super::super::{pad_image, Aligned, Geom, Job, CENTRE};
+    use super::super::{pad_image, with_dy_rows, with_padded_copy, Geom, Job, CENTRE};
 
     /// Output channels per forward tile: the packing width of `Job::wp`.
     const OT: usize = 8;

@@ -36,30 +36,33 @@ macro_rules! dw_kernel {
             let $ovs = g.cout.div_ceil($lanes);
             let op = $ovs * $lanes;
             let (wp, ps) = (g.w + 2, (g.h + 2) * (g.w + 2));
-            let mut dyt = Aligned::new(hw * op);
-            // the border is zeroed here once; pad_image only ever writes the interior
-            let mut xp = vec![0f32; g.cin * ps];
             let mut $part_v = vec![0f32; op * g.cin * kk];
-            for img in imgs {
-                transpose(
-                    dy.as_ptr().add(img * g.cout * hw),
-                    g.cout,
-                    hw,
-                    dyt.as_mut_ptr(),
-                    op,
-                );
-                pad_image(&x[img * g.cin * g.h * g.w..][..g.cin * g.h * g.w], g, &mut xp);
-                let $t = Tiles {
-                    g,
-                    dyt: dyt.as_ptr(),
-                    op,
-                    xp: xp.as_ptr(),
-                    wp,
-                    ps,
-                };
-                let $g = g;
-                $pick;
-            }
+            // this thread's buffers: transpose writes every value of dyt, pad_image every
+            // interior value of xp (whose border stays zero)
+            with_dy_rows(hw * op, |dyt| {
+                with_padded_copy((g.cin, 1, g.h, g.w), |xp| {
+                    for img in imgs {
+                        transpose(
+                            dy.as_ptr().add(img * g.cout * hw),
+                            g.cout,
+                            hw,
+                            dyt.as_mut_ptr(),
+                            op,
+                        );
+                        pad_image(&x[img * g.cin * g.h * g.w..][..g.cin * g.h * g.w], g, xp);
+                        let $t = Tiles {
+                            g,
+                            dyt: dyt.as_ptr(),
+                            op,
+                            xp: xp.as_ptr(),
+                            wp,
+                            ps,
+                        };
+                        let $g = g;
+                        $pick;
+                    }
+                })
+            });
             $part_v
         }
 

@@ -443,14 +443,7 @@ fn run_job(job: &Job, isa: Isa, out: &mut [MaybeUninit<f32>], n: usize) {
         // (with one run of images per thread, a busy host left one thread idle for up to half
         // the op); each thread's copy buffer is kept between images and calls
         (0..n).into_par_iter().for_each(|img| {
-            PADDED.with_borrow_mut(|(key, xp)| {
-                let shape = (job.nin, planes, job.ho, job.wo);
-                if *key != shape {
-                    // the border is zeroed here; only the interior is written per image
-                    *key = shape;
-                    xp.clear();
-                    xp.resize(job.nin * pch, 0.0);
-                }
+            with_padded_copy((job.nin, planes, job.ho, job.wo), |xp| {
                 let src = &job.src[img * job.src_img..];
                 for (c, block) in xp.chunks_exact_mut(pch).enumerate() {
                     for (pl, plane) in block.chunks_exact_mut(pps).enumerate() {
@@ -674,17 +667,26 @@ fn pad_image(x: &[f32], g: &Geom, xp: &mut [f32]) {
     }
 }
 
-/// A 64-byte aligned buffer of floats.
+/// A 64-byte aligned buffer of at least `len` floats, whose values are whatever the last user
+/// left: every user writes what it reads.
 struct Aligned {
     v: Vec<f32>,
     start: usize,
 }
 
 impl Aligned {
-    fn new(len: usize) -> Aligned {
-        let v = vec![0f32; len + 16];
-        let start = (16 - (v.as_ptr() as usize / 4) % 16) % 16;
-        Aligned { v, start }
+    const fn empty() -> Aligned {
+        Aligned {
+            v: Vec::new(),
+            start: 0,
+        }
+    }
+    /// Grows the buffer (zeroed) if it holds fewer than `len` floats.
+    fn reserve(&mut self, len: usize) {
+        if self.v.len() < self.start + len {
+            self.v = vec![0f32; len + 16];
+            self.start = (16 - (self.v.as_ptr() as usize / 4) % 16) % 16;
+        }
     }
     fn as_ptr(&self) -> *const f32 {
         self.v[self.start..].as_ptr()
@@ -696,12 +698,39 @@ impl Aligned {
 
 thread_local! {
     static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-    /// This thread's zero-bordered image copy for padded jobs (see [`PaddedCopy`]).
+    /// This thread's zero-bordered image copy (see [`with_padded_copy`]).
     static PADDED: std::cell::RefCell<PaddedCopy> = const { std::cell::RefCell::new(((0, 0, 0, 0), Vec::new())) };
+    /// This thread's pixel-major copy of dy for the SIMD weight gradients.
+    static DY_ROWS: std::cell::RefCell<Aligned> = const { std::cell::RefCell::new(Aligned::empty()) };
 }
 
 /// The (channels, planes, rows, columns) a padded copy's border was laid out for, and the copy.
 type PaddedCopy = ((usize, usize, usize, usize), Vec<f32>);
+
+/// Runs `f` on this thread's copy buffer for images of `shape` = (channels, planes per channel,
+/// rows, columns): blocks of planes of (rows + 2) × (columns + 2) floats whose one-value border
+/// is zero, as long as callers write only the interiors. It is kept between images and calls
+/// and laid out (zeroed) again only when the shape changes, so the kernels' hot paths neither
+/// allocate nor zero. `f` must not start rayon work (it would reenter the buffer).
+fn with_padded_copy<R>(shape: (usize, usize, usize, usize), f: impl FnOnce(&mut [f32]) -> R) -> R {
+    PADDED.with_borrow_mut(|(key, xp)| {
+        if *key != shape {
+            let (c, planes, h, w) = shape;
+            *key = shape;
+            xp.clear();
+            xp.resize(c * planes * (h + 2) * (w + 2), 0.0);
+        }
+        f(xp)
+    })
+}
+
+/// Runs `f` on this thread's aligned buffer of at least `len` floats (see [`Aligned`]).
+fn with_dy_rows<R>(len: usize, f: impl FnOnce(&mut Aligned) -> R) -> R {
+    DY_ROWS.with_borrow_mut(|a| {
+        a.reserve(len);
+        f(a)
+    })
+}
 
 /// This thread's buffer for phase planes, kept between calls (returned on drop): a fresh
 /// 8 MB allocation per call cost page faults that took longer than the split itself.
