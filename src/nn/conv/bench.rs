@@ -357,6 +357,8 @@ mod tests {
 
     /// Single-threaded kernel efficiency against a single-threaded FMA loop, both in CPU time,
     /// for tuning on a busy host: `cargo test --release --lib conv::bench::tests::tune -- --ignored --nocapture`
+    /// (`TUNE=16->16` runs only the shapes whose name contains it). Passes marked (d) run with
+    /// the Winograd path switched off; the rate is the direct convolution's FLOPs over the time.
     #[cfg(target_os = "linux")]
     #[test]
     #[ignore = "a tuning aid: run it in release mode"]
@@ -369,7 +371,8 @@ mod tests {
             println!("single-thread FMA peak {peak:.1} GFLOP/s (CPU time)");
             let batch = 32;
             let isa = Isa::detect();
-            for c in &CASES {
+            let only = std::env::var("TUNE").unwrap_or_default();
+            for c in CASES.iter().filter(|c| c.name.contains(&only)) {
                 let dev = Device::Cpu;
                 let x = Tensor::randn(0f32, 1.0, (batch, c.cin, c.h, c.h), &dev).unwrap();
                 let w = Tensor::randn(0f32, 0.1, (c.cout, c.cin, c.k, c.k), &dev).unwrap();
@@ -378,11 +381,15 @@ mod tests {
                 let op = ConvOp { g, isa };
                 let flop = 2.0 * (batch * c.cout * c.cin * c.k * c.k * g.hw()) as f64;
                 let mut line = format!("{:<18}", c.name);
-                for pass in 0..3 {
+                for (pass, direct) in [(0, false), (0, true), (1, false), (1, true), (2, false)] {
                     let run = || match pass {
                         0 => conv2d(&x, &w, c.stride, c.k / 2).unwrap(),
                         1 => dy.apply_op2_no_bwd(&w, &InputGradOp(op)).unwrap(),
                         _ => x.apply_op2_no_bwd(&dy, &WeightGradOp(op)).unwrap(),
+                    };
+                    let run = || match direct {
+                        true => super::super::winograd::direct(run),
+                        false => run(),
                     };
                     run();
                     let mut best = u64::MAX;
@@ -394,7 +401,7 @@ mod tests {
                     let gf = flop / best as f64;
                     line += &format!(
                         " {:>4} {:6.1} GF/s {:3.0}%",
-                        ["fwd", "dx", "dw"][pass],
+                        ["fwd", "dx", "dw"][pass].to_string() + if direct { "(d)" } else { "" },
                         gf,
                         100.0 * gf / peak
                     );

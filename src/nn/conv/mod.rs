@@ -17,7 +17,8 @@
 //! different inner loop, the weight gradient on the plain-Rust path. On AVX2, where masks
 //! would take registers the accumulators need, planes whose rows are whole 8-pixel vectors
 //! (every CIFAR shape) are instead read from a zero-bordered per-image copy with no masks at
-//! all (`avx2::fwd_padded`). The SIMD weight gradients vectorise over output channels instead,
+//! all (`avx2::fwd_padded`); 3×3 stride-1 jobs with enough channels run there as Winograd's
+//! F(2×2, 3×3), 2.25× fewer FMAs (`winograd`). The SIMD weight gradients vectorise over output channels instead,
 //! on a pixel-major copy of dy and a zero-bordered copy of x (`avx512::dw_chunk`,
 //! `avx2::dw_chunk`). Either way runs of a fixed number of images are summed in parallel and
 //! their partial sums added in run order, so results do not depend on the thread count.
@@ -36,6 +37,8 @@ pub mod bench;
 mod scalar;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod winograd;
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -442,6 +445,7 @@ fn run_job(job: &Job, isa: Isa, out: &mut [MaybeUninit<f32>], n: usize) {
         // image by image, so that a thread the host slows down hands its share to the others
         // (with one run of images per thread, a busy host left one thread idle for up to half
         // the op); each thread's copy buffer is kept between images and calls
+        let wino = winograd::Plan::new(job);
         (0..n).into_par_iter().for_each(|img| {
             with_padded_copy((job.nin, planes, job.ho, job.wo), |xp| {
                 let src = &job.src[img * job.src_img..];
@@ -456,9 +460,14 @@ fn run_job(job: &Job, isa: Isa, out: &mut [MaybeUninit<f32>], n: usize) {
                 let p = ptr;
                 let at = img * job.out_img;
                 let add = job.add.map(|a| a[at..].as_ptr());
-                for tile in 0..tiles {
-                    // SAFETY: as below; each image's planes are written by this unit alone
-                    unsafe { avx2::fwd_padded(job, xp, pch, &offs, tile, (p.0.add(at), add)) };
+                // SAFETY: as below; each image's planes are written by this unit alone
+                match &wino {
+                    Some(w) => unsafe { w.image(job, xp, pch, (p.0.add(at), add)) },
+                    None => {
+                        for tile in 0..tiles {
+                            unsafe { avx2::fwd_padded(job, xp, pch, &offs, tile, (p.0.add(at), add)) };
+                        }
+                    }
                 }
             })
         });

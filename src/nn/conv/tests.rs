@@ -360,3 +360,43 @@ fn input_gradient_adds_a_tensor_as_it_stores_on_every_path() {
         }
     }
 }
+
+/// The AVX2 path's Winograd F(2×2, 3×3) convolution (3×3 stride-1 forward passes and input
+/// gradients with enough channels) against the direct kernel, with the bias, added values and
+/// ReLU it applies as it stores: equal up to rounding, and not bit-identical (so the Winograd
+/// path did run). Shapes: several blocks of tile rows, output-channel counts that leave 4,
+/// 3 and 2 channels for the last register tile, non-square planes.
+#[test]
+fn winograd_matches_the_direct_kernel() {
+    let isa = Isa::Avx2;
+    if !isa.supported() {
+        return; // the Winograd path is AVX2-only
+    }
+    let dev = Device::Cpu;
+    for (x_shape, cout) in [
+        ((2, 32, 8, 8), 16),
+        ((1, 24, 16, 24), 40),
+        ((2, 64, 8, 16), 9),
+        ((1, 20, 12, 8), 26),
+    ] {
+        let (n, cin, h, w) = x_shape;
+        let g = Geom::new(n, cin, cout, h, w, 3, 1);
+        let t = |shape: (usize, usize, usize, usize)| values(&Tensor::randn(0f32, 1., shape, &dev).unwrap());
+        let (x, s, dy, add_x) = (t(x_shape), t((n, cout, h, w)), t((n, cout, h, w)), t(x_shape));
+        let wt = t((cout, cin, 3, 3));
+        let bias = t((1, 1, 1, cout));
+        let case = format!("x {x_shape:?} → {cout}");
+        for (bias, add, relu) in [(None, None, false), (Some(&bias[..]), Some(&s[..]), true)] {
+            let run = || forward(&g, isa, &x, &wt, bias, add, relu);
+            let (got, want) = (run(), winograd::direct(run));
+            assert_close(&format!("y {case} bias/add/relu {}", relu), &got, &want);
+            assert_ne!(got, want, "y {case}: the direct kernel ran");
+        }
+        for add in [None, Some(&add_x[..])] {
+            let run = || input_grad(&g, isa, &dy, &wt, add);
+            let (got, want) = (run(), winograd::direct(run));
+            assert_close(&format!("dx {case} add {}", add.is_some()), &got, &want);
+            assert_ne!(got, want, "dx {case}: the direct kernel ran");
+        }
+    }
+}
