@@ -197,6 +197,12 @@ struct Block<'a> {
 }
 
 impl Block<'_> {
+    /// The block's groups of 4 tiles: (first tile, its (tile row, tile column)).
+    fn groups(&self) -> impl Iterator<Item = (usize, (usize, usize))> + '_ {
+        let ntx = self.plan.ntx;
+        (0..self.tiles / ntx).flat_map(move |r| (0..ntx).step_by(4).map(move |tx| (r * ntx + tx, (self.ty0 + r, tx))))
+    }
+
     /// V = Bᵀ d B for every tile and input channel, 4 tiles at a time: one row of the 4
     /// patches is 10 consecutive padded values c₀..c₉ (tile k reads c₂ₖ..c₂ₖ₊₃), and the three
     /// vectors c₀..₇, c₁..₈, c₂..₉ give Bᵀ's four row values of all four tiles in two
@@ -206,11 +212,10 @@ impl Block<'_> {
     /// value is shuffled into place.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn transform_input(&self, xp: *const f32, pch: usize) {
-        let (nin, ntx, wpd) = (self.plan.nin, self.plan.ntx, self.job.wo + 2);
+        let (nin, wpd) = (self.plan.nin, self.job.wo + 2);
         for ci in 0..nin {
             let xc = xp.add(ci * pch);
-            for t in (0..self.tiles).step_by(4) {
-                let (ty, tx) = (self.ty0 + t / ntx, t % ntx);
+            for (t, (ty, tx)) in self.groups() {
                 let mut r03 = [_mm256_setzero_ps(); 4];
                 let mut r21 = [_mm256_setzero_ps(); 4];
                 for k in 0..4 {
@@ -283,6 +288,10 @@ impl Block<'_> {
             acc
         });
         let job = self.job;
+        let at: [(usize, usize); 2] = std::array::from_fn(|q| {
+            let t = t0 + 4 * q;
+            (self.ty0 + t / self.plan.ntx, t % self.plan.ntx)
+        });
         // swaps the two lanes of each pair
         let swap = |v| _mm256_permute_ps::<0b1011_0001>(v);
         for c in 0..nvalid {
@@ -299,8 +308,7 @@ impl Block<'_> {
                     swap(_mm256_add_ps(_mm256_add_ps(z[0], z[1]), z[2])),
                     swap(_mm256_sub_ps(_mm256_sub_ps(z[1], z[2]), z[3])),
                 ];
-                let t = t0 + 4 * q;
-                let (ty, tx) = (self.ty0 + t / self.plan.ntx, t % self.plan.ntx);
+                let (ty, tx) = at[q];
                 for (r, mut val) in rows.into_iter().enumerate() {
                     let o = ch * job.out_ch + (2 * ty + r) * job.wo + 2 * tx;
                     if let Some(b) = bias {
