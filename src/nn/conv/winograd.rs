@@ -27,6 +27,8 @@
 use std::arch::x86_64::*;
 use std::cell::{Cell, RefCell};
 
+use rayon::prelude::*;
+
 use super::{Job, PAD_OT};
 
 /// Output channels per register tile (the padded kernel's, so its packed weights unpack the
@@ -63,7 +65,7 @@ pub(super) fn direct<R>(f: impl FnOnce() -> R) -> R {
 
 /// A job's transformed weights and tiling.
 pub(super) struct Plan {
-    /// G g Gᵀ as [position pair][output tile][input channel][OT channels][2 positions]
+    /// G g Gᵀ as [output tile][position pair][input channel][OT channels][2 positions]
     /// (channels past `nout` zero); pairs (i, 0 | 3) and (i, 2 | 1) for each row i.
     u: Vec<f32>,
     nin: usize,
@@ -103,21 +105,26 @@ impl Plan {
         }
         let (nin, nout) = (job.nin, job.nout);
         let tiles = nout.div_ceil(OT);
-        let mut u = vec![0f32; 16 * tiles * nin * OT];
-        for o in 0..nout {
-            for i in 0..nin {
-                let mut g = [[0f32; 3]; 3];
-                for (k, &j) in at.iter().enumerate() {
-                    g[k / 3][k % 3] = job.wp[(((o / OT) * 9 + j) * nin + i) * OT + o % OT];
-                }
-                let ug = transform_weights(&g);
-                for (pp, (i4, j)) in (0..4).flat_map(|r| [(r, [0, 3]), (r, [2, 1])]).enumerate() {
-                    let at = (((pp * tiles + o / OT) * nin + i) * OT + o % OT) * 2;
-                    u[at] = ug[i4][j[0]];
-                    u[at + 1] = ug[i4][j[1]];
+        let mut u = vec![0f32; tiles * 16 * nin * OT];
+        // in parallel over output tiles (on one thread, with the other idle, ~0.8% of a ResNet-56
+        // training step)
+        u.par_chunks_mut(16 * nin * OT).enumerate().for_each(|(ot, part)| {
+            let wt = &job.wp[ot * 9 * nin * OT..];
+            for c in 0..(nout - ot * OT).min(OT) {
+                for i in 0..nin {
+                    let mut g = [[0f32; 3]; 3];
+                    for (k, &j) in at.iter().enumerate() {
+                        g[k / 3][k % 3] = wt[(j * nin + i) * OT + c];
+                    }
+                    let ug = transform_weights(&g);
+                    for (pp, (r, j)) in (0..4).flat_map(|r| [(r, [0, 3]), (r, [2, 1])]).enumerate() {
+                        let at = ((pp * nin + i) * OT + c) * 2;
+                        part[at] = ug[r][j[0]];
+                        part[at + 1] = ug[r][j[1]];
+                    }
                 }
             }
-        }
+        });
         // whole tile rows, a multiple of 8 tiles (ntx is a multiple of 4)
         let mut rows = (BLOCK_TILE_CHANNELS / nin / ntx).max(1);
         if !(rows * ntx).is_multiple_of(8) {
@@ -268,11 +275,11 @@ impl Block<'_> {
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn tile<const C: usize>(&self, ot: usize, t0: usize, nvalid: usize) {
-        let (nin, tiles) = (self.plan.nin, self.plan.nout.div_ceil(OT));
+        let nin = self.plan.nin;
         let m: [[[__m256; 2]; C]; 8] = std::array::from_fn(|pp| {
             let mut acc = [[_mm256_setzero_ps(); 2]; C];
             let mut xv = self.v.add(pp * self.pos + 2 * t0).cast_const();
-            let mut wj = self.plan.u.as_ptr().add((pp * tiles + ot) * nin * OT * 2);
+            let mut wj = self.plan.u.as_ptr().add((ot * 8 + pp) * nin * OT * 2);
             for _ in 0..nin {
                 let x = [_mm256_loadu_ps(xv), _mm256_loadu_ps(xv.add(8))];
                 for c in 0..C {
