@@ -229,9 +229,6 @@ impl Unit {
             return self.add(&h, x, &pre, false, train);
         }
         // conv → BN → ReLU, except after the last conv, where the ReLU follows the addition
-        if let ([c1, c2], [b1, b2], Path::Identity) = (&self.convs[..], &self.bns[..], &self.path) {
-            return nn::basic_unit((c1, b1), (c2, b2), x, train);
-        }
         let mut h = x.clone();
         let last = self.convs.len() - 1;
         for (conv, bn) in self.convs.iter().zip(&self.bns).take(last) {
@@ -243,6 +240,15 @@ impl Unit {
         }
         let h = nn::conv_bn(conv, bn, &h, train, false)?;
         self.add(&h, x, x, true, train)
+    }
+
+    /// Its two conv → BN layers, if it is a basic unit with an identity shortcut and no
+    /// pre-activation: such units one after the other run as one op (`nn::basic_units`).
+    fn basic_identity(&self) -> Option<nn::BasicUnit<'_>> {
+        match (&self.convs[..], &self.bns[..], &self.path, self.preact) {
+            ([c1, c2], [b1, b2], Path::Identity, false) => Some(((c1, b1), (c2, b2))),
+            _ => None,
+        }
     }
 
     /// branch + shortcut (`x` for identity and option A, `proj_in` for a projection).
@@ -319,8 +325,16 @@ impl ModuleT for Net {
             None => self.conv1.forward(x)?,
         };
         for stage in &self.stages {
-            for unit in stage {
-                h = unit.forward_t(&h, train)?; // (N, 16|32|64 (×4), 32|16|8, 32|16|8)
+            let mut units = &stage[..];
+            while let Some(unit) = units.first() {
+                // (N, 16|32|64 (×4), 32|16|8, 32|16|8); basic units with identity shortcuts
+                // that follow one another go to the library together, as one op
+                let run: Vec<_> = units.iter().map_while(Unit::basic_identity).collect();
+                match run.len() {
+                    0 => h = unit.forward_t(&h, train)?,
+                    _ => h = nn::basic_units(&run, &h, train)?,
+                }
+                units = &units[run.len().max(1)..];
             }
         }
         if let Some(bn) = &self.bn_final {

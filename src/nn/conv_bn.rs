@@ -10,18 +10,18 @@
 //! node either, and the shortcut's gradient (the incoming one where the output is positive) is
 //! written by the batch norm's backward pass as it reads the same planes.
 //!
-//! A whole basic residual unit with an identity shortcut (two such layers, the second with the
-//! unit's input as its shortcut) is one op too ([`unit_train`]): then the first layer's output
-//! is no node either, and the input's two gradients (through the first convolution and through
-//! the shortcut) are added by the convolution's kernel as it stores rather than each into a
-//! zero-filled buffer by Candle.
+//! A run of basic residual units with identity shortcuts (two such layers each, the second with
+//! the unit's input as its shortcut; a stage of a CIFAR ResNet but its first unit) is one op
+//! too ([`units_train`]): then no layer's output but the last is a node, and each unit's input
+//! gradients (through the first convolution and through the shortcut) are added by the
+//! convolution's kernel as it stores rather than each into a zero-filled buffer by Candle.
 //!
 //! The arithmetic is the separate ops' own: [`super::conv`]'s kernels and [`super::batchnorm`]'s
 //! statistics, normalisation and backward pass, so the values are the same bit for bit.
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor, Var};
 
 use super::batchnorm::{self, BatchNorm, BatchNormBackward, Geometry};
 use super::conv::{self, ConvOp, InputGradOp, WeightGradOp};
@@ -72,37 +72,53 @@ pub(super) fn conv_bn_train(
     Ok(Some(y))
 }
 
-/// A basic residual unit with an identity shortcut, `relu(bn2(conv2(h)) + x)` with
-/// `h = relu(bn1(conv1(x)))`, in training mode as one op: neither `h` nor any other inner
-/// value is a node of Candle's graph, so Candle neither zero-fills nor adds a gradient buffer
-/// for them, and x's two gradients (through the first convolution and through the shortcut)
-/// are added by that convolution's input-gradient kernel as it stores, not by Candle. None
-/// where either layer would not take the fused path or the unit changes the shape (the caller
+/// A run of basic residual units with identity shortcuts, each `relu(bn2(conv2(h)) + x)` with
+/// `h = relu(bn1(conv1(x)))` and x the previous unit's output, in training mode as one op:
+/// neither `h`, nor any other inner value, nor any unit's output but the last is a node of
+/// Candle's graph, so Candle neither zero-fills nor adds a gradient buffer for them (a fill
+/// and an add over a whole activation each, on one thread), and each unit's two input
+/// gradients (through its first convolution and through the shortcut) are added by that
+/// convolution's input-gradient kernel as it stores. `units` holds each unit's two layers.
+/// None where a layer would not take the fused path or a unit changes the shape (the caller
 /// then runs the layers one by one).
-pub(super) fn unit_train(x: &Tensor, p1: &LayerParams, p2: &LayerParams) -> Result<Option<Tensor>> {
-    let Some(l1) = Layer::plan(x, p1, true)? else {
-        return Ok(None);
-    };
-    // h, the first layer's output, is an f32 CPU tensor like x
-    let Some(l2) = Layer::plan_dims(l1.out_dims(), p2, true)? else {
-        return Ok(None);
-    };
-    if l2.out_dims() != x.dims4()? {
+pub(super) fn units_train(x: &Tensor, units: &[(LayerParams, LayerParams)]) -> Result<Option<Tensor>> {
+    if !f32_cpu(x) || units.is_empty() {
         return Ok(None);
     }
-    let op = Unit {
-        l1,
-        l2,
+    let dims = x.dims4()?;
+    let mut layers = Vec::with_capacity(units.len());
+    for (p1, p2) in units {
+        let Some(l1) = Layer::plan_dims(dims, p1, true)? else {
+            return Ok(None);
+        };
+        // h, the first layer's output, is an f32 CPU tensor like x
+        let Some(l2) = Layer::plan_dims(l1.out_dims(), p2, true)? else {
+            return Ok(None);
+        };
+        if l2.out_dims() != dims {
+            return Ok(None);
+        }
+        layers.push((l1, l2));
+    }
+    let op = Units {
+        layers,
         saved: Arc::new(Mutex::new(None)),
     };
     let saved = op.saved.clone();
-    let y = x.contiguous()?.apply_op3(&layer_params(p1)?, &layer_params(p2)?, op)?;
-    match saved.lock().expect("unit state").as_ref() {
+    // every layer's [w | γ | β], unit by unit: a custom op takes at most three tensors
+    let mut pieces = Vec::with_capacity(6 * units.len());
+    for p in units.iter().flat_map(|(p1, p2)| [p1, p2]) {
+        pieces.extend([p.w.flatten_all()?, p.gamma.clone(), p.beta.clone()]);
+    }
+    let y = x.contiguous()?.apply_op2(&Tensor::cat(&pieces, 0)?, op)?;
+    match saved.lock().expect("units state").as_ref() {
         Some(s) => {
-            s.first.update_running(p1)?;
-            s.second.update_running(p2)?;
+            for ((p1, p2), u) in units.iter().zip(&s.units) {
+                u.first.update_running(p1)?;
+                u.second.update_running(p2)?;
+            }
         }
-        None => candle_core::bail!("residual unit: the forward pass left no statistics"),
+        None => candle_core::bail!("residual units: the forward pass left no statistics"),
     }
     Ok(Some(y))
 }
@@ -184,6 +200,12 @@ impl Layer {
 
     fn shape(&self) -> Shape {
         Shape::from(self.out_dims())
+    }
+
+    /// The length of its `[w | γ | β]`.
+    fn params_len(&self) -> usize {
+        let (a, b, c, d) = self.conv.w_dims();
+        a * b * c * d + 2 * self.geom.c
     }
 
     /// `[w | γ | β]` split into the weight and `[γ | β]`.
@@ -352,7 +374,7 @@ impl CustomOp3 for ConvBn {
     }
 }
 
-/// What a [`Unit`]'s forward pass leaves for its backward pass.
+/// What one unit's forward pass leaves for its backward pass.
 struct UnitSaved {
     first: Saved,
     second: Saved,
@@ -360,65 +382,130 @@ struct UnitSaved {
     h: Tensor,
 }
 
-/// (x, [w1 | γ1 | β1], [w2 | γ2 | β2]) → relu(bn2(conv2(relu(bn1(conv1(x))))) + x).
-struct Unit {
-    l1: Layer,
-    l2: Layer,
-    saved: Arc<Mutex<Option<UnitSaved>>>,
+/// What a [`Units`] forward pass leaves for its backward pass.
+struct UnitsSaved {
+    units: Vec<UnitSaved>,
+    /// The inputs of the second unit on (the outputs of all but the last).
+    inputs: Vec<Tensor>,
 }
 
-impl CustomOp3 for Unit {
+/// (x, [w | γ | β] of every layer, unit by unit) → the last unit's output (see
+/// [`units_train`]).
+struct Units {
+    /// Each unit's two layers.
+    layers: Vec<(Layer, Layer)>,
+    saved: Arc<Mutex<Option<UnitsSaved>>>,
+}
+
+impl Units {
+    /// Where each unit's parameters start in the parameter tensor, and their total length.
+    fn offsets(&self) -> (Vec<usize>, usize) {
+        let mut at = 0;
+        let offs = self
+            .layers
+            .iter()
+            .map(|(l1, l2)| {
+                let o = at;
+                at += l1.params_len() + l2.params_len();
+                o
+            })
+            .collect();
+        (offs, at)
+    }
+}
+
+impl CustomOp2 for Units {
     fn name(&self) -> &'static str {
-        "residual-unit"
+        "residual-units"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = super::f32_data(s1, l1, "residual unit input")?;
-        let (w1, gb1) = self
-            .l1
-            .split_params(super::f32_data(s2, l2, "residual unit parameters")?)?;
-        let (w2, gb2) = self
-            .l2
-            .split_params(super::f32_data(s3, l3, "residual unit parameters")?)?;
-        let (h, first) = self.l1.forward(x, w1, gb1, None)?;
-        let (y, second) = self.l2.forward(&h, w2, gb2, Some(x))?;
-        let h = Tensor::from_vec(h, self.l1.shape(), &Device::Cpu)?;
-        *self.saved.lock().expect("unit state") = Some(UnitSaved { first, second, h });
-        Ok((CpuStorage::F32(y), self.l2.shape()))
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = super::f32_data(s1, l1, "residual units input")?;
+        let params = super::f32_data(s2, l2, "residual units parameters")?;
+        let (offs, total) = self.offsets();
+        if params.len() != total {
+            candle_core::bail!("residual units: {} parameters, expected {total}", params.len());
+        }
+        let mut units = Vec::with_capacity(self.layers.len());
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut out: Option<Vec<f32>> = None;
+        for ((first, second), &o) in self.layers.iter().zip(&offs) {
+            let (p1, p2) = params[o..].split_at(first.params_len());
+            let (w1, gb1) = first.split_params(p1)?;
+            let (w2, gb2) = second.split_params(&p2[..second.params_len()])?;
+            let x = out.as_deref().unwrap_or(x);
+            let (h, s1) = first.forward(x, w1, gb1, None)?;
+            let (y, s2) = second.forward(&h, w2, gb2, Some(x))?;
+            let h = Tensor::from_vec(h, first.shape(), &Device::Cpu)?;
+            units.push(UnitSaved {
+                first: s1,
+                second: s2,
+                h,
+            });
+            if let Some(x) = out.replace(y) {
+                inputs.push(Tensor::from_vec(x, second.shape(), &Device::Cpu)?);
+            }
+        }
+        let Some(y) = out else {
+            candle_core::bail!("residual units: no unit");
+        };
+        *self.saved.lock().expect("units state") = Some(UnitsSaved { units, inputs });
+        Ok((CpuStorage::F32(y), self.layers[0].1.shape()))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        p1: &Tensor,
-        p2: &Tensor,
-        y: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let guard = self.saved.lock().expect("unit state");
+    fn bwd(&self, x: &Tensor, params: &Tensor, y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let guard = self.saved.lock().expect("units state");
         let Some(s) = guard.as_ref() else {
-            candle_core::bail!("residual unit: backward before forward");
+            candle_core::bail!("residual units: backward before forward");
         };
-        let (w1, gamma1) = weight_gamma(p1, self.l1.geom.c)?;
-        let (w2, gamma2) = weight_gamma(p2, self.l2.geom.c)?;
-        let second = self
-            .l2
-            .backward(&s.second, &s.h, &w2, &gamma2, y, grad, Some(None), true)?;
-        let (Some(dh), Some(ds)) = (&second.dx, &second.ds) else {
-            candle_core::bail!("residual unit: the second layer gave no input or shortcut gradient");
-        };
-        // x feeds both the first convolution and the shortcut: the kernel adds the two
-        let dx = x.track_op().then_some(Some(ds));
-        let first = self.l1.backward(&s.first, x, &w1, &gamma1, &s.h, dh, dx, false)?;
-        Ok((first.dx.clone(), Some(first.params()?), Some(second.params()?)))
+        let (offs, _) = self.offsets();
+        let n = self.layers.len();
+        let mut grad = grad.clone();
+        let mut dx = None;
+        let mut dparams = vec![Vec::new(); n];
+        for k in (0..n).rev() {
+            let (first, second) = &self.layers[k];
+            let input = if k == 0 { x } else { &s.inputs[k - 1] };
+            let output = if k == n - 1 { y } else { &s.inputs[k] };
+            let p1 = params.narrow(0, offs[k], first.params_len())?;
+            let p2 = params.narrow(0, offs[k] + first.params_len(), second.params_len())?;
+            let (w1, gamma1) = weight_gamma(&p1, first.geom.c)?;
+            let (w2, gamma2) = weight_gamma(&p2, second.geom.c)?;
+            let g2 = second.backward(
+                &s.units[k].second,
+                &s.units[k].h,
+                &w2,
+                &gamma2,
+                output,
+                &grad,
+                Some(None),
+                true,
+            )?;
+            let (Some(dh), Some(ds)) = (&g2.dx, &g2.ds) else {
+                candle_core::bail!("residual units: the second layer gave no input or shortcut gradient");
+            };
+            // the input feeds both the first convolution and the shortcut: the kernel adds the
+            // two; the network's data batch needs no gradient
+            let want_dx = (k > 0 || x.track_op()).then_some(Some(ds));
+            let g1 = first.backward(
+                &s.units[k].first,
+                input,
+                &w1,
+                &gamma1,
+                &s.units[k].h,
+                dh,
+                want_dx,
+                false,
+            )?;
+            dparams[k] = vec![g1.params()?, g2.params()?];
+            match (k, g1.dx) {
+                (0, d) => dx = d,
+                (_, Some(d)) => grad = d,
+                (_, None) => candle_core::bail!("residual units: a unit gave no input gradient"),
+            }
+        }
+        let dparams: Vec<Tensor> = dparams.into_iter().flatten().collect();
+        Ok((dx, Some(Tensor::cat(&dparams, 0)?)))
     }
 }
 
@@ -427,7 +514,7 @@ mod tests {
     use candle_core::{Device, Tensor, Var};
 
     use super::super::{batchnorm, conv, residual, Shortcut};
-    use super::{conv_bn_train, unit_train, LayerParams};
+    use super::{conv_bn_train, units_train, LayerParams};
 
     /// Fixed values: a small LCG, so that every run sees the same parameters.
     fn seeded(i: u64, dims: &[usize], scale: f32, offset: f32) -> Tensor {
@@ -534,22 +621,28 @@ mod tests {
         out
     }
 
-    /// y, the gradients of x and of both layers' w, γ and β, and both layers' running
-    /// statistics for loss = Σ y·r, from the unit op or from the two layers' ops.
-    fn run_unit(fused: bool, x: &Var) -> Vec<Vec<f32>> {
+    /// y, the gradients of x and of every layer's w, γ and β, and every layer's running
+    /// statistics for loss = Σ y·r after `units` basic units, from the units op or from the
+    /// layers' ops.
+    fn run_units(fused: bool, x: &Var, units: u64) -> Vec<Vec<f32>> {
         let c = x.dim(1).unwrap();
-        let (l1, l2) = (Vars::new(1, c, c, 3, 1), Vars::new(2, c, c, 3, 1));
+        let layers: Vec<(Vars, Vars)> = (0..units)
+            .map(|u| (Vars::new(2 * u + 1, c, c, 3, 1), Vars::new(2 * u + 2, c, c, 3, 1)))
+            .collect();
         let x = x.as_tensor();
         let y = match fused {
-            true => unit_train(x, &l1.params(), &l2.params())
-                .unwrap()
-                .expect("a unit the op takes"),
-            false => l2.separate(&l1.separate(x, true, None), true, Some(x)),
+            true => {
+                let params: Vec<_> = layers.iter().map(|(l1, l2)| (l1.params(), l2.params())).collect();
+                units_train(x, &params).unwrap().expect("units the op takes")
+            }
+            false => layers.iter().fold(x.clone(), |x, (l1, l2)| {
+                l2.separate(&l1.separate(&x, true, None), true, Some(&x))
+            }),
         };
         let r = seeded(6, y.dims(), 1.0, 0.0);
         let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let mut out = vec![flat(&y), flat(grads.get(x).expect("input gradient"))];
-        for l in [&l1, &l2] {
+        for l in layers.iter().flat_map(|(l1, l2)| [l1, l2]) {
             for v in &l.0[..3] {
                 out.push(flat(grads.get(v.as_tensor()).expect("gradient")));
             }
@@ -560,15 +653,26 @@ mod tests {
     }
 
     #[test]
-    fn one_unit_op_gives_the_layers_values_bit_for_bit() {
+    fn one_units_op_gives_the_layers_values_bit_for_bit() {
         let dev = Device::Cpu;
-        // stride 1 and the shape kept: 3×3 conv → BN → ReLU, 3×3 conv → BN, + x, ReLU
-        for shape in [(2, 8, 8, 8), (3, 5, 7, 9), (1, 16, 4, 4)] {
+        // stride 1 and the shape kept: 3×3 conv → BN → ReLU, 3×3 conv → BN, + x, ReLU; one unit
+        // and a run of three
+        for (shape, units) in [
+            ((2, 8, 8, 8), 1),
+            ((3, 5, 7, 9), 1),
+            ((1, 16, 4, 4), 1),
+            ((2, 8, 8, 8), 3),
+            ((2, 32, 8, 8), 2),
+        ] {
             let x = Var::from_tensor(&Tensor::randn(0.5f32, 1.0, shape, &dev).unwrap()).unwrap();
-            let (a, b) = (run_unit(true, &x), run_unit(false, &x));
-            assert_eq!(a.len(), 12, "y, dx, and per layer dw, dγ, dβ, running mean and var");
+            let (a, b) = (run_units(true, &x, units), run_units(false, &x, units));
+            assert_eq!(
+                a.len(),
+                2 + 10 * units as usize,
+                "y, dx, and per layer dw, dγ, dβ, running mean and var"
+            );
             for (i, (u, v)) in a.iter().zip(&b).enumerate() {
-                assert_eq!(u, v, "{shape:?}: output {i}");
+                assert_eq!(u, v, "{shape:?}, {units} units: output {i}");
             }
             assert!(a[0].contains(&0.0), "the ReLU clipped nothing");
             assert!(a[1].iter().any(|&d| d != 0.0), "no input gradient");
@@ -578,12 +682,15 @@ mod tests {
     #[test]
     fn a_unit_that_changes_the_shape_is_left_to_the_layers() {
         let x = Tensor::randn(0f32, 1.0, (2, 4, 8, 8), &Device::Cpu).unwrap();
-        // stride 2, and 4 → 8 channels: no identity shortcut fits
+        let keeps = (Vars::new(3, 4, 4, 3, 1), Vars::new(4, 4, 4, 3, 1));
+        // stride 2, and 4 → 8 channels: no identity shortcut fits, alone or after a unit that fits
         for (l1, l2) in [
             (Vars::new(1, 4, 4, 3, 2), Vars::new(2, 4, 4, 3, 1)),
             (Vars::new(1, 8, 4, 3, 1), Vars::new(2, 8, 8, 3, 1)),
         ] {
-            assert!(unit_train(&x, &l1.params(), &l2.params()).unwrap().is_none());
+            assert!(units_train(&x, &[(l1.params(), l2.params())]).unwrap().is_none());
+            let run = [(keeps.0.params(), keeps.1.params()), (l1.params(), l2.params())];
+            assert!(units_train(&x, &run).unwrap().is_none());
         }
     }
 

@@ -92,25 +92,32 @@ pub fn conv_bn_add_relu(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, s: &Tensor,
     super::residual(&h, s, super::Shortcut::Identity, true)
 }
 
-/// `relu(bn2(conv2(relu(bn1(conv1(x))))) + x)`: a basic residual unit with an identity
-/// shortcut (two 3×3 conv → BN layers that keep the shape). In training mode it is one op
-/// (see [`super::conv_bn::unit_train`]); otherwise, or where that op does not take the shapes,
-/// [`conv_bn`] then [`conv_bn_add_relu`].
-pub fn basic_unit(
-    first: (&Conv2d, &BatchNorm2d),
-    second: (&Conv2d, &BatchNorm2d),
-    x: &Tensor,
-    train: bool,
-) -> Result<Tensor> {
+/// A basic residual unit's two conv → BN layers.
+pub type BasicUnit<'a> = ((&'a Conv2d, &'a BatchNorm2d), (&'a Conv2d, &'a BatchNorm2d));
+
+/// Basic residual units with identity shortcuts one after the other, each
+/// `x ← relu(bn2(conv2(relu(bn1(conv1(x))))) + x)` (two 3×3 conv → BN layers that keep the
+/// shape). In training mode the whole run is one op (see [`super::conv_bn::units_train`]);
+/// otherwise, or where that op does not take the shapes, [`conv_bn`] then
+/// [`conv_bn_add_relu`] for each unit.
+pub fn basic_units(units: &[BasicUnit], x: &Tensor, train: bool) -> Result<Tensor> {
     if train && !super::reference_ops() {
-        let fused = super::conv_bn::unit_train(x, &params(first.0, first.1), &params(second.0, second.1))?;
-        if let Some(y) = fused {
-            first.0.count(&y)?;
-            return second.0.count(&y);
+        let layers: Vec<_> = units
+            .iter()
+            .map(|(a, b)| (params(a.0, a.1), params(b.0, b.1)))
+            .collect();
+        if let Some(y) = super::conv_bn::units_train(x, &layers)? {
+            for ((c1, _), (c2, _)) in units {
+                c1.count(&y)?;
+                c2.count(&y)?;
+            }
+            return Ok(y);
         }
     }
-    let h = conv_bn(first.0, first.1, x, train, true)?;
-    conv_bn_add_relu(second.0, second.1, &h, x, train)
+    units.iter().try_fold(x.clone(), |x, (first, second)| {
+        let h = conv_bn(first.0, first.1, &x, train, true)?;
+        conv_bn_add_relu(second.0, second.1, &h, &x, train)
+    })
 }
 
 /// A conv → BN layer's tensors as the fused ops take them.

@@ -49,7 +49,8 @@ pub(crate) fn reference_ops() -> bool {
 }
 
 pub use layers::{
-    basic_unit, batch_norm, conv2d, conv_bn, conv_bn_add_relu, global_avg_pool, linear, BatchNorm2d, Conv2d, Linear,
+    basic_units, batch_norm, conv2d, conv_bn, conv_bn_add_relu, global_avg_pool, linear, BasicUnit, BatchNorm2d,
+    Conv2d, Linear,
 };
 pub use params::{is_buffer, ParamStore};
 pub use residual::{residual, residual_slow, Shortcut};
