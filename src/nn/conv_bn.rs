@@ -656,7 +656,7 @@ mod tests {
     fn one_units_op_gives_the_layers_values_bit_for_bit() {
         let dev = Device::Cpu;
         // stride 1 and the shape kept: 3×3 conv → BN → ReLU, 3×3 conv → BN, + x, ReLU; one unit
-        // and a run of three
+        // and runs of three, and of two at 32 channels (convolutions on the Winograd path)
         for (shape, units) in [
             ((2, 8, 8, 8), 1),
             ((3, 5, 7, 9), 1),
