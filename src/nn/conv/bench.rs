@@ -359,7 +359,7 @@ mod tests {
     /// for tuning on a busy host: `cargo test --release --lib conv::bench::tests::tune -- --ignored --nocapture`
     /// (`TUNE=16->16` runs only the shapes whose name contains it). Passes marked (d) run with
     /// the Winograd path switched off; the rate is the direct convolution's FLOPs over the time.
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     #[test]
     #[ignore = "a tuning aid: run it in release mode"]
     fn tune() {

@@ -366,6 +366,7 @@ fn input_gradient_adds_a_tensor_as_it_stores_on_every_path() {
 /// ReLU it applies as it stores: equal up to rounding, and not bit-identical (so the Winograd
 /// path did run). Shapes: several blocks of tile rows, output-channel counts that leave 4,
 /// 3 and 2 channels for the last register tile, non-square planes.
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn winograd_matches_the_direct_kernel() {
     let isa = Isa::Avx2;
