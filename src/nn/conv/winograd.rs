@@ -6,8 +6,8 @@
 //! Aᵀ [Σ_in (G g Gᵀ) ⊙ (Bᵀ d B)] A, with d the 4×4 input patch of each input channel and g its
 //! 3×3 weights (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): 16
 //! multiplications per tile and channel pair where the direct convolution does 36, so 2.25×
-//! fewer FMAs, at the price of the transforms (adds and shuffles, which run on other ports
-//! than the FMAs) and of rounding that differs from the direct sum's by a few ulps.
+//! fewer FMAs, at the price of the transforms (adds and shuffles; on Zen 3 they have pipes of
+//! their own) and of rounding that differs from the direct sum's by a few ulps.
 //!
 //! Per image, on the padded path's zero-bordered copy: the transformed weights U (once per
 //! job) and, block of tile rows by block, the transformed input V, in vectors of 4 tiles × a
