@@ -330,10 +330,10 @@ impl ModuleT for Net {
                 // (N, 16|32|64 (×4), 32|16|8, 32|16|8); basic units with identity shortcuts
                 // that follow one another go to the library together, as one op
                 let run: Vec<_> = units.iter().map_while(Unit::basic_identity).collect();
-                match run.len() {
-                    0 => h = unit.forward_t(&h, train)?,
-                    _ => h = nn::basic_units(&run, &h, train)?,
-                }
+                h = match run.is_empty() {
+                    true => unit.forward_t(&h, train)?,
+                    false => nn::basic_units(&run, &h, train)?,
+                };
                 units = &units[run.len().max(1)..];
             }
         }

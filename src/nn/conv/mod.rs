@@ -25,8 +25,8 @@
 //! the thread count.
 //!
 //! The work is split over images (and output-channel tiles) with rayon, finely enough that a
-//! thread the host slows down hands work to the others. Kernels exist for AVX-512 (F + VL), AVX2 + FMA and plain Rust, picked at run time;
-//! the tests force each one the machine has. Layout: activations (N, C, H, W) and weights
+//! thread the host slows down hands work to the others. Kernels exist for AVX-512 (F + VL),
+//! AVX2 + FMA and plain Rust, picked at run time; the tests force each one the machine has. Layout: activations (N, C, H, W) and weights
 //! (out, in, k, k) as PyTorch has them; weights are repacked per call (tiny), stride-2 inputs
 //! are split into phase planes per call (one pass over x).
 
@@ -332,24 +332,20 @@ impl Masks {
         Masks { nv, shift, bits }
     }
 
-    /// Masks whose grid aligns the vectors of planes starting at `p` every `stride` floats (no
-    /// shift when the planes' alignments differ).
-    fn aligned_to(ho: usize, wo: usize, p: *const f32, stride: usize) -> Masks {
-        let shift = if stride.is_multiple_of(16) { misalignment(p) } else { 0 };
-        Masks::new(ho, wo, shift)
-    }
-
-    /// [`Masks::aligned_to`], or none for a job on zero-bordered copies (see [`padded`]), whose
-    /// kernel reads none (they took ~0.2% of a training step to make, on one thread).
+    /// The masks a job's kernel reads: none on zero-bordered copies (see [`padded`]; making
+    /// them anyway took ~0.2% of a training step, on one thread), else masks whose grid aligns
+    /// the vectors of planes starting at `p` every `stride` floats (no shift when the planes'
+    /// alignments differ).
     fn for_job(padded: bool, ho: usize, wo: usize, p: *const f32, stride: usize) -> Masks {
-        match padded {
-            true => Masks {
+        if padded {
+            return Masks {
                 nv: 0,
                 shift: 0,
                 bits: Vec::new(),
-            },
-            false => Masks::aligned_to(ho, wo, p, stride),
+            };
         }
+        let shift = if stride.is_multiple_of(16) { misalignment(p) } else { 0 };
+        Masks::new(ho, wo, shift)
     }
 
     #[inline(always)]
