@@ -381,7 +381,7 @@ mod tests {
                 let op = ConvOp { g, isa };
                 let flop = 2.0 * (batch * c.cout * c.cin * c.k * c.k * g.hw()) as f64;
                 let mut line = format!("{:<18}", c.name);
-                for (pass, direct) in [(0, false), (0, true), (1, false), (1, true), (2, false)] {
+                for (pass, direct) in [(0, false), (0, true), (1, false), (1, true), (2, false), (2, true)] {
                     let run = || match pass {
                         0 => conv2d(&x, &w, c.stride, c.k / 2).unwrap(),
                         1 => dy.apply_op2_no_bwd(&w, &InputGradOp(op)).unwrap(),

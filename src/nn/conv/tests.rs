@@ -148,24 +148,25 @@ fn weight_gradient_is_bit_identical_across_runs() {
 #[test]
 fn weight_gradient_does_not_depend_on_the_thread_count() {
     let dev = Device::Cpu;
-    // 40 images of 6×6 planes: three runs of partial sums (see `dw_images`)
-    let (n, hw) = (40, 36);
-    assert!(n > 2 * dw_images(hw));
-    let x = Tensor::randn(0f32, 1., (n, 16, 12, 12), &dev).unwrap();
-    let dy = Tensor::randn(0f32, 1., (n, 32, 6, 6), &dev).unwrap();
-    for isa in isas() {
-        let op = ConvOp {
-            g: Geom::new(n, 16, 32, 12, 12, 3, 2),
-            isa,
-        };
-        let dw: Vec<Vec<u32>> = [1, 3]
-            .map(|t| {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
-                let dw = pool.install(|| x.apply_op2_no_bwd(&dy, &WeightGradOp(op)).unwrap());
-                values(&dw).iter().map(|v| v.to_bits()).collect()
-            })
-            .into();
-        assert_eq!(dw[0], dw[1], "{isa:?}");
+    // 40 images of 6×6 or 8×8 output planes: three runs of partial sums (see `dw_images`); the
+    // stride-1 case takes the AVX2 path's Winograd weight gradient
+    let n = 40;
+    for (h, stride) in [(12, 2), (8, 1)] {
+        let g = Geom::new(n, 16, 32, h, h, 3, stride);
+        assert!(n > 2 * dw_images(g.hw()));
+        let x = Tensor::randn(0f32, 1., (n, 16, h, h), &dev).unwrap();
+        let dy = Tensor::randn(0f32, 1., (n, 32, g.ho, g.wo), &dev).unwrap();
+        for isa in isas() {
+            let op = ConvOp { g, isa };
+            let dw: Vec<Vec<u32>> = [1, 3]
+                .map(|t| {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+                    let dw = pool.install(|| x.apply_op2_no_bwd(&dy, &WeightGradOp(op)).unwrap());
+                    values(&dw).iter().map(|v| v.to_bits()).collect()
+                })
+                .into();
+            assert_eq!(dw[0], dw[1], "{isa:?} stride {stride}");
+        }
     }
 }
 
@@ -361,11 +362,13 @@ fn input_gradient_adds_a_tensor_as_it_stores_on_every_path() {
     }
 }
 
-/// The AVX2 path's Winograd F(2×2, 3×3) convolution (3×3 stride-1 forward passes and input
-/// gradients with enough channels) against the direct kernel, with the bias, added values and
-/// ReLU it applies as it stores: equal up to rounding, and not bit-identical (so the Winograd
-/// path did run). Shapes: several blocks of tile rows, output-channel counts that leave 4,
-/// 3 and 2 channels for the last register tile, non-square planes.
+/// The AVX2 path's Winograd F(2×2, 3×3) convolution (3×3 stride-1 forward passes, input and
+/// weight gradients with enough channels) against the direct kernels, with the bias, added
+/// values and ReLU it applies as it stores: equal up to rounding, and not bit-identical (so
+/// the Winograd path did run). Shapes: several blocks of tile rows, output-channel counts that
+/// leave 4, 3 and 2 channels for the last register tile, non-square planes; for the weight
+/// gradient also channel counts that leave partial register tiles of both kinds, and batches
+/// of several runs of images and several blocks per run.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn winograd_matches_the_direct_kernel() {
@@ -379,6 +382,8 @@ fn winograd_matches_the_direct_kernel() {
         ((1, 24, 16, 24), 40),
         ((2, 64, 8, 16), 9),
         ((1, 20, 12, 8), 26),
+        ((20, 32, 8, 8), 33),
+        ((6, 64, 16, 16), 64),
     ] {
         let (n, cin, h, w) = x_shape;
         let g = Geom::new(n, cin, cout, h, w, 3, 1);
@@ -399,5 +404,9 @@ fn winograd_matches_the_direct_kernel() {
             assert_close(&format!("dx {case} add {}", add.is_some()), &got, &want);
             assert_ne!(got, want, "dx {case}: the direct kernel ran");
         }
+        let run = || weight_grad(&g, isa, &x, &dy);
+        let (got, want) = (run(), winograd::direct(run));
+        assert_close(&format!("dw {case}"), &got, &want);
+        assert_ne!(got, want, "dw {case}: the direct kernel ran");
     }
 }

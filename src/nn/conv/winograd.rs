@@ -29,7 +29,9 @@ use std::cell::{Cell, RefCell};
 
 use rayon::prelude::*;
 
-use super::{Job, PAD_OT};
+use std::ops::Range;
+
+use super::{add_in_order, dw_images, pad_image, with_padded_copy, Geom, Job, PAD_OT};
 
 /// Output channels per register tile (the padded kernel's, so its packed weights unpack the
 /// same way).
@@ -187,6 +189,70 @@ fn transform_weights(g: &[[f32; 3]; 3]) -> [[f32; 4]; 4] {
     std::array::from_fn(|r| gv([cols[0][r], cols[1][r], cols[2][r]]))
 }
 
+/// Where transformed values go: value (position pair pp, channel c, tile t, position of the
+/// pair) at `v[pp·pos + c·stride + 2t + position]`.
+struct Transformed {
+    v: *mut f32,
+    pos: usize,
+    stride: usize,
+}
+
+impl Transformed {
+    /// The first value of position pair `pp`, channel `c`, tile `t`.
+    unsafe fn at(&self, pp: usize, c: usize, t: usize) -> *mut f32 {
+        self.v.add(pp * self.pos + c * self.stride + 2 * t)
+    }
+}
+
+/// V = Bᵀ d B for every input channel of one image (`nin` blocks of `pch` floats of its
+/// zero-bordered copy `xp`, rows of wo + 2) and every group of 4 tiles `groups` yields (first
+/// tile, its (tile row, tile column)): one row of the 4 patches is 10 consecutive padded
+/// values c₀..c₉ (tile k reads c₂ₖ..c₂ₖ₊₃), and the three vectors c₀..₇, c₁..₈, c₂..₉ give
+/// Bᵀ's four row values of all four tiles in two vectors, each tile's pair in its two lanes:
+/// (c₀..₇ − c₂..₉) = (d₀ − d₂, d₁ − d₃), and addsub of the even-lane duplicates of c₂..₉ and
+/// c₁..₈ = (d₂ − d₁, d₂ + d₁). The products keep that lane order (positions in pairs
+/// (·, 0 | 3) and (·, 2 | 1)), so no value is shuffled into place.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transform_input<G: Iterator<Item = (usize, (usize, usize))>>(
+    xp: *const f32,
+    (nin, pch, wo): (usize, usize, usize),
+    groups: impl Fn() -> G,
+    to: &Transformed,
+) {
+    let wpd = wo + 2;
+    for ci in 0..nin {
+        let xc = xp.add(ci * pch);
+        for (t, (ty, tx)) in groups() {
+            let mut r03 = [_mm256_setzero_ps(); 4];
+            let mut r21 = [_mm256_setzero_ps(); 4];
+            for k in 0..4 {
+                let row = xc.add((2 * ty + k) * wpd + 2 * tx);
+                let (a, c, b) = (
+                    _mm256_loadu_ps(row),
+                    _mm256_loadu_ps(row.add(1)),
+                    _mm256_loadu_ps(row.add(2)),
+                );
+                r03[k] = _mm256_sub_ps(a, b);
+                r21[k] = _mm256_addsub_ps(_mm256_moveldup_ps(b), _mm256_moveldup_ps(c));
+            }
+            // Bᵀ down the columns: rows d₀ − d₂, d₁ + d₂, d₂ − d₁, d₁ − d₃
+            let down = |r: [__m256; 4]| {
+                [
+                    _mm256_sub_ps(r[0], r[2]),
+                    _mm256_add_ps(r[1], r[2]),
+                    _mm256_sub_ps(r[2], r[1]),
+                    _mm256_sub_ps(r[1], r[3]),
+                ]
+            };
+            let (w03, w21) = (down(r03), down(r21));
+            for i in 0..4 {
+                _mm256_storeu_ps(to.at(2 * i, ci, t), w03[i]);
+                _mm256_storeu_ps(to.at(2 * i + 1, ci, t), w21[i]);
+            }
+        }
+    }
+}
+
 /// One block of tile rows of one image.
 struct Block<'a> {
     plan: &'a Plan,
@@ -210,48 +276,15 @@ impl Block<'_> {
         (0..self.tiles / ntx).flat_map(move |r| (0..ntx).step_by(4).map(move |tx| (r * ntx + tx, (self.ty0 + r, tx))))
     }
 
-    /// V = Bᵀ d B for every tile and input channel, 4 tiles at a time: one row of the 4
-    /// patches is 10 consecutive padded values c₀..c₉ (tile k reads c₂ₖ..c₂ₖ₊₃), and the three
-    /// vectors c₀..₇, c₁..₈, c₂..₉ give Bᵀ's four row values of all four tiles in two
-    /// vectors, each tile's pair in its two lanes: (c₀..₇ − c₂..₉) = (d₀ − d₂, d₁ − d₃), and
-    /// addsub of the even-lane duplicates of c₂..₉ and c₁..₈ = (d₂ − d₁, d₂ + d₁). The
-    /// products keep that lane order (positions in pairs (·, 0 | 3) and (·, 2 | 1)), so no
-    /// value is shuffled into place.
+    /// V for the block's tiles (see [`transform_input`]).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn transform_input(&self, xp: *const f32, pch: usize) {
-        let (nin, wpd) = (self.plan.nin, self.job.wo + 2);
-        for ci in 0..nin {
-            let xc = xp.add(ci * pch);
-            for (t, (ty, tx)) in self.groups() {
-                let mut r03 = [_mm256_setzero_ps(); 4];
-                let mut r21 = [_mm256_setzero_ps(); 4];
-                for k in 0..4 {
-                    let row = xc.add((2 * ty + k) * wpd + 2 * tx);
-                    let (a, c, b) = (
-                        _mm256_loadu_ps(row),
-                        _mm256_loadu_ps(row.add(1)),
-                        _mm256_loadu_ps(row.add(2)),
-                    );
-                    r03[k] = _mm256_sub_ps(a, b);
-                    r21[k] = _mm256_addsub_ps(_mm256_moveldup_ps(b), _mm256_moveldup_ps(c));
-                }
-                // Bᵀ down the columns: rows d₀ − d₂, d₁ + d₂, d₂ − d₁, d₁ − d₃
-                let down = |r: [__m256; 4]| {
-                    [
-                        _mm256_sub_ps(r[0], r[2]),
-                        _mm256_add_ps(r[1], r[2]),
-                        _mm256_sub_ps(r[2], r[1]),
-                        _mm256_sub_ps(r[1], r[3]),
-                    ]
-                };
-                let (w03, w21) = (down(r03), down(r21));
-                for i in 0..4 {
-                    let at = |pair: usize| self.v.add((2 * i + pair) * self.pos + ci * self.stride + 2 * t);
-                    _mm256_storeu_ps(at(0), w03[i]);
-                    _mm256_storeu_ps(at(1), w21[i]);
-                }
-            }
-        }
+        let to = Transformed {
+            v: self.v,
+            pos: self.pos,
+            stride: self.stride,
+        };
+        transform_input(xp, (self.plan.nin, pch, self.job.wo), || self.groups(), &to);
     }
 
     /// Every output tile of 6 channels × 8 tiles (fewer channels at the end).
@@ -329,6 +362,239 @@ impl Block<'_> {
                     }
                     _mm256_storeu_ps(self.out.add(o), val);
                 }
+            }
+        }
+    }
+}
+
+/// The fewest input × output channel pairs for which the weight gradient takes this path.
+const MIN_DW_CHANNEL_PAIRS: usize = 256;
+
+/// Blocks of images hold at least this many tiles where [`DW_BLOCK_FLOATS`] allows: each sum
+/// of the products is reduced across its lanes and added to dU once per block (~10
+/// operations), after a quarter as many FMAs as the block has tiles.
+const DW_BLOCK_TILES: usize = 256;
+
+/// The most floats of transformed values (V and E together) in a block of images: one
+/// position pair's share, which the products read again for every group of output channels,
+/// stays in L2 (blocks of 4 images of 16 → 16 channels at 32×32, 2 MiB, ran slower than
+/// blocks of 2).
+const DW_BLOCK_FLOATS: usize = 1 << 19;
+
+/// The weight gradient of a 3×3 stride-1 convolution with padding 1 on the AVX2 path, or None
+/// where `g` is not one (or its planes do not tile as [`Plan::new`] requires, or it has too
+/// few channel pairs, or Winograd is switched off), as dW[o][i][ky][kx].
+///
+/// With M = U ⊙ V per tile and Y = Aᵀ M A, the loss's gradient is dM = A dY Aᵀ (E below), so
+/// dU = Σ_tiles E ⊙ V and dW = Gᵀ dU G: the same input transform as the forward pass, and per
+/// position a product of the output channels' E with the input channels' V over all tiles of
+/// the batch: 16 multiplications per tile and channel pair where the direct weight gradient
+/// does 36. The products vectorise over tiles (8 lanes: 4 tiles × a position pair, the
+/// forward pass's lane order), so a register tile is 4 output × 3 input channels with 7 loads
+/// per 12 FMAs; lanes are summed once per block of images.
+///
+/// Runs of [`super::dw_images`] images are summed in parallel and added in run order, as the
+/// direct weight gradient's are, so the result does not depend on the thread count.
+pub(super) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
+    let tiles_whole = g.ho.is_multiple_of(2) && g.wo.is_multiple_of(8);
+    if OFF.get() || g.k != 3 || g.stride != 1 || !tiles_whole || g.cin * g.cout < MIN_DW_CHANNEL_PAIRS {
+        return None;
+    }
+    let per = dw_images(g.hw());
+    let partials: Vec<Vec<f32>> = (0..g.n.div_ceil(per))
+        .into_par_iter()
+        // SAFETY: the op checked that x and dy hold every image; the caller picked the AVX2
+        // path, which the CPU supports
+        .map(|c| unsafe { dw_run(g, x, dy, c * per..((c + 1) * per).min(g.n)) })
+        .collect();
+    let (nin, nout) = (g.cin, g.cout);
+    let du = add_in_order(&partials, 16 * nout * nin);
+    // dW = Gᵀ dU G for every channel pair, once for the batch (it is linear)
+    let mut dw = vec![0f32; nout * nin * 9];
+    dw.par_chunks_mut(nin * 9).enumerate().for_each(|(o, row)| {
+        for (i, out) in row.chunks_exact_mut(9).enumerate() {
+            let u: [[f32; 4]; 4] =
+                std::array::from_fn(|r| std::array::from_fn(|c| du[((4 * r + c) * nout + o) * nin + i]));
+            // Gᵀ on a column of 4: (u₀ + ½(u₁ + u₂), ½(u₁ − u₂), ½(u₁ + u₂) + u₃)
+            let gt = |a: [f32; 4]| {
+                [
+                    a[0] + 0.5 * (a[1] + a[2]),
+                    0.5 * (a[1] - a[2]),
+                    0.5 * (a[1] + a[2]) + a[3],
+                ]
+            };
+            let cols: [[f32; 3]; 4] = std::array::from_fn(|c| gt([u[0][c], u[1][c], u[2][c], u[3][c]]));
+            for ky in 0..3 {
+                let row = gt([cols[0][ky], cols[1][ky], cols[2][ky], cols[3][ky]]);
+                out[3 * ky..3 * ky + 3].copy_from_slice(&row);
+            }
+        }
+    });
+    Some(dw)
+}
+
+thread_local! {
+    /// This thread's transformed block of images for the weight gradient (V, then E).
+    static DW_BLOCK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// dU of images `imgs` as [position][o][i].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dw_run(g: &Geom, x: &[f32], dy: &[f32], imgs: Range<usize>) -> Vec<f32> {
+    let (nin, nout) = (g.cin, g.cout);
+    let (ntx, nty) = (g.wo / 2, g.ho / 2);
+    let tiles = ntx * nty;
+    let per_block = DW_BLOCK_TILES
+        .div_ceil(tiles)
+        .min(DW_BLOCK_FLOATS / (16 * (nin + nout) * tiles))
+        .max(1);
+    // dU as [position][o][i]
+    let mut du = vec![0f32; 16 * nout * nin];
+    let pch = (g.h + 2) * (g.w + 2);
+    with_padded_copy((nin, 1, g.h, g.w), |xp| {
+        DW_BLOCK.with_borrow_mut(|buf| {
+            for first in imgs.clone().step_by(per_block) {
+                let count = per_block.min(imgs.end - first);
+                // each channel's row: the block's tiles, 2 positions each
+                let stride = 2 * count * tiles;
+                let pos = |ch: usize| (ch * stride).next_multiple_of(16) + 16;
+                let (pv, pe) = (pos(nin), pos(nout));
+                if buf.len() < 8 * (pv + pe) {
+                    buf.resize(8 * (pv + pe), 0.0);
+                }
+                let v = Transformed {
+                    v: buf.as_mut_ptr(),
+                    pos: pv,
+                    stride,
+                };
+                let e = Transformed {
+                    v: buf.as_mut_ptr().add(8 * pv),
+                    pos: pe,
+                    stride,
+                };
+                for k in 0..count {
+                    let img = first + k;
+                    let groups = || {
+                        (0..nty).flat_map(move |ty| {
+                            (0..ntx).step_by(4).map(move |tx| (k * tiles + ty * ntx + tx, (ty, tx)))
+                        })
+                    };
+                    pad_image(&x[img * nin * g.h * g.w..][..nin * g.h * g.w], g, xp);
+                    transform_input(xp.as_ptr(), (nin, pch, g.wo), groups, &v);
+                    transform_dy(dy[img * nout * g.hw()..].as_ptr(), (nout, g.hw(), g.wo), groups, &e);
+                }
+                dw_products(&v, &e, (nin, nout), stride / 8, &mut du);
+            }
+        })
+    });
+    du
+}
+
+/// E = A dY Aᵀ for every output channel of one image (`nout` planes of `hw` values of dy, rows
+/// of `wo`) and
+/// every group of 4 tiles, in the input transform's lane order: a row of the 4 tiles is
+/// 8 values (a, b) per tile, Aᵀ along it gives positions (a, −b) for the pair (·, 0 | 3) and
+/// (a − b, a + b) for (·, 2 | 1), and down the two rows r₀, r₁: r₀, r₀ + r₁, r₀ − r₁, −r₁.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transform_dy<G: Iterator<Item = (usize, (usize, usize))>>(
+    dy: *const f32,
+    (nout, hw, wo): (usize, usize, usize),
+    groups: impl Fn() -> G,
+    to: &Transformed,
+) {
+    let odd = _mm256_castsi256_ps(_mm256_set1_epi64x(i64::MIN)); // the sign of odd lanes
+    let all = _mm256_set1_ps(-0.0);
+    for o in 0..nout {
+        let plane = dy.add(o * hw);
+        for (t, (ty, tx)) in groups() {
+            let cols = |r: usize| {
+                let v = _mm256_loadu_ps(plane.add((2 * ty + r) * wo + 2 * tx));
+                [
+                    _mm256_xor_ps(v, odd),
+                    _mm256_addsub_ps(_mm256_moveldup_ps(v), _mm256_movehdup_ps(v)),
+                ]
+            };
+            let (r0, r1) = (cols(0), cols(1));
+            for pair in 0..2 {
+                let rows = [
+                    r0[pair],
+                    _mm256_add_ps(r0[pair], r1[pair]),
+                    _mm256_sub_ps(r0[pair], r1[pair]),
+                    _mm256_xor_ps(r1[pair], all),
+                ];
+                for (i, row) in rows.into_iter().enumerate() {
+                    _mm256_storeu_ps(to.at(2 * i + pair, o, t), row);
+                }
+            }
+        }
+    }
+}
+
+/// dU += Σ_tiles E ⊙ V for one block: per position pair, register tiles of 4 output × 3
+/// input channels over the block's `vectors` vectors of 4 tiles, whose even and odd lanes
+/// are then summed into the pair's two positions.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dw_products(v: &Transformed, e: &Transformed, (nin, nout): (usize, usize), vectors: usize, du: &mut [f32]) {
+    for pp in 0..8 {
+        let (r, pair) = (pp / 2, pp % 2);
+        // the pair's positions (row r; columns 0 | 3 or 2 | 1)
+        let at = [4 * r + [0, 2][pair], 4 * r + [3, 1][pair]];
+        for o0 in (0..nout).step_by(4) {
+            for i0 in (0..nin).step_by(3) {
+                let tile = (o0, i0, pp);
+                match ((nout - o0).min(4), (nin - i0).min(3)) {
+                    (4, 3) => dw_tile::<4, 3>(v, e, tile, vectors, (at, nin, nout), du),
+                    (4, 2) => dw_tile::<4, 2>(v, e, tile, vectors, (at, nin, nout), du),
+                    (4, _) => dw_tile::<4, 1>(v, e, tile, vectors, (at, nin, nout), du),
+                    (no, ni) => {
+                        for o in o0..o0 + no {
+                            for i in i0..i0 + ni {
+                                dw_tile::<1, 1>(v, e, (o, i, pp), vectors, (at, nin, nout), du);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One register tile of [`dw_products`]: output channels o0.., input channels i0.., position
+/// pair pp, added to dU at positions `at`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dw_tile<const O: usize, const I: usize>(
+    v: &Transformed,
+    e: &Transformed,
+    (o0, i0, pp): (usize, usize, usize),
+    vectors: usize,
+    (at, nin, nout): ([usize; 2], usize, usize),
+    du: &mut [f32],
+) {
+    let mut acc = [[_mm256_setzero_ps(); I]; O];
+    let ep: [*const f32; O] = std::array::from_fn(|o| e.at(pp, o0 + o, 0).cast_const());
+    let vp: [*const f32; I] = std::array::from_fn(|i| v.at(pp, i0 + i, 0).cast_const());
+    for j in 0..vectors {
+        // I values of V held, one E value at a time: with 12 sums that is all 16 registers
+        // (holding the 4 E values instead spilled a sum to the stack)
+        let xv: [__m256; I] = std::array::from_fn(|i| _mm256_loadu_ps(vp[i].add(8 * j)));
+        for o in 0..O {
+            let ev = _mm256_loadu_ps(ep[o].add(8 * j));
+            for i in 0..I {
+                acc[o][i] = _mm256_fmadd_ps(ev, xv[i], acc[o][i]);
+            }
+        }
+    }
+    for o in 0..O {
+        for i in 0..I {
+            // lanes (even, odd) of 4 tiles → the two positions' sums
+            let a = acc[o][i];
+            let s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let mut two = [0f32; 4];
+            _mm_storeu_ps(two.as_mut_ptr(), s);
+            for (q, &p) in at.iter().enumerate() {
+                du[(p * nout + o0 + o) * nin + i0 + i] += two[q];
             }
         }
     }
