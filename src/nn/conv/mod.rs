@@ -18,11 +18,11 @@
 //! would take registers the accumulators need, planes whose rows are whole 8-pixel vectors
 //! (every CIFAR shape) are instead read from a zero-bordered per-image copy with no masks at
 //! all (`avx2::fwd_padded`); 3×3 stride-1 jobs with enough channels run there as Winograd's
-//! F(2×2, 3×3), 2.25× fewer FMAs (`winograd`). The SIMD weight gradients vectorise over
-//! output channels instead, on a pixel-major copy of dy and a zero-bordered copy of x
-//! (`avx512::dw_chunk`, `avx2::dw_chunk`). Either way runs of a fixed number of images are
-//! summed in parallel and their partial sums added in run order, so results do not depend on
-//! the thread count.
+//! F(2×2, 3×3), 2.25× fewer FMAs (`winograd`), and so does their weight gradient. The other
+//! SIMD weight gradients vectorise over output channels instead, on a pixel-major copy of dy
+//! and a zero-bordered copy of x (`avx512::dw_chunk`, `avx2::dw_chunk`). Either way runs of a
+//! fixed number of images are summed in parallel and their partial sums added in run order,
+//! so results do not depend on the thread count.
 //!
 //! The work is split over images (and output-channel tiles) with rayon, finely enough that a
 //! thread the host slows down hands work to the others. Kernels exist for AVX-512 (F + VL),

@@ -1,6 +1,7 @@
 //! Winograd's F(2×2, 3×3) for the AVX2 padded path's 3×3 stride-1 jobs: the forward pass,
 //! the input gradient (the same convolution on dy with flipped, transposed weights) and the
-//! inference convolution with its bias, shortcut and ReLU.
+//! inference convolution with its bias, shortcut and ReLU; and for the weight gradient of the
+//! same convolutions ([`weight_grad`]).
 //!
 //! Each 2×2 block of output pixels (a *tile*) of one channel is
 //! Aᵀ [Σ_in (G g Gᵀ) ⊙ (Bᵀ d B)] A, with d the 4×4 input patch of each input channel and g its
@@ -19,7 +20,10 @@
 //! Measured with the single-thread tuning aid (batch 32, CPU time, this 2-core AMD EPYC), as
 //! the direct kernel's FLOPs over the time: 32 → 32 channels at 16×16 ran 1.2–1.35× and
 //! 64 → 64 at 8×8 1.35–1.45× faster than the direct kernel; 16 → 16 at 32×32 0.9–1.0×, so
-//! it is left to the direct kernel ([`MIN_CHANNEL_PAIRS`]).
+//! it is left to the direct kernel ([`MIN_CHANNEL_PAIRS`]). The weight gradient ran 1.5–3×
+//! faster than the direct one at all three sizes in the same aid; in `runner bench --op conv`
+//! (batch 128, 2 threads, 3 alternating runs) 1.3–1.8× at 32 and 64 channels and 1.0–1.1× at
+//! 16, so it starts at 16 → 16 ([`MIN_DW_CHANNEL_PAIRS`]).
 
 // Transform loops index several arrays with the same constant bounds.
 #![allow(clippy::needless_range_loop)]
@@ -367,7 +371,9 @@ impl Block<'_> {
     }
 }
 
-/// The fewest input × output channel pairs for which the weight gradient takes this path.
+/// The fewest input × output channel pairs for which the weight gradient takes this path: it
+/// has no output transform, and its products reduce over tiles rather than channels, so at
+/// 16 → 16 channels it still ran 1.5× the direct weight gradient's rate (single thread).
 const MIN_DW_CHANNEL_PAIRS: usize = 256;
 
 /// Blocks of images hold at least this many tiles where [`DW_BLOCK_FLOATS`] allows: each sum
