@@ -30,10 +30,9 @@
 
 use std::arch::x86_64::*;
 use std::cell::{Cell, RefCell};
+use std::ops::Range;
 
 use rayon::prelude::*;
-
-use std::ops::Range;
 
 use super::{add_in_order, dw_images, pad_image, with_padded_copy, Geom, Job, PAD_OT};
 
@@ -497,10 +496,10 @@ unsafe fn dw_run(g: &Geom, x: &[f32], dy: &[f32], imgs: Range<usize>) -> Vec<f32
 }
 
 /// E = A dY Aᵀ for every output channel of one image (`nout` planes of `hw` values of dy, rows
-/// of `wo`) and
-/// every group of 4 tiles, in the input transform's lane order: a row of the 4 tiles is
-/// 8 values (a, b) per tile, Aᵀ along it gives positions (a, −b) for the pair (·, 0 | 3) and
-/// (a − b, a + b) for (·, 2 | 1), and down the two rows r₀, r₁: r₀, r₀ + r₁, r₀ − r₁, −r₁.
+/// of `wo`) and every group of 4 tiles, in the input transform's lane order: a row of the 4
+/// tiles is 8 values (a, b) per tile, Aᵀ along it gives positions (a, −b) for the pair
+/// (·, 0 | 3) and (a − b, a + b) for (·, 2 | 1), and down the two rows r₀, r₁: r₀, r₀ + r₁,
+/// r₀ − r₁, −r₁.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn transform_dy<G: Iterator<Item = (usize, (usize, usize))>>(
     dy: *const f32,
