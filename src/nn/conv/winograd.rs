@@ -54,7 +54,8 @@ const MIN_CHANNEL_PAIRS: usize = 512;
 thread_local! {
     /// Set by [`direct`]: jobs planned on this thread use the direct kernel.
     static OFF: Cell<bool> = const { Cell::new(false) };
-    /// This thread's transformed-input block.
+    /// This thread's transformed values: a block of one image's input (the forward passes),
+    /// or of a block of images' input and dy (the weight gradient).
     static V: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -86,7 +87,7 @@ impl Plan {
     /// The plan for `job`, or None where it is not a padded 3×3 stride-1 job on planes with
     /// even rows and whole 8-pixel rows (every CIFAR ResNet's), or Winograd is switched off.
     pub(super) fn new(job: &Job) -> Option<Plan> {
-        if OFF.get() || !job.padded || job.taps.len() != 9 || !job.ho.is_multiple_of(2) || !job.wo.is_multiple_of(8) {
+        if OFF.get() || !job.padded || job.taps.len() != 9 || !tiles_whole(job.ho, job.wo) {
             return None;
         }
         if job.nin * job.nout < MIN_CHANNEL_PAIRS {
@@ -155,10 +156,7 @@ impl Plan {
     pub(super) unsafe fn image(&self, job: &Job, xp: &[f32], pch: usize, (out, add): (*mut f32, Option<*const f32>)) {
         debug_assert!(xp.len() >= self.nin * pch);
         let stride = 2 * self.rows * self.ntx;
-        // position pairs a cache line more than a power of two apart: 4 KiB apart (as 64
-        // channels × 8 tiles are), the transform's 8 stores per tile group would all fall in
-        // one L1 set (with 16 positions 4 KiB apart it ran ~3× as long as the products)
-        let pos = (self.nin * stride).next_multiple_of(16) + 16;
+        let pos = Transformed::pair_floats(self.nin, stride);
         V.with_borrow_mut(|v| {
             if v.len() < 8 * pos {
                 v.resize(8 * pos, 0.0);
@@ -169,9 +167,11 @@ impl Plan {
                 let b = Block {
                     plan: self,
                     job,
-                    v: v.as_mut_ptr(),
-                    pos,
-                    stride,
+                    v: Transformed {
+                        v: v.as_mut_ptr(),
+                        pos,
+                        stride,
+                    },
                     ty0,
                     tiles,
                     out,
@@ -201,10 +201,34 @@ struct Transformed {
 }
 
 impl Transformed {
+    /// Floats between position pairs for `channels` rows of `stride` floats: a cache line
+    /// more than a multiple of 16. At 4 KiB apart (as 64 channels × 8 tiles are) a
+    /// transform's 8 stores per tile group would all fall in one L1 set (with 16 positions
+    /// 4 KiB apart the forward transform ran ~3× as long as the products).
+    fn pair_floats(channels: usize, stride: usize) -> usize {
+        (channels * stride).next_multiple_of(16) + 16
+    }
+
     /// The first value of position pair `pp`, channel `c`, tile `t`.
     unsafe fn at(&self, pp: usize, c: usize, t: usize) -> *mut f32 {
         self.v.add(pp * self.pos + c * self.stride + 2 * t)
     }
+}
+
+/// Whether output planes of `ho` × `wo` pixels split into 2×2 tiles, 4 tiles to a vector.
+fn tiles_whole(ho: usize, wo: usize) -> bool {
+    ho.is_multiple_of(2) && wo.is_multiple_of(8)
+}
+
+/// The groups of 4 tiles of tile rows `rows` (`ntx` tiles each): (tile index, counted from
+/// `first` at the first row, and (tile row, tile column)).
+fn tile_groups(ntx: usize, rows: Range<usize>, first: usize) -> impl Iterator<Item = (usize, (usize, usize))> + Clone {
+    let ty0 = rows.start;
+    rows.flat_map(move |ty| {
+        (0..ntx)
+            .step_by(4)
+            .map(move |tx| (first + (ty - ty0) * ntx + tx, (ty, tx)))
+    })
 }
 
 /// V = Bᵀ d B for every input channel of one image (`nin` blocks of `pch` floats of its
@@ -216,16 +240,16 @@ impl Transformed {
 /// c₁..₈ = (d₂ − d₁, d₂ + d₁). The products keep that lane order (positions in pairs
 /// (·, 0 | 3) and (·, 2 | 1)), so no value is shuffled into place.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn transform_input<G: Iterator<Item = (usize, (usize, usize))>>(
+unsafe fn transform_input(
     xp: *const f32,
     (nin, pch, wo): (usize, usize, usize),
-    groups: impl Fn() -> G,
+    groups: impl Iterator<Item = (usize, (usize, usize))> + Clone,
     to: &Transformed,
 ) {
     let wpd = wo + 2;
     for ci in 0..nin {
         let xc = xp.add(ci * pch);
-        for (t, (ty, tx)) in groups() {
+        for (t, (ty, tx)) in groups.clone() {
             let mut r03 = [_mm256_setzero_ps(); 4];
             let mut r21 = [_mm256_setzero_ps(); 4];
             for k in 0..4 {
@@ -260,11 +284,8 @@ unsafe fn transform_input<G: Iterator<Item = (usize, (usize, usize))>>(
 struct Block<'a> {
     plan: &'a Plan,
     job: &'a Job<'a>,
-    /// The transformed input: [position pair][input channel][tile][2 positions].
-    v: *mut f32,
-    /// Floats between position pairs and between input channels of `v`.
-    pos: usize,
-    stride: usize,
+    /// The transformed input.
+    v: Transformed,
     /// The block's first tile row and its tile count (a multiple of 8).
     ty0: usize,
     tiles: usize,
@@ -273,21 +294,12 @@ struct Block<'a> {
 }
 
 impl Block<'_> {
-    /// The block's groups of 4 tiles: (first tile, its (tile row, tile column)).
-    fn groups(&self) -> impl Iterator<Item = (usize, (usize, usize))> + '_ {
-        let ntx = self.plan.ntx;
-        (0..self.tiles / ntx).flat_map(move |r| (0..ntx).step_by(4).map(move |tx| (r * ntx + tx, (self.ty0 + r, tx))))
-    }
-
     /// V for the block's tiles (see [`transform_input`]).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn transform_input(&self, xp: *const f32, pch: usize) {
-        let to = Transformed {
-            v: self.v,
-            pos: self.pos,
-            stride: self.stride,
-        };
-        transform_input(xp, (self.plan.nin, pch, self.job.wo), || self.groups(), &to);
+        let ntx = self.plan.ntx;
+        let groups = tile_groups(ntx, self.ty0..self.ty0 + self.tiles / ntx, 0);
+        transform_input(xp, (self.plan.nin, pch, self.job.wo), groups, &self.v);
     }
 
     /// Every output tile of 6 channels × 8 tiles (fewer channels at the end).
@@ -314,7 +326,7 @@ impl Block<'_> {
         let nin = self.plan.nin;
         let m: [[[__m256; 2]; C]; 8] = std::array::from_fn(|pp| {
             let mut acc = [[_mm256_setzero_ps(); 2]; C];
-            let mut xv = self.v.add(pp * self.pos + 2 * t0).cast_const();
+            let mut xv = self.v.at(pp, 0, t0).cast_const();
             let mut wj = self.plan.u.as_ptr().add((ot * 8 + pp) * nin * OT * 2);
             for _ in 0..nin {
                 let x = [_mm256_loadu_ps(xv), _mm256_loadu_ps(xv.add(8))];
@@ -326,7 +338,7 @@ impl Block<'_> {
                     }
                 }
                 wj = wj.add(2 * OT);
-                xv = xv.add(self.stride);
+                xv = xv.add(self.v.stride);
             }
             acc
         });
@@ -370,9 +382,10 @@ impl Block<'_> {
     }
 }
 
-/// The fewest input × output channel pairs for which the weight gradient takes this path: it
-/// has no output transform, and its products reduce over tiles rather than channels, so at
-/// 16 → 16 channels it still ran 1.5× the direct weight gradient's rate (single thread).
+/// The fewest input × output channel pairs for which the weight gradient takes this path: its
+/// products reduce over a block's hundreds of tiles rather than over the input channels, so
+/// at 16 → 16 channels it still ran 1.5× the direct weight gradient's rate (single thread;
+/// 1.0–1.1× on 2 threads, batch 128).
 const MIN_DW_CHANNEL_PAIRS: usize = 256;
 
 /// Blocks of images hold at least this many tiles where [`DW_BLOCK_FLOATS`] allows: each sum
@@ -401,8 +414,7 @@ const DW_BLOCK_FLOATS: usize = 1 << 19;
 /// Runs of [`super::dw_images`] images are summed in parallel and added in run order, as the
 /// direct weight gradient's are, so the result does not depend on the thread count.
 pub(super) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
-    let tiles_whole = g.ho.is_multiple_of(2) && g.wo.is_multiple_of(8);
-    if OFF.get() || g.k != 3 || g.stride != 1 || !tiles_whole || g.cin * g.cout < MIN_DW_CHANNEL_PAIRS {
+    if OFF.get() || g.k != 3 || g.stride != 1 || !tiles_whole(g.ho, g.wo) || g.cin * g.cout < MIN_DW_CHANNEL_PAIRS {
         return None;
     }
     let per = dw_images(g.hw());
@@ -438,11 +450,6 @@ pub(super) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
     Some(dw)
 }
 
-thread_local! {
-    /// This thread's transformed block of images for the weight gradient (V, then E).
-    static DW_BLOCK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
 /// dU of images `imgs` as [position][o][i].
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dw_run(g: &Geom, x: &[f32], dy: &[f32], imgs: Range<usize>) -> Vec<f32> {
@@ -457,13 +464,15 @@ unsafe fn dw_run(g: &Geom, x: &[f32], dy: &[f32], imgs: Range<usize>) -> Vec<f32
     let mut du = vec![0f32; 16 * nout * nin];
     let pch = (g.h + 2) * (g.w + 2);
     with_padded_copy((nin, 1, g.h, g.w), |xp| {
-        DW_BLOCK.with_borrow_mut(|buf| {
+        V.with_borrow_mut(|buf| {
             for first in imgs.clone().step_by(per_block) {
                 let count = per_block.min(imgs.end - first);
                 // each channel's row: the block's tiles, 2 positions each
                 let stride = 2 * count * tiles;
-                let pos = |ch: usize| (ch * stride).next_multiple_of(16) + 16;
-                let (pv, pe) = (pos(nin), pos(nout));
+                let (pv, pe) = (
+                    Transformed::pair_floats(nin, stride),
+                    Transformed::pair_floats(nout, stride),
+                );
                 if buf.len() < 8 * (pv + pe) {
                     buf.resize(8 * (pv + pe), 0.0);
                 }
@@ -479,13 +488,9 @@ unsafe fn dw_run(g: &Geom, x: &[f32], dy: &[f32], imgs: Range<usize>) -> Vec<f32
                 };
                 for k in 0..count {
                     let img = first + k;
-                    let groups = || {
-                        (0..nty).flat_map(move |ty| {
-                            (0..ntx).step_by(4).map(move |tx| (k * tiles + ty * ntx + tx, (ty, tx)))
-                        })
-                    };
+                    let groups = tile_groups(ntx, 0..nty, k * tiles);
                     pad_image(&x[img * nin * g.h * g.w..][..nin * g.h * g.w], g, xp);
-                    transform_input(xp.as_ptr(), (nin, pch, g.wo), groups, &v);
+                    transform_input(xp.as_ptr(), (nin, pch, g.wo), groups.clone(), &v);
                     transform_dy(dy[img * nout * g.hw()..].as_ptr(), (nout, g.hw(), g.wo), groups, &e);
                 }
                 dw_products(&v, &e, (nin, nout), stride / 8, &mut du);
@@ -501,17 +506,17 @@ unsafe fn dw_run(g: &Geom, x: &[f32], dy: &[f32], imgs: Range<usize>) -> Vec<f32
 /// (·, 0 | 3) and (a − b, a + b) for (·, 2 | 1), and down the two rows r₀, r₁: r₀, r₀ + r₁,
 /// r₀ − r₁, −r₁.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn transform_dy<G: Iterator<Item = (usize, (usize, usize))>>(
+unsafe fn transform_dy(
     dy: *const f32,
     (nout, hw, wo): (usize, usize, usize),
-    groups: impl Fn() -> G,
+    groups: impl Iterator<Item = (usize, (usize, usize))> + Clone,
     to: &Transformed,
 ) {
     let odd = _mm256_castsi256_ps(_mm256_set1_epi64x(i64::MIN)); // the sign of odd lanes
     let all = _mm256_set1_ps(-0.0);
     for o in 0..nout {
         let plane = dy.add(o * hw);
-        for (t, (ty, tx)) in groups() {
+        for (t, (ty, tx)) in groups.clone() {
             let cols = |r: usize| {
                 let v = _mm256_loadu_ps(plane.add((2 * ty + r) * wo + 2 * tx));
                 [
