@@ -201,10 +201,10 @@ struct Transformed {
 }
 
 impl Transformed {
-    /// Floats between position pairs for `channels` rows of `stride` floats: a cache line
-    /// more than a multiple of 16. At 4 KiB apart (as 64 channels × 8 tiles are) a
-    /// transform's 8 stores per tile group would all fall in one L1 set (with 16 positions
-    /// 4 KiB apart the forward transform ran ~3× as long as the products).
+    /// Floats between position pairs for `channels` rows of `stride` floats: the rows rounded
+    /// up to whole cache lines (16 floats), plus one line. At 4 KiB apart (as 64 channels ×
+    /// 8 tiles are) a transform's 8 stores per tile group would all fall in one L1 set (with
+    /// 16 positions 4 KiB apart the forward transform ran ~3× as long as the products).
     fn pair_floats(channels: usize, stride: usize) -> usize {
         (channels * stride).next_multiple_of(16) + 16
     }
