@@ -1,15 +1,18 @@
 //! The architecture registry: every plugin the runner knows, in one explicit list.
 //!
 //! To add an architecture, write `plugins/NAME.rs` implementing `runner::arch::Architecture`
-//! (using only `runner::arch` and `runner::nn`) and add it to `ALL` below.
+//! (using only `runner::arch` and `runner::nn`) and add it to `ALL` below; README.md's "Write
+//! your own architecture" walks through one.
 
 pub mod plain;
 pub mod resnet;
+pub mod vgg;
+pub mod wrn;
 
 use runner::arch::Architecture;
 
 /// Every registered architecture, in the order `runner list archs` shows them.
-pub static ALL: &[&dyn Architecture] = &[&plain::Plain, &resnet::ResNet];
+pub static ALL: &[&dyn Architecture] = &[&plain::Plain, &resnet::ResNet, &wrn::Wrn, &vgg::Vgg];
 
 /// The architecture called `name`.
 pub fn find(name: &str) -> Option<&'static dyn Architecture> {

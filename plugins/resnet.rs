@@ -24,10 +24,11 @@
 //! `layer{1,2,3}.{i}.conv{1,2,3}`, `.bn{1,2,3}`, `.shortcut.0` (projection conv), `.shortcut.1`
 //! (its BN), `bn_final`, `linear`.
 
-use candle_core::{ModuleT, Result, Tensor};
-use candle_nn::VarBuilder;
-use runner::arch::{Architecture, DefaultValue, InputShape, Model, ParamError, ParamKind, ParamSpec, Params};
-use runner::nn::{self, BatchNorm2d, Conv2d, Linear, Shortcut};
+use runner::arch::{self, Architecture, DefaultValue, InputShape, Model, ParamError, ParamKind, ParamSpec, Params};
+use runner::nn::{
+    self, conv1x1, conv3x3, BatchNorm2d, Conv2d, Error, Linear, ModuleT, Result, Shortcut, Stage, Tensor, Unit,
+    UnitSpec, VarBuilder,
+};
 
 pub struct ResNet;
 
@@ -64,6 +65,38 @@ const PARAMS: &[ParamSpec] = &[
     },
 ];
 
+/// What distinguishes the nets of both papers.
+struct Config {
+    bottleneck: bool,
+    /// Units per stage.
+    n: usize,
+    width: usize,
+    option: char,
+    preact: bool,
+}
+
+impl Config {
+    fn new(p: &Params) -> std::result::Result<Config, ParamError> {
+        fn at(name: &'static str) -> impl Fn(Error) -> ParamError {
+            move |e| ParamError::new(name, e.to_string())
+        }
+        let bottleneck = p.str("block").map_err(at("block"))? == "bottleneck";
+        let depth = p.int("depth").map_err(at("depth"))?;
+        let n = match bottleneck {
+            true => arch::units_per_stage(depth, 9, 2, "bottleneck blocks"),
+            false => arch::units_per_stage(depth, 6, 2, "basic blocks"),
+        }
+        .map_err(|m| ParamError::new("depth", m))?;
+        Ok(Config {
+            bottleneck,
+            n,
+            width: p.usize("width").map_err(at("width"))?,
+            option: p.str("shortcut").map_err(at("shortcut"))?.chars().next().unwrap_or('A'),
+            preact: p.bool("preact").map_err(at("preact"))?,
+        })
+    }
+}
+
 impl Architecture for ResNet {
     fn name(&self) -> &'static str {
         "resnet"
@@ -78,10 +111,8 @@ impl Architecture for ResNet {
     }
 
     fn check(&self, p: &Params) -> std::result::Result<(), ParamError> {
-        let block = Block::parse(p.str("block").unwrap_or("basic"));
-        let depth = p.int("depth").map_err(|e| ParamError::new("depth", e.to_string()))?;
-        block.units_per_stage(depth).map_err(|m| ParamError::new("depth", m))?;
-        if block == Block::Bottleneck && p.str("shortcut").ok() == Some("A") {
+        let cfg = Config::new(p)?;
+        if cfg.bottleneck && cfg.option == 'A' {
             return Err(ParamError::new(
                 "shortcut",
                 "shortcut A (zero-padding) is defined for basic blocks only; bottleneck nets use \
@@ -92,225 +123,81 @@ impl Architecture for ResNet {
     }
 
     fn build(&self, p: &Params, input: InputShape, classes: usize, vb: VarBuilder) -> Result<Model> {
-        let shortcut = match p.str("shortcut")? {
-            "A" => ShortcutKind::A,
-            "B" => ShortcutKind::B,
-            _ => ShortcutKind::C,
-        };
-        let cfg = NetConfig {
-            block: Block::parse(p.str("block")?),
-            depth: p.int("depth")?,
-            width: p.usize("width")?,
-            shortcut: Some(shortcut),
-            preact: p.bool("preact")?,
-        };
+        let cfg = Config::new(p).map_err(|e| Error::Msg(e.message))?;
         Ok(Box::new(Net::new(&cfg, input, classes, vb)?))
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Block {
-    Basic,
-    Bottleneck,
-}
-
-impl Block {
-    fn parse(s: &str) -> Block {
-        if s == "bottleneck" {
-            Block::Bottleneck
-        } else {
-            Block::Basic
-        }
-    }
-
-    /// n, the number of units per stage, for a depth; an error lists the valid depths.
-    pub fn units_per_stage(self, depth: i64) -> std::result::Result<usize, String> {
-        let (per_unit, name) = match self {
-            Block::Basic => (2, "basic"),
-            Block::Bottleneck => (3, "bottleneck"),
-        };
-        let step = 3 * per_unit;
-        if depth >= step + 2 && (depth - 2) % step == 0 {
-            return Ok(((depth - 2) / step) as usize);
-        }
-        let examples: Vec<String> = (1..=6).map(|n| (step * n + 2).to_string()).collect();
-        Err(format!(
-            "depth {depth} is not valid for {name} blocks: it must be {step}n+2 ({}, …)",
-            examples.join(", ")
-        ))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShortcutKind {
-    A,
-    B,
-    C,
-}
-
-/// What distinguishes the nets of both papers; `shortcut: None` is the plain net.
-pub struct NetConfig {
-    pub block: Block,
-    pub depth: i64,
-    pub width: usize,
-    pub shortcut: Option<ShortcutKind>,
-    pub preact: bool,
-}
-
-/// The shortcut path of one unit.
-enum Path {
-    /// No shortcut: a plain net.
-    None,
-    Identity,
-    /// Option A where the shape changes.
-    SubsamplePad,
-    /// Options B/C: 1×1 conv (+ BN unless pre-activation).
-    Projection(Conv2d, Option<BatchNorm2d>),
-}
-
-/// One unit: its convolutions with the BN that follows (or, pre-activated, precedes) each.
-struct Unit {
-    convs: Vec<Conv2d>,
-    bns: Vec<BatchNorm2d>,
-    path: Path,
-    preact: bool,
-}
-
-/// A basic (two 3×3) or bottleneck (1×1, 3×3, 1×1 ×4) unit from `c_in` to `c_out` channels.
-fn unit(cfg: &NetConfig, c_in: usize, c: usize, stride: usize, vb: VarBuilder) -> Result<Unit> {
-    // (in, out, kernel, stride) of each conv
-    let shapes = match cfg.block {
-        Block::Basic => vec![(c_in, c, 3, stride), (c, c, 3, 1)],
-        Block::Bottleneck => vec![(c_in, c, 1, 1), (c, c, 3, stride), (c, 4 * c, 1, 1)],
-    };
-    let c_out = shapes.last().map_or(c, |s| s.1);
-    let mut convs = Vec::new();
-    let mut bns = Vec::new();
-    for (i, &(ci, co, k, s)) in shapes.iter().enumerate() {
-        convs.push(nn::conv2d(ci, co, k, s, k / 2, vb.pp(format!("conv{}", i + 1)))?);
-        // pre-activation: BN on the conv's input; original: on its output
-        bns.push(nn::batch_norm(
-            if cfg.preact { ci } else { co },
-            vb.pp(format!("bn{}", i + 1)),
-        )?);
-    }
+/// The shortcut of a unit from `c_in` to `c_out` channels with `stride`, for option A, B or C.
+fn shortcut(option: char, c_in: usize, c_out: usize, stride: usize) -> Shortcut {
     let changes = stride != 1 || c_in != c_out;
-    let path = match cfg.shortcut {
-        None => Path::None,
-        Some(ShortcutKind::A) if changes => Path::SubsamplePad,
-        Some(ShortcutKind::A) | Some(ShortcutKind::B) if !changes => Path::Identity,
-        Some(_) => {
-            let conv = nn::conv2d(c_in, c_out, 1, stride, 0, vb.pp("shortcut").pp("0"))?;
-            let bn = if cfg.preact {
-                None
-            } else {
-                Some(nn::batch_norm(c_out, vb.pp("shortcut").pp("1"))?)
-            };
-            Path::Projection(conv, bn)
-        }
-    };
-    Ok(Unit {
-        convs,
-        bns,
-        path,
-        preact: cfg.preact,
-    })
+    match option {
+        'A' if changes => Shortcut::SubsamplePad,
+        'A' | 'B' if !changes => Shortcut::Identity,
+        _ => Shortcut::Projection,
+    }
 }
 
-impl Unit {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if self.preact {
-            // BN → ReLU → conv, for each conv; the shortcut sees the first pre-activation.
-            let pre = self.bns[0].forward_relu(x, train)?;
-            let mut h = self.convs[0].forward(&pre)?;
-            for (conv, bn) in self.convs.iter().zip(&self.bns).skip(1) {
-                h = conv.forward(&bn.forward_relu(&h, train)?)?;
-            }
-            return self.add(&h, x, &pre, false, train);
-        }
-        // conv → BN → ReLU, except after the last conv, where the ReLU follows the addition
-        let mut h = x.clone();
-        let last = self.convs.len() - 1;
-        for (conv, bn) in self.convs.iter().zip(&self.bns).take(last) {
-            h = nn::conv_bn(conv, bn, &h, train, true)?;
-        }
-        let (conv, bn) = (&self.convs[last], &self.bns[last]);
-        if let Path::Identity = self.path {
-            return nn::conv_bn_add_relu(conv, bn, &h, x, train);
-        }
-        let h = nn::conv_bn(conv, bn, &h, train, false)?;
-        self.add(&h, x, x, true, train)
-    }
+/// A basic block (two 3×3) or a bottleneck block (1×1, 3×3, 1×1 ×4), `c_in` → `c` filters.
+fn block(cfg: &Config, c_in: usize, c: usize, stride: usize) -> UnitSpec {
+    let convs = match cfg.bottleneck {
+        false => vec![conv3x3(c_in, c, stride), conv3x3(c, c, 1)],
+        true => vec![conv1x1(c_in, c, 1), conv3x3(c, c, stride), conv1x1(c, 4 * c, 1)],
+    };
+    let c_out = convs[convs.len() - 1].c_out;
+    UnitSpec::new(convs)
+        .shortcut(shortcut(cfg.option, c_in, c_out, stride))
+        .preact(cfg.preact)
+}
 
-    /// Its two conv → BN layers, if it is a basic unit with an identity shortcut and no
-    /// pre-activation: such units one after the other run as one op (`nn::basic_units`).
-    fn basic_identity(&self) -> Option<nn::BasicUnit<'_>> {
-        match (&self.convs[..], &self.bns[..], &self.path, self.preact) {
-            ([c1, c2], [b1, b2], Path::Identity, false) => Some(((c1, b1), (c2, b2))),
-            _ => None,
-        }
-    }
+/// n blocks of `c` filters; the first takes `c_in` channels with `stride`.
+fn stage(cfg: &Config, c_in: usize, c: usize, stride: usize, vb: VarBuilder) -> Result<Stage> {
+    let expansion = if cfg.bottleneck { 4 } else { 1 };
+    let blocks: Vec<UnitSpec> = (0..cfg.n)
+        .map(|i| match i {
+            0 => block(cfg, c_in, c, stride),
+            _ => block(cfg, c * expansion, c, 1),
+        })
+        .collect();
+    nn::stage(&blocks, vb)
+}
 
-    /// branch + shortcut (`x` for identity and option A, `proj_in` for a projection).
-    fn add(&self, branch: &Tensor, x: &Tensor, proj_in: &Tensor, relu: bool, train: bool) -> Result<Tensor> {
-        match &self.path {
-            Path::None => branch.relu(),
-            Path::Identity => nn::residual(branch, x, Shortcut::Identity, relu),
-            Path::SubsamplePad => nn::residual(branch, x, Shortcut::SubsamplePad, relu),
-            Path::Projection(conv, bn) => {
-                let s = match bn {
-                    Some(bn) => nn::conv_bn(conv, bn, proj_in, train, false)?,
-                    None => conv.forward(proj_in)?,
-                };
-                nn::residual(branch, &s, Shortcut::Identity, relu)
-            }
-        }
-    }
+/// The stem: conv → BN → ReLU (pre-activation nets: the conv alone).
+enum Stem {
+    Unit(Unit),
+    Conv(Conv2d),
 }
 
 /// The whole net: stem, three stages, pooling, classifier.
 pub struct Net {
-    conv1: Conv2d,
-    bn1: Option<BatchNorm2d>,
-    stages: Vec<Vec<Unit>>,
+    stem: Stem,
+    layers: [Stage; 3],
     bn_final: Option<BatchNorm2d>,
     linear: Linear,
 }
 
 impl Net {
-    pub fn new(cfg: &NetConfig, input: InputShape, classes: usize, vb: VarBuilder) -> Result<Net> {
-        let n = cfg.block.units_per_stage(cfg.depth).map_err(candle_core::Error::Msg)?;
+    fn new(cfg: &Config, input: InputShape, classes: usize, vb: VarBuilder) -> Result<Net> {
         let w = cfg.width;
-        let conv1 = nn::conv2d(input.channels, w, 3, 1, 1, vb.pp("conv1"))?;
-        let bn1 = if cfg.preact {
-            None
-        } else {
-            Some(nn::batch_norm(w, vb.pp("bn1"))?)
+        let stem = match cfg.preact {
+            false => Stem::Unit(nn::unit(&UnitSpec::new([conv3x3(input.channels, w, 1)]), vb.clone())?),
+            true => Stem::Conv(nn::conv2d(input.channels, w, 3, 1, 1, vb.pp("conv1"))?),
         };
-        let expansion = if cfg.block == Block::Bottleneck { 4 } else { 1 };
-        let mut stages = Vec::new();
-        let mut c_in = w;
-        for s in 0..3 {
-            let c = w << s;
-            let vb_stage = vb.pp(format!("layer{}", s + 1));
-            let mut units = Vec::new();
-            for i in 0..n {
-                let stride = if s > 0 && i == 0 { 2 } else { 1 };
-                units.push(unit(cfg, c_in, c, stride, vb_stage.pp(i))?);
-                c_in = c * expansion;
-            }
-            stages.push(units);
-        }
-        let bn_final = if cfg.preact {
-            Some(nn::batch_norm(c_in, vb.pp("bn_final"))?)
-        } else {
-            None
+        let e = if cfg.bottleneck { 4 } else { 1 };
+        let layers = [
+            stage(cfg, w, w, 1, vb.pp("layer1"))?,
+            stage(cfg, w * e, 2 * w, 2, vb.pp("layer2"))?,
+            stage(cfg, 2 * w * e, 4 * w, 2, vb.pp("layer3"))?,
+        ];
+        let c_out = 4 * w * e;
+        let bn_final = match cfg.preact {
+            true => Some(nn::batch_norm(c_out, vb.pp("bn_final"))?),
+            false => None,
         };
-        let linear = nn::linear(c_in, classes, vb.pp("linear"))?;
+        let linear = nn::linear(c_out, classes, vb.pp("linear"))?;
         Ok(Net {
-            conv1,
-            bn1,
-            stages,
+            stem,
+            layers,
             bn_final,
             linear,
         })
@@ -320,22 +207,12 @@ impl Net {
 impl ModuleT for Net {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         // x: (N, C, 32, 32)
-        let mut h = match &self.bn1 {
-            Some(bn) => nn::conv_bn(&self.conv1, bn, x, train, true)?, // (N, 16, 32, 32)
-            None => self.conv1.forward(x)?,
+        let mut h = match &self.stem {
+            Stem::Unit(u) => u.forward_t(x, train)?, // (N, 16, 32, 32)
+            Stem::Conv(c) => c.forward(x)?,
         };
-        for stage in &self.stages {
-            let mut units = &stage[..];
-            while let Some(unit) = units.first() {
-                // (N, 16|32|64 (×4), 32|16|8, 32|16|8); basic units with identity shortcuts
-                // that follow one another go to the library together, as one op
-                let run: Vec<_> = units.iter().map_while(Unit::basic_identity).collect();
-                h = match run.is_empty() {
-                    true => unit.forward_t(&h, train)?,
-                    false => nn::basic_units(&run, &h, train)?,
-                };
-                units = &units[run.len().max(1)..];
-            }
+        for layer in &self.layers {
+            h = layer.forward_t(&h, train)?; // (N, 16|32|64 (×4), 32|16|8, 32|16|8)
         }
         if let Some(bn) = &self.bn_final {
             h = bn.forward_relu(&h, train)?;

@@ -45,17 +45,68 @@ pub enum ParamKind {
         min: i64,
     },
     Bool,
+    /// A number in `min..=max` (a grid may write it as an integer: `dropout = 0`).
+    Float {
+        min: f64,
+        max: f64,
+    },
     /// One of a fixed list of strings.
     Choice(&'static [&'static str]),
 }
 
 /// A parameter value as written in a grid file.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Floats compare, order and hash by their bits' total order, so a value can be a map key and
+/// part of a trial's identity; the grid refuses NaN and infinities before a value gets here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Value {
     Bool(bool),
     Int(i64),
+    Float(f64),
     Str(String),
+}
+
+impl Value {
+    /// Variant rank, then value: the order of the derive this replaces, with floats in between.
+    fn key(&self) -> (u8, i64, u64, &str) {
+        match self {
+            Value::Bool(b) => (0, *b as i64, 0, ""),
+            Value::Int(i) => (1, *i, 0, ""),
+            Value::Float(f) => {
+                // f64::total_cmp's key: flip the magnitude bits of negatives
+                let bits = f.to_bits() as i64;
+                (2, bits ^ ((((bits >> 63) as u64) >> 1) as i64), 0, "")
+            }
+            Value::Str(s) => (3, 0, 0, s),
+        }
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Value {}
+
+impl PartialOrd for Value {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Value {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+impl std::hash::Hash for Value {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state)
+    }
 }
 
 impl fmt::Display for Value {
@@ -63,6 +114,7 @@ impl fmt::Display for Value {
         match self {
             Value::Bool(b) => write!(f, "{b}"),
             Value::Int(i) => write!(f, "{i}"),
+            Value::Float(x) => write!(f, "{x}"),
             Value::Str(s) => write!(f, "{s}"),
         }
     }
@@ -82,6 +134,7 @@ pub struct ParamSpec {
 pub enum DefaultValue {
     Bool(bool),
     Int(i64),
+    Float(f64),
     Str(&'static str),
 }
 
@@ -90,6 +143,7 @@ impl DefaultValue {
         match self {
             DefaultValue::Bool(b) => Value::Bool(b),
             DefaultValue::Int(i) => Value::Int(i),
+            DefaultValue::Float(x) => Value::Float(x),
             DefaultValue::Str(s) => Value::Str(s.to_string()),
         }
     }
@@ -101,7 +155,17 @@ impl ParamSpec {
         match self.kind {
             ParamKind::Int { min } => format!("an integer ≥ {min}"),
             ParamKind::Bool => "true or false".to_string(),
+            ParamKind::Float { min, max } => format!("a number from {min} to {max}"),
             ParamKind::Choice(c) => c.join(", "),
+        }
+    }
+
+    /// `v` in this parameter's canonical form: a float parameter written as an integer
+    /// (`dropout = 0`) becomes a float, so that `0` and `0.0` are the same trial.
+    pub fn normalize(&self, v: Value) -> Value {
+        match (self.kind, v) {
+            (ParamKind::Float { .. }, Value::Int(i)) => Value::Float(i as f64),
+            (_, v) => v,
         }
     }
 
@@ -110,6 +174,7 @@ impl ParamSpec {
         match (self.kind, v) {
             (ParamKind::Int { min }, Value::Int(i)) if *i >= min => Ok(()),
             (ParamKind::Bool, Value::Bool(_)) => Ok(()),
+            (ParamKind::Float { min, max }, Value::Float(x)) if (min..=max).contains(x) => Ok(()),
             (ParamKind::Choice(c), Value::Str(s)) if c.contains(&s.as_str()) => Ok(()),
             _ => Err(format!(
                 "invalid value {v} for parameter `{}`: expected {}",
@@ -146,6 +211,13 @@ impl Params {
         match self.0.get(name) {
             Some(Value::Bool(b)) => Ok(*b),
             other => candle_core::bail!("parameter `{name}` should be true or false, got {other:?}"),
+        }
+    }
+
+    pub fn float(&self, name: &str) -> Result<f64> {
+        match self.0.get(name) {
+            Some(Value::Float(x)) => Ok(*x),
+            other => candle_core::bail!("parameter `{name}` should be a number, got {other:?}"),
         }
     }
 
@@ -212,13 +284,26 @@ pub fn resolve(arch: &dyn Architecture, given: &BTreeMap<String, Value>) -> std:
     }
     let mut out = BTreeMap::new();
     for spec in specs {
-        let v = given.get(spec.name).cloned().unwrap_or_else(|| spec.default.value());
+        let v = spec.normalize(given.get(spec.name).cloned().unwrap_or_else(|| spec.default.value()));
         spec.check(&v).map_err(|m| ParamError::new(spec.name, m))?;
         out.insert(spec.name.to_string(), v);
     }
     let params = Params(out);
     arch.check(&params)?;
     Ok(params)
+}
+
+/// n, the units per stage, of a net of `depth` = `step`·n + `fixed` weighted layers (CIFAR
+/// ResNets: 6n+2, their bottleneck nets 9n+2, Wide ResNets 6n+4); the error lists valid depths.
+pub fn units_per_stage(depth: i64, step: i64, fixed: i64, what: &str) -> std::result::Result<usize, String> {
+    if depth >= step + fixed && (depth - fixed) % step == 0 {
+        return usize::try_from((depth - fixed) / step).map_err(|e| e.to_string());
+    }
+    let examples: Vec<String> = (1..=6).map(|n| (step * n + fixed).to_string()).collect();
+    Err(format!(
+        "depth {depth} is not valid for {what}: it must be {step}n+{fixed} ({}, …)",
+        examples.join(", ")
+    ))
 }
 
 /// What a model costs: trainable parameters and forward MFLOPs per image (multiply-adds × 2 / 10⁶).

@@ -86,7 +86,7 @@ pub fn list_archs() -> String {
         for p in a.params() {
             let allowed = match p.kind {
                 ParamKind::Choice(_) | ParamKind::Bool => format!("[{}]", p.allowed()),
-                ParamKind::Int { .. } => format!("({})", p.allowed()),
+                ParamKind::Int { .. } | ParamKind::Float { .. } => format!("({})", p.allowed()),
             };
             s.push_str(&format!(
                 "    {:<10} default {:<6} {}\n    {:<10} {}\n",

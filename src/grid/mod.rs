@@ -236,9 +236,11 @@ fn to_value(v: &toml::Value, span: Range<usize>) -> std::result::Result<At<Value
         toml::Value::String(s) => Value::Str(s.clone()),
         toml::Value::Integer(i) => Value::Int(*i),
         toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Float(x) if x.is_finite() => Value::Float(*x),
+        toml::Value::Float(x) => return Err(format!("expected a finite number, got {x}")),
         other => {
             return Err(format!(
-                "expected a string, an integer or a boolean, got {}",
+                "expected a string, a number or a boolean, got {}",
                 other.type_str()
             ))
         }

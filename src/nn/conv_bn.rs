@@ -513,7 +513,8 @@ impl CustomOp2 for Units {
 mod tests {
     use candle_core::{Device, Tensor, Var};
 
-    use super::super::{batchnorm, conv, residual, Shortcut};
+    use super::super::residual::{residual, Shortcut};
+    use super::super::{batchnorm, conv};
     use super::{conv_bn_train, units_train, LayerParams};
 
     /// Fixed values: a small LCG, so that every run sees the same parameters.

@@ -1,5 +1,9 @@
-//! The layers CIFAR ResNets are made of, initialised as He et al. do: He (Kaiming) normal for
+//! The layers networks are made of, initialised as He et al. do: He (Kaiming) normal for
 //! convolutions (fan-in, ReLU gain), BatchNorm weight 1 and bias 0.
+//!
+//! A plugin may use these directly for the parts of a net that are no unit (a stem, a head);
+//! units built from [`super::UnitSpec`]s get the fused ops. The `conv_bn*` and `basic_units`
+//! functions here are those fused paths, for [`super::units`] alone.
 
 use candle_core::{ModuleT, Result, Tensor, Var, D};
 use candle_nn::{Init, VarBuilder};
@@ -8,21 +12,39 @@ use super::{batchnorm, flops};
 
 const HE_NORMAL: Init = candle_nn::init::DEFAULT_KAIMING_NORMAL;
 
-/// A 2-D convolution without bias (every convolution in these nets is followed by BatchNorm).
+/// A 2-D convolution, without bias where BatchNorm follows it (its shift would cancel one).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
-    weight: Tensor, // (out, in, k, k)
+    weight: Tensor,       // (out, in, k, k)
+    bias: Option<Tensor>, // (out)
     stride: usize,
     padding: usize,
 }
 
-/// A `k`×`k` convolution from `c_in` to `c_out` channels; tensor `{vb}.weight`.
+/// A `k`×`k` convolution from `c_in` to `c_out` channels without bias; tensor `{vb}.weight`.
 pub fn conv2d(c_in: usize, c_out: usize, k: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Conv2d> {
     let weight = vb.get_with_hints((c_out, c_in, k, k), "weight", HE_NORMAL)?;
     Ok(Conv2d {
         weight,
+        bias: None,
         stride,
         padding,
+    })
+}
+
+/// [`conv2d`] with a bias, `{vb}.bias`, initialised to 0 (for a net without BatchNorm).
+pub fn conv2d_biased(
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let bias = vb.get_with_hints(c_out, "bias", Init::Const(0.))?;
+    Ok(Conv2d {
+        bias: Some(bias),
+        ..conv2d(c_in, c_out, k, stride, padding, vb)?
     })
 }
 
@@ -31,8 +53,13 @@ impl Conv2d {
         &self.weight
     }
 
+    /// (N, in, H, W) → (N, out, H', W')
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = super::conv::conv2d(x, &self.weight, self.stride, self.padding)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((b.dim(0)?, 1, 1))?)?,
+            None => y,
+        };
         self.count(&y)
     }
 
@@ -50,7 +77,7 @@ impl Conv2d {
 /// statistics, and the kernel adds the bias and applies the ReLU as it stores each value:
 /// one pass over the activations instead of three. The values match the unfolded layers to
 /// rounding.
-pub fn conv_bn(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+pub(super) fn conv_bn(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
     if super::reference_ops() {
         return bn.apply(&conv.forward(x)?, train, relu);
     }
@@ -79,7 +106,7 @@ fn conv_bn_eval(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, s: Option<&Tensor>,
 /// convolution's nor the batch norm's output is a node of Candle's graph; in eval mode the
 /// folded convolution adds `s` and applies the ReLU as it stores (see [`conv_bn`]); with the
 /// reference ops, [`conv_bn`] then [`super::residual`].
-pub fn conv_bn_add_relu(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, s: &Tensor, train: bool) -> Result<Tensor> {
+pub(super) fn conv_bn_add_relu(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, s: &Tensor, train: bool) -> Result<Tensor> {
     if !super::reference_ops() {
         if !train {
             return conv_bn_eval(conv, bn, x, Some(s), true);
@@ -89,18 +116,18 @@ pub fn conv_bn_add_relu(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, s: &Tensor,
         }
     }
     let h = conv_bn(conv, bn, x, train, false)?;
-    super::residual(&h, s, super::Shortcut::Identity, true)
+    super::residual(&h, s, super::residual::Shortcut::Identity, true)
 }
 
 /// A basic residual unit's two conv → BN layers.
-pub type BasicUnit<'a> = ((&'a Conv2d, &'a BatchNorm2d), (&'a Conv2d, &'a BatchNorm2d));
+pub(super) type BasicUnit<'a> = ((&'a Conv2d, &'a BatchNorm2d), (&'a Conv2d, &'a BatchNorm2d));
 
 /// Basic residual units with identity shortcuts one after the other, each
 /// `x ← relu(bn2(conv2(relu(bn1(conv1(x))))) + x)` (two 3×3 conv → BN layers that keep the
 /// shape). In training mode the whole run is one op (see [`super::conv_bn::units_train`]);
 /// otherwise, or where that op does not take the shapes, [`conv_bn`] then
 /// [`conv_bn_add_relu`] for each unit.
-pub fn basic_units(units: &[BasicUnit], x: &Tensor, train: bool) -> Result<Tensor> {
+pub(super) fn basic_units(units: &[BasicUnit], x: &Tensor, train: bool) -> Result<Tensor> {
     if train && !super::reference_ops() {
         let layers: Vec<_> = units
             .iter()
@@ -241,4 +268,51 @@ impl ModuleT for BatchNorm2d {
 /// (N, C, H, W) → (N, C)
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     x.mean(D::Minus1)?.mean(D::Minus1)
+}
+
+/// (N, C, H, W) → (N, C, H/k, W/k): the maximum of each `k`×`k` window, stride `k` (a last
+/// row or column that fills no window is dropped, as PyTorch's `MaxPool2d(k)` does).
+pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if h < k || w < k {
+        candle_core::bail!("max_pool2d: a {h}×{w} map is smaller than the {k}×{k} window");
+    }
+    x.max_pool2d(k)
+}
+
+/// Dropout (Srivastava et al. 2014): in training, each value is zeroed with probability `p`
+/// and the others scaled by 1/(1 − p); in evaluation, the identity.
+///
+/// The masks are reproducible: each is drawn from a stream derived from the layer's name and
+/// the trial's (seed, step) that the trainer sets with [`super::set_step`], so a trial resumed
+/// from a checkpoint draws the same masks as one that ran straight through, and no mask state
+/// needs saving.
+#[derive(Debug, Clone)]
+pub struct Dropout {
+    p: f64,
+    name: String,
+}
+
+/// Dropout with probability `p` in `[0, 1)`, named after `vb`'s path (it has no tensors).
+pub fn dropout(p: f64, vb: VarBuilder) -> Result<Dropout> {
+    if !(0.0..1.0).contains(&p) {
+        candle_core::bail!("dropout probability must be in [0, 1), got {p}");
+    }
+    Ok(Dropout { p, name: vb.prefix() })
+}
+
+impl ModuleT for Dropout {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        let (seed, step) = super::step();
+        let mut rng = crate::rng::Rng::derive(seed, &self.name, step);
+        let scale = (1.0 / (1.0 - self.p)) as f32;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| if rng.uniform() < self.p { 0.0 } else { scale })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x * mask
+    }
 }

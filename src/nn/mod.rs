@@ -1,8 +1,14 @@
-//! Layers, parameter storage and fused ops that the architecture plugins are built from.
+//! What architecture plugins build networks from: units and stages described as values
+//! ([`UnitSpec`], [`unit`], [`stage`]), layers for the rest ([`conv2d`], [`batch_norm`],
+//! [`linear`], pooling, [`dropout`]), and the parameter store.
 //!
-//! Plugins build models only through this module, so a faster kernel for a layer replaces it
-//! for every architecture at once. Layers count their forward multiply-adds while a
-//! [`flops::count`] is active, which is how `runner` reports `mflops` for any plugin.
+//! A plugin says *what* its net is; this module decides *how* it runs. A unit described as its
+//! convolutions, norms, activation order and shortcut runs on the fused ops wherever they take
+//! its shapes (one training op per conv → BN → ReLU, the shortcut's addition inside the last
+//! one, a run of basic identity units as one op, BatchNorm folded into the convolutions in
+//! evaluation), so an outsider's plugin is as fast as ours and a faster kernel reaches every
+//! architecture at once. Layers count their forward multiply-adds while a [`flops::count`] is
+//! active, which is how `runner` reports `mflops` for any plugin.
 
 mod batchnorm;
 pub mod conv;
@@ -13,9 +19,23 @@ mod layers;
 mod params;
 mod residual;
 pub mod residual_bench;
+mod units;
 
 thread_local! {
     static REFERENCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static STEP: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Tells the layers that draw random numbers in training ([`Dropout`]) which trial seed and
+/// training step the next forward pass on this thread belongs to; the trainer calls it before
+/// every step, so the draws depend on (seed, step, layer) alone.
+pub fn set_step(seed: u64, step: u64) {
+    STEP.with(|s| s.set((seed, step)));
+}
+
+/// The (seed, step) of [`set_step`] on this thread; (0, 0) before any.
+pub(crate) fn step() -> (u64, u64) {
+    STEP.with(|s| s.get())
 }
 
 /// Makes the convolution, batch-norm and residual ops built on this thread Candle's own
@@ -49,8 +69,12 @@ pub(crate) fn reference_ops() -> bool {
 }
 
 pub use layers::{
-    basic_units, batch_norm, conv2d, conv_bn, conv_bn_add_relu, global_avg_pool, linear, BasicUnit, BatchNorm2d,
-    Conv2d, Linear,
+    batch_norm, conv2d, conv2d_biased, dropout, global_avg_pool, linear, max_pool2d, BatchNorm2d, Conv2d, Dropout,
+    Linear,
 };
 pub use params::{is_buffer, ParamStore};
-pub use residual::{residual, residual_slow, Shortcut};
+// What a plugin's signatures are made of, so that a plugin needs no crate but this one.
+pub use candle_core::{Error, ModuleT, Result, Tensor};
+pub use candle_nn::VarBuilder;
+pub use residual::{residual, residual_slow};
+pub use units::{conv1x1, conv3x3, stage, unit, ConvSpec, Order, Shortcut, Stage, Unit, UnitSpec};

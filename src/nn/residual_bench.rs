@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Result, Tensor, Var};
 
-use super::{residual, residual_slow, Shortcut};
+use super::residual::{residual, residual_slow, Shortcut};
 
 /// Timed runs per measurement (after [`WARM_UP`] untimed ones); the median is reported.
 const RUNS: usize = 20;

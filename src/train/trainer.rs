@@ -216,6 +216,8 @@ impl<'a> Run<'a> {
                 },
             );
             let images = batch.len as u64;
+            // dropout masks from (seed, step), so a resumed trial draws the masks it would have
+            crate::nn::set_step(cfg.seed, step);
             let (loss, correct) = self.train_step(batch, lr)?;
             if !loss.is_finite() {
                 return Ok(Outcome::Failed {
