@@ -42,8 +42,12 @@ use std::time::Duration;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::migrate::{Migrate, MigrateError, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{FromRow, Row};
 
+use crate::arch::{Params, Value};
 use crate::{Error, Result};
 
 /// How long SQLite itself waits for another writer's lock before answering SQLITE_BUSY.
@@ -188,19 +192,18 @@ pub struct Record {
 /// How a trial ended: the trainer's own outcome, recorded as it is.
 pub use crate::train::Outcome;
 
-/// One row of the `trial_summary` view (see `migrations/0001_initial.sql`). Errors are fractions.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+/// One row of the `trial_summary` view (see `migrations/0003_arch_params.sql`). Errors are
+/// fractions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SummaryRow {
     pub experiment: String,
     pub trial: i64,
     /// The first 12 hex characters of the trial key.
     pub key: String,
     pub arch: String,
-    pub depth: Option<i64>,
-    pub shortcut: Option<String>,
-    pub preact: Option<bool>,
-    pub block: Option<String>,
-    pub width: Option<i64>,
+    /// The architecture's parameters as stored with the trial (every parameter its plugin
+    /// declared when the trial was registered, defaults filled in), by name.
+    pub arch_params: Params,
     pub seed: Option<i64>,
     pub dataset: Option<String>,
     pub params: i64,
@@ -214,6 +217,70 @@ pub struct SummaryRow {
     pub wall_s: Option<f64>,
     pub images_per_s: Option<f64>,
     pub error: Option<String>,
+}
+
+impl SummaryRow {
+    /// The value of the architecture parameter `name`; `None` when the trial's architecture has
+    /// no such parameter.
+    pub fn param(&self, name: &str) -> Option<&Value> {
+        self.arch_params.get(name)
+    }
+}
+
+// By hand rather than derived: `arch_params` is JSON text in the view.
+impl<'r> FromRow<'r, SqliteRow> for SummaryRow {
+    fn from_row(row: &'r SqliteRow) -> sqlx::Result<Self> {
+        let params: Option<String> = row.try_get("arch_params")?;
+        Ok(SummaryRow {
+            experiment: row.try_get("experiment")?,
+            trial: row.try_get("trial")?,
+            key: row.try_get("key")?,
+            arch: row.try_get("arch")?,
+            arch_params: parse_params(params.as_deref()).map_err(|e| sqlx::Error::ColumnDecode {
+                index: "arch_params".into(),
+                source: e.into(),
+            })?,
+            seed: row.try_get("seed")?,
+            dataset: row.try_get("dataset")?,
+            params: row.try_get("params")?,
+            mflops: row.try_get("mflops")?,
+            status: row.try_get("status")?,
+            steps: row.try_get("steps")?,
+            best_val_error: row.try_get("best_val_error")?,
+            best_step: row.try_get("best_step")?,
+            test_error: row.try_get("test_error")?,
+            train_loss: row.try_get("train_loss")?,
+            wall_s: row.try_get("wall_s")?,
+            images_per_s: row.try_get("images_per_s")?,
+            error: row.try_get("error")?,
+        })
+    }
+}
+
+/// The `arch_params` JSON object of a trial. A value of a type this build's parameters cannot
+/// have (a float, say, from another runner's plugin) is kept as its JSON text rather than
+/// making the whole report fail; a missing object is no parameters.
+fn parse_params(text: Option<&str>) -> std::result::Result<Params, serde_json::Error> {
+    let Some(text) = text else {
+        return Ok(Params::default());
+    };
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)?;
+    Ok(Params(
+        map.into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    serde_json::Value::Bool(b) => Value::Bool(b),
+                    serde_json::Value::Number(n) => match n.as_i64() {
+                        Some(i) => Value::Int(i),
+                        None => Value::Str(n.to_string()),
+                    },
+                    serde_json::Value::String(s) => Value::Str(s),
+                    other => Value::Str(other.to_string()),
+                };
+                (k, v)
+            })
+            .collect(),
+    ))
 }
 
 /// Everything about one trial (`runner show`).
