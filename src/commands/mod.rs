@@ -13,6 +13,9 @@ mod progress;
 mod results;
 mod run;
 
+#[cfg(test)]
+mod tests;
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     keep_freed_memory();
