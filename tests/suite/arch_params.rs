@@ -1,5 +1,6 @@
 //! Architecture parameters in every report, whatever the architecture: `runner report` over a
-//! store of plain and resnet trials (and one of an architecture this build no longer has).
+//! store of plain and resnet trials (and one of an architecture this build no longer has), and
+//! `runner bench --param` refusing bad input before anything is built.
 
 use runner::store::{NewTrial, Store};
 
@@ -127,4 +128,28 @@ fn report_csv_shows_each_architectures_own_parameters_and_empty_cells_for_the_ot
         header.starts_with("experiment,trial,arch,depth,shortcut,preact,block,width,params,status,"),
         "{header}"
     );
+}
+
+#[test]
+fn bench_param_errors_exit_2_naming_the_parameter_and_the_choices() {
+    let d = Dir::new();
+    for (args, wants) in [
+        (&["-p", "shortcut=D"][..], &["shortcut", "A, B, C"][..]),
+        (
+            &["--param", "depht=20"],
+            &["depht", "depth, shortcut, preact, block, width"],
+        ),
+        (&["--param", "preact=yes"], &["preact", "true or false"]),
+        (&["--arch", "plain", "-p", "block=basic"], &["block", "depth, width"]),
+        (&["--depth", "21"], &["--depth", "6n+2"]),
+    ] {
+        let mut all = vec!["bench", "--steps", "1", "--warmup", "0", "--batch", "2"];
+        all.extend(args);
+        let r = d.run(&all);
+        assert_eq!(r.code(), 2, "{args:?}: {}", r.stderr());
+        for w in wants {
+            assert!(r.stderr().contains(w), "{args:?}: `{w}` missing from {}", r.stderr());
+        }
+        assert!(r.stdout().is_empty(), "{args:?} timed something: {}", r.stdout());
+    }
 }
