@@ -132,11 +132,12 @@ fn dry_run(args: &RunArgs) -> Result<i32> {
     // widest value, numbers right-aligned.
     let mut cols: Vec<(String, i32)> = vec![("arch".to_string(), -7)];
     for name in &params {
+        let title = report::param_title(name, &FIXED);
         let width = g
             .trials
             .iter()
             .map(|t| value(t, name).chars().count())
-            .chain([name.chars().count()])
+            .chain([title.chars().count()])
             .max()
             .unwrap_or(0) as i32;
         let numeric = g
@@ -144,7 +145,7 @@ fn dry_run(args: &RunArgs) -> Result<i32> {
             .iter()
             .filter_map(|t| t.params.get(name))
             .all(|v| matches!(v, Value::Int(_)));
-        cols.push((report::param_title(name, &FIXED), if numeric { width } else { -width }));
+        cols.push((title, if numeric { width } else { -width }));
     }
     cols.extend([("seed", 4), ("params", 11), ("mflops", 8), ("key", -12)].map(|(c, w)| (c.to_string(), w)));
     let line = |cells: &[String]| -> String {

@@ -6,6 +6,10 @@
 //!
 //! The human formats show errors in percent and shorten numbers; the machine formats keep every
 //! value as stored (errors as fractions, seconds) so that nothing is lost on the way to analysis.
+//!
+//! No architecture's parameters are named here: the parameter columns of every format are those
+//! the architectures of the rows declare ([`param_columns`], from the plugin registry), so the
+//! columns depend on the rows.
 
 pub mod paper;
 pub mod plot;
