@@ -380,43 +380,37 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
-        // Several runners started together on a new file all switch it to WAL at once; the
-        // losers may be told SQLITE_BUSY before the busy timeout applies.
-        let mut attempt = 0;
-        let pool = loop {
-            match SqlitePoolOptions::new()
-                .max_connections(MAX_CONNECTIONS)
-                .min_connections(0)
-                .connect_with(options.clone())
-                .await
-            {
-                Ok(pool) => break pool,
-                Err(e) if is_busy(&e) && attempt < BUSY_RETRIES => {
-                    backoff(attempt).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(open_error(path, create, e)),
-            }
-        };
-        let store = Store {
-            pool,
+        let mut store = Store {
+            pool: pool(path, create, &options).await?,
             path: path.to_path_buf(),
         };
-        if let Err(e) = store.migrate().await {
-            // Closed rather than dropped, so that no -wal/-shm file is left beside a database
-            // this binary refused.
-            store.shut().await;
-            return Err(e);
+        match store.migrate().await {
+            Ok(false) => {}
+            // SQLite prepares a statement against the schema its connection read last, and sqlx
+            // takes the result's column names from that preparation: a pooled connection that
+            // read the schema before the migration would report a redefined view's old columns.
+            // Start again with connections that know only the new schema.
+            Ok(true) => {
+                store.pool.close().await;
+                store.pool = pool(path, create, &options).await?;
+            }
+            Err(e) => {
+                // Closed rather than dropped, so that no -wal/-shm file is left beside a
+                // database this binary refused.
+                store.shut().await;
+                return Err(e);
+            }
         }
         Ok(store)
     }
 
     /// Runs the embedded migrations inside one IMMEDIATE transaction, so that two runners
-    /// opening a new file at the same moment do not both try to create the tables.
-    async fn migrate(&self) -> Result<()> {
+    /// opening a new file at the same moment do not both try to create the tables. Says
+    /// whether the schema was out of date (and is now current).
+    async fn migrate(&self) -> Result<bool> {
         let migrator = sqlx::migrate!("./migrations");
         if self.schema_is_current(&migrator).await? {
-            return Ok(());
+            return Ok(false);
         }
         let mut last = None;
         for attempt in 0..=BUSY_RETRIES {
@@ -440,7 +434,7 @@ impl Store {
                 }
             };
             match result {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(true),
                 Err(MigrateError::Execute(e)) if is_busy(&e) => {
                     last = Some(MigrateError::Execute(e));
                     backoff(attempt).await;
@@ -500,6 +494,27 @@ impl Store {
         Error::Store {
             path: self.path.clone(),
             message: describe(&e),
+        }
+    }
+}
+
+/// A connection pool on the file. Several runners started together on a new file all switch it
+/// to WAL at once; the losers may be told SQLITE_BUSY before the busy timeout applies.
+async fn pool(path: &Path, create: bool, options: &SqliteConnectOptions) -> Result<SqlitePool> {
+    let mut attempt = 0;
+    loop {
+        match SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .min_connections(0)
+            .connect_with(options.clone())
+            .await
+        {
+            Ok(pool) => return Ok(pool),
+            Err(e) if is_busy(&e) && attempt < BUSY_RETRIES => {
+                backoff(attempt).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(open_error(path, create, e)),
         }
     }
 }

@@ -834,3 +834,40 @@ async fn close_leaves_every_write_in_the_main_file() {
     status.sort();
     assert_eq!(status, ["pending", "running"]);
 }
+
+/// A regression test: the first summary after migration 0003 failed with "no column found for
+/// name: arch_params" when it ran on a pooled connection that had read the schema before the
+/// migration (SQLite prepares against a connection's cached schema; sqlx takes the column names
+/// from that first preparation).
+#[tokio::test]
+async fn a_store_of_the_0002_schema_reads_its_trials_right_after_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("migrations");
+    std::fs::create_dir(&old).unwrap();
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for name in ["0001_initial.sql", "0002_stale_running_is_interrupted.sql"] {
+        std::fs::copy(here.join(name), old.join(name)).unwrap();
+    }
+    let path = dir.path().join("runs.db");
+    let options = SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+    let pool = SqlitePool::connect_with(options).await.unwrap();
+    Migrator::new(old.as_path()).await.unwrap().run(&pool).await.unwrap();
+    sqlx::query("INSERT INTO experiments (name, grid_toml) VALUES ('old', '')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO trials (experiment_id, key, ord, arch, config_json, params, mflops) VALUES (1, ?1, 0, 'resnet', ?2, 1, 1.0)")
+        .bind("ab".repeat(32))
+        .bind(config("old", "resnet", 20, 1))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    for _ in 0..2 {
+        let store = Store::open_existing(&path).await.unwrap();
+        let rows = store.summary(None).await.unwrap();
+        assert_eq!(rows[0].param("depth"), Some(&Value::Int(20)));
+        assert_eq!(rows[0].param("shortcut"), Some(&Value::Str("B".into())));
+        store.close().await;
+    }
+}
