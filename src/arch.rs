@@ -169,6 +169,33 @@ impl ParamSpec {
         }
     }
 
+    /// Reads a value written on a command line (`20`, `true`, `B`) as this parameter's type,
+    /// and checks it like [`ParamSpec::check`].
+    pub fn parse(&self, text: &str) -> std::result::Result<Value, String> {
+        let invalid = || {
+            format!(
+                "invalid value `{text}` for parameter `{}`: expected {}",
+                self.name,
+                self.allowed()
+            )
+        };
+        let v = match self.kind {
+            ParamKind::Int { .. } => Value::Int(text.trim().parse().map_err(|_| invalid())?),
+            ParamKind::Bool => match text.trim() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => return Err(invalid()),
+            },
+            ParamKind::Float { .. } => match text.trim().parse::<f64>() {
+                Ok(x) if x.is_finite() => Value::Float(x),
+                _ => return Err(invalid()),
+            },
+            ParamKind::Choice(_) => Value::Str(text.trim().to_string()),
+        };
+        self.check(&v)?;
+        Ok(v)
+    }
+
     /// Checks that `v` has this parameter's type and is one of its allowed values.
     pub fn check(&self, v: &Value) -> std::result::Result<(), String> {
         match (self.kind, v) {

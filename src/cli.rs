@@ -16,6 +16,7 @@ checkpoints in one SQLite file (runs.db) that `runner report` and plain SQL read
     after_help = "Examples:\n  runner run experiments/quick.toml        train the embedded default grid\n  \
 runner run experiments/depth.toml --dry-run   list the planned trials without training\n  \
 runner report --csv                       one row per trial\n  \
+runner bench --arch resnet -p depth=56 -p shortcut=B   time training steps\n  \
 runner list archs                         architectures and their parameters\n  \
 sqlite3 runs.db 'select * from trial_summary'"
 )]
@@ -47,7 +48,8 @@ pub struct RunArgs {
     /// Print the planned trials and exit: nothing is trained or written
     #[arg(long)]
     pub dry_run: bool,
-    /// With --dry-run: print the plan as CSV
+    /// With --dry-run: print the plan as CSV (arch, a column per parameter of the grid's
+    /// architectures, seed, params, mflops, key)
     #[arg(long, requires = "dry_run")]
     pub csv: bool,
     /// The results database
@@ -79,7 +81,17 @@ pub enum Format {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Charts (--plot DIR), one set per experiment:
+#[command(
+    after_help = "Columns: experiment, trial, arch, then one per architecture parameter, then
+params, status, steps, best_val_error, test_error, train_loss, wall_s,
+images_per_s, mflops, seed, dataset, best_step, key, error (--csv; the table
+shows fewer). The parameter columns depend on the trials reported: every
+parameter the architectures among them declare, in `runner list archs` order,
+a shared name once, empty where a trial's architecture has no such parameter
+(plain and resnet trials: depth, width, shortcut, preact, block). --json puts
+them in an `arch_params` object with the same keys in every row.
+
+Charts (--plot DIR), one set per experiment:
   <experiment>-curves.svg    error (%) against iterations (He et al. 2015, Fig. 6):
                              a panel per network family, a colour per depth,
                              thin dashed = training, bold = validation error
@@ -94,9 +106,11 @@ a note on stderr. In <experiment>, characters other than letters, digits, '-',
 '_' and '.' become '_'.
 
 Examples:
+  runner report --csv --experiment depth > depth.csv
   runner report --paper         how far each trial is from the papers
   runner report --plot charts --png --markdown --paper > report.md
-                                a document for a README or a lab notebook")]
+                                a document for a README or a lab notebook"
+)]
 pub struct ReportArgs {
     /// The results database
     #[arg(long, default_value = "runs.db")]
@@ -104,7 +118,8 @@ pub struct ReportArgs {
     /// Only this experiment
     #[arg(long)]
     pub experiment: Option<String>,
-    /// CSV with a header row (errors as fractions)
+    /// CSV with a header row (errors as fractions); its parameter columns depend on the
+    /// architectures reported (see below)
     #[arg(long, conflicts_with_all = ["json", "markdown"])]
     pub csv: bool,
     /// A JSON array, one object per trial
@@ -185,7 +200,7 @@ pub enum ListWhat {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchOp {
-    /// Whole training steps and evaluation batches of a model (--arch, --depth, ...)
+    /// Whole training steps and evaluation batches of a model (--arch, --param NAME=VALUE)
     Model,
     /// Our convolution kernels against Candle's, per ResNet layer shape
     Conv,
@@ -194,20 +209,33 @@ pub enum BenchOp {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "The model is the architecture's defaults (`runner list archs` shows each
+architecture's parameters, their defaults and allowed values) with the
+parameters given by --param changed. Values are read as the parameter's type:
+an integer, true/false, or one of the listed choices.
+
+Examples:
+  runner bench --arch resnet --depth 56
+  runner bench --arch resnet -p depth=110 -p shortcut=B -p preact=true
+  runner bench --arch resnet -p block=bottleneck -p depth=164 --batch 64
+  runner bench --arch plain -p width=32 --json
+  runner bench --op conv                    our convolution kernels against Candle's"
+)]
 pub struct BenchArgs {
     /// What to time
     #[arg(long, value_enum, default_value = "model")]
     pub op: BenchOp,
+    /// The architecture to time (`runner list archs`)
     #[arg(long, default_value = "resnet")]
     pub arch: String,
-    #[arg(long, default_value_t = 20)]
-    pub depth: i64,
-    /// Shortcut option (resnet only)
-    #[arg(long)]
-    pub shortcut: Option<String>,
-    /// Pre-activation units (resnet only)
-    #[arg(long)]
-    pub preact: bool,
+    /// Set one of the architecture's parameters, e.g. `-p shortcut=B`; repeat for several.
+    /// The others keep their defaults
+    #[arg(long = "param", short = 'p', value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// Shorthand for `--param depth=N`, for architectures that have a depth
+    #[arg(long, value_name = "N")]
+    pub depth: Option<i64>,
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
     /// Timed steps (after warm-up)

@@ -13,3 +13,6 @@ mod run;
 mod report_plot;
 #[path = "suite/robust.rs"]
 mod robust;
+
+#[path = "suite/arch_params.rs"]
+mod arch_params;

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use candle_core::Tensor;
 
 use super::run::parse_device;
-use crate::arch::{self, InputShape, Value};
+use crate::arch::{self, Architecture, InputShape, Params, Value};
 use crate::cli::{BenchArgs, BenchOp};
 use crate::nn::ParamStore;
 use crate::rng::Rng;
@@ -46,14 +46,7 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
             plugins::names().join(", ")
         ))
     })?;
-    let mut given = BTreeMap::from([("depth".to_string(), Value::Int(args.depth))]);
-    if let Some(s) = &args.shortcut {
-        given.insert("shortcut".into(), Value::Str(s.clone()));
-    }
-    if args.preact {
-        given.insert("preact".into(), Value::Bool(true));
-    }
-    let params = arch::resolve(a, &given).map_err(|e| Error::Usage(format!("--{}: {}", e.param, e.message)))?;
+    let params = model_params(a, args.depth, &args.params)?;
     let shape = InputShape::CIFAR;
     let cost = arch::cost(a, &params, shape, CLASSES)?;
 
@@ -167,6 +160,70 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The parameters of the model to time: `--param NAME=VALUE` each read as the type `arch`
+/// declares for NAME, `--depth N` as `--param depth=N`, defaults for the rest, all checked by
+/// [`arch::resolve`]. A usage error (exit 2) names the parameter and the values it takes.
+pub(super) fn model_params(arch: &dyn Architecture, depth: Option<i64>, given: &[String]) -> Result<Params, Error> {
+    let specs = arch.params();
+    let known = || {
+        if specs.is_empty() {
+            format!("`{}` has no parameters", arch.name())
+        } else {
+            format!(
+                "the parameters of `{}` are: {} (`runner list archs`)",
+                arch.name(),
+                specs.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+            )
+        }
+    };
+    let mut values = BTreeMap::new();
+    for item in given {
+        let Some((name, text)) = item.split_once('=') else {
+            return Err(Error::Usage(format!(
+                "--param `{item}`: expected NAME=VALUE, e.g. --param depth=20; {}",
+                known()
+            )));
+        };
+        let name = name.trim();
+        let Some(spec) = specs.iter().find(|s| s.name == name) else {
+            return Err(Error::Usage(format!(
+                "--param {item}: `{}` has no parameter `{name}`; {}",
+                arch.name(),
+                known()
+            )));
+        };
+        let v = spec
+            .parse(text)
+            .map_err(|m| Error::Usage(format!("--param {item}: {m}")))?;
+        if values.insert(name.to_string(), v).is_some() {
+            return Err(Error::Usage(format!("--param {name}=… is given twice: give it once")));
+        }
+    }
+    if let Some(d) = depth {
+        if !specs.iter().any(|s| s.name == "depth") {
+            return Err(Error::Usage(format!(
+                "--depth {d}: `{}` has no parameter `depth`; {}; set them with --param NAME=VALUE",
+                arch.name(),
+                known()
+            )));
+        }
+        if values.contains_key("depth") {
+            return Err(Error::Usage(format!(
+                "--depth {d} and --param depth=… both set the depth: give one"
+            )));
+        }
+        values.insert("depth".to_string(), Value::Int(d));
+    }
+    arch::resolve(arch, &values).map_err(|e| {
+        let flag = if e.param == "depth" && depth.is_some() {
+            "--depth".to_string()
+        } else {
+            format!("--param {}", e.param)
+        };
+        Error::Usage(format!("{flag}: {}", e.message))
+    })
 }
 
 /// Seconds per call of `f` for each variant (false: our ops, true: Candle's own), the

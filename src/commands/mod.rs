@@ -4,14 +4,17 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 
-use crate::arch::ParamKind;
+use crate::arch::{ParamKind, Value};
 use crate::cli::{Cli, Command, ListWhat, RunArgs};
-use crate::{data, grid, plugins};
+use crate::{data, grid, plugins, report};
 
 mod bench;
 mod progress;
 mod results;
 mod run;
+
+#[cfg(test)]
+mod tests;
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
@@ -120,35 +123,47 @@ fn dry_run(args: &RunArgs) -> Result<i32> {
         Err(e) => return Err(e.into()),
     };
     let mut out = std::io::stdout().lock();
-    // (column, width in the table; negative = left-aligned)
-    const COLS: [(&str, i32); 10] = [
-        ("arch", -7),
-        ("depth", 5),
-        ("shortcut", 8),
-        ("preact", 6),
-        ("block", 10),
-        ("width", 5),
-        ("seed", 4),
-        ("params", 11),
-        ("mflops", 8),
-        ("key", -12),
-    ];
+    // The architectures' parameters between `arch` and the fixed columns, as `runner report`
+    // puts them.
+    const FIXED: [&str; 5] = ["arch", "seed", "params", "mflops", "key"];
+    let params = report::param_columns(g.trials.iter().map(|t| (t.arch.name(), &t.params)), plugins::ALL);
+    let value = |t: &grid::TrialSpec, name: &str| t.params.get(name).map(|v| v.to_string()).unwrap_or_default();
+    // (column, width in the table; negative = left-aligned): parameters as wide as their
+    // widest value, numbers right-aligned.
+    let mut cols: Vec<(String, i32)> = vec![("arch".to_string(), -7)];
+    for name in &params {
+        let title = report::param_title(name, &FIXED);
+        let width = g
+            .trials
+            .iter()
+            .map(|t| value(t, name).chars().count())
+            .chain([title.chars().count()])
+            .max()
+            .unwrap_or(0) as i32;
+        let numeric = g
+            .trials
+            .iter()
+            .filter_map(|t| t.params.get(name))
+            .all(|v| matches!(v, Value::Int(_)));
+        cols.push((title, if numeric { width } else { -width }));
+    }
+    cols.extend([("seed", 4), ("params", 11), ("mflops", 8), ("key", -12)].map(|(c, w)| (c.to_string(), w)));
     let line = |cells: &[String]| -> String {
         if args.csv {
-            return cells.join(",");
+            return cells.iter().map(|c| report::csv_field(c)).collect::<Vec<_>>().join(",");
         }
         let padded: Vec<String> = cells
             .iter()
-            .zip(COLS)
+            .zip(&cols)
             .map(|(c, (_, w))| {
-                if w < 0 {
-                    format!("{c:<0$}", (-w) as usize)
+                if *w < 0 {
+                    format!("{c:<0$}", w.unsigned_abs() as usize)
                 } else {
-                    format!("{c:>0$}", w as usize)
+                    format!("{c:>0$}", *w as usize)
                 }
             })
             .collect();
-        padded.join(" ")
+        padded.join(" ").trim_end().to_string()
     };
     if !args.csv {
         writeln!(
@@ -160,23 +175,19 @@ fn dry_run(args: &RunArgs) -> Result<i32> {
             classes
         )?;
     }
-    writeln!(out, "{}", line(&COLS.map(|(c, _)| c.to_string())))?;
+    let titles: Vec<String> = cols.iter().map(|(c, _)| c.clone()).collect();
+    writeln!(out, "{}", line(&titles))?;
     for t in &g.trials {
         let cost =
             crate::arch::cost(t.arch, &t.params, shape, classes).with_context(|| format!("building {}", t.label()))?;
-        let p = |k: &str| t.params.get(k).map(|v| v.to_string()).unwrap_or_default();
-        let cells = [
-            t.arch.name().to_string(),
-            p("depth"),
-            p("shortcut"),
-            p("preact"),
-            p("block"),
-            p("width"),
+        let mut cells = vec![t.arch.name().to_string()];
+        cells.extend(params.iter().map(|name| value(t, name)));
+        cells.extend([
             t.train.seed.to_string(),
             cost.params.to_string(),
             format!("{:.2}", cost.mflops),
             t.key[..12].to_string(),
-        ];
+        ]);
         writeln!(out, "{}", line(&cells))?;
     }
     Ok(0)

@@ -6,6 +6,10 @@
 //!
 //! The human formats show errors in percent and shorten numbers; the machine formats keep every
 //! value as stored (errors as fractions, seconds) so that nothing is lost on the way to analysis.
+//!
+//! No architecture's parameters are named here: the parameter columns of every format are those
+//! the architectures of the rows declare ([`param_columns`], from the plugin registry), so the
+//! columns depend on the rows.
 
 pub mod paper;
 pub mod plot;
@@ -17,13 +21,76 @@ mod plot_tests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
+use crate::arch::{Architecture, Params, Value};
 use crate::store::SummaryRow;
 use paper::Comparison;
 
 /// The paper comparison of each row, in row order (`None`: the papers have no such network).
 pub type PaperColumn<'a> = &'a [Option<Comparison>];
+
+/// The architecture-parameter columns of a report on these trials (architecture name and
+/// stored parameters of each): the parameters that `registry` declares for the architectures
+/// present, in registry order and then in each plugin's declaration order, a name that several
+/// architectures share being one column. A parameter stored with a trial but not declared
+/// (an architecture no longer registered, or a parameter its plugin dropped; an old store)
+/// still gets a column: after the declared ones of its architecture, in name order, and the
+/// unregistered architectures after the registered ones, in name order.
+pub fn param_columns<'a>(
+    trials: impl IntoIterator<Item = (&'a str, &'a Params)>,
+    registry: &[&dyn Architecture],
+) -> Vec<String> {
+    let mut stored: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (arch, params) in trials {
+        stored
+            .entry(arch)
+            .or_default()
+            .extend(params.0.keys().map(String::as_str));
+    }
+    let declared = |name: &str| -> Vec<&'static str> {
+        registry
+            .iter()
+            .find(|a| a.name() == name)
+            .map(|a| a.params().iter().map(|p| p.name).collect())
+            .unwrap_or_default()
+    };
+    let registered = registry.iter().map(|a| a.name()).filter(|a| stored.contains_key(a));
+    let unregistered = stored
+        .keys()
+        .copied()
+        .filter(|a| !registry.iter().any(|r| r.name() == *a));
+    let mut out: Vec<String> = Vec::new();
+    for arch in registered.chain(unregistered) {
+        let declared = declared(arch);
+        let extra = stored[arch].iter().copied().filter(|k| !declared.contains(k));
+        for name in declared.iter().copied().chain(extra) {
+            if !out.iter().any(|c| c == name) {
+                out.push(name.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// [`param_columns`] of summary rows, with the registered plugins.
+fn row_param_columns(rows: &[SummaryRow]) -> Vec<String> {
+    param_columns(
+        rows.iter().map(|r| (r.arch.as_str(), &r.arch_params)),
+        crate::plugins::ALL,
+    )
+}
+
+/// The title of a parameter's column: its name, or `arch_params.NAME` when a fixed column of
+/// the format already has that name (a plugin parameter called `steps`), so that no title is
+/// there twice.
+pub fn param_title(name: &str, fixed: &[&str]) -> String {
+    if fixed.contains(&name) {
+        format!("arch_params.{name}")
+    } else {
+        name.to_string()
+    }
+}
 
 /// A column of the human formats: its title, whether it is a number (right-aligned), and the
 /// cell text, `None` for NULL.
@@ -37,16 +104,15 @@ const fn col(title: &'static str, numeric: bool, cell: fn(&SummaryRow) -> Option
     Column { title, numeric, cell }
 }
 
-const COLUMNS: &[Column] = &[
+/// The human formats' columns before the architecture's parameters ...
+const LEADING: &[Column] = &[
     col("experiment", false, |r| Some(r.experiment.clone())),
     col("trial", true, |r| Some(r.trial.to_string())),
     col("arch", false, |r| Some(r.arch.clone())),
-    col("depth", true, |r| r.depth.map(|d| d.to_string())),
-    col("shortcut", false, |r| r.shortcut.clone()),
-    col("preact", false, |r| {
-        r.preact.map(|p| if p { "yes" } else { "no" }.to_string())
-    }),
-    col("block", false, |r| r.block.clone()),
+];
+
+/// ... and after them.
+const TRAILING: &[Column] = &[
     col("params", true, |r| Some(count(r.params))),
     col("status", false, |r| Some(r.status.clone())),
     col("steps", true, |r| r.steps.map(|s| s.to_string())),
@@ -57,6 +123,14 @@ const COLUMNS: &[Column] = &[
     col("images/s", true, |r| r.images_per_s.map(|v| format!("{v:.0}"))),
 ];
 
+/// A parameter value in the human formats: `yes`/`no` for booleans.
+fn human_value(v: &Value) -> String {
+    match v {
+        Value::Bool(b) => if *b { "yes" } else { "no" }.to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// What the human formats print for NULL.
 const NULL: &str = "-";
 
@@ -65,19 +139,35 @@ const PAPER_TITLES: [(&str, bool); 3] = [("paper test err %", true), ("diff", tr
 
 /// Titles, right-alignment and cell texts of the human formats, with the paper columns when
 /// `paper` is given.
-fn human(rows: &[SummaryRow], paper: Option<PaperColumn>) -> (Vec<(&'static str, bool)>, Vec<Vec<String>>) {
-    let mut titles: Vec<(&'static str, bool)> = COLUMNS.iter().map(|c| (c.title, c.numeric)).collect();
+fn human(rows: &[SummaryRow], paper: Option<PaperColumn>) -> (Vec<(String, bool)>, Vec<Vec<String>>) {
+    let params = row_param_columns(rows);
+    let fixed: Vec<&str> = LEADING.iter().chain(TRAILING).map(|c| c.title).collect();
+    let title = |c: &Column| (c.title.to_string(), c.numeric);
+    let mut titles: Vec<(String, bool)> = LEADING.iter().map(title).collect();
+    // A parameter column is right-aligned when every value in it is a number.
+    titles.extend(params.iter().map(|name| {
+        let numeric = rows
+            .iter()
+            .filter_map(|r| r.param(name))
+            .all(|v| matches!(v, Value::Int(_)));
+        (param_title(name, &fixed), numeric)
+    }));
+    titles.extend(TRAILING.iter().map(title));
     if paper.is_some() {
-        titles.extend(PAPER_TITLES);
+        titles.extend(PAPER_TITLES.map(|(t, n)| (t.to_string(), n)));
     }
+    let text = |c: &Column, r: &SummaryRow| (c.cell)(r).unwrap_or_else(|| NULL.to_string());
     let cells = rows
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let mut line: Vec<String> = COLUMNS
-                .iter()
-                .map(|c| (c.cell)(r).unwrap_or_else(|| NULL.to_string()))
-                .collect();
+            let mut line: Vec<String> = LEADING.iter().map(|c| text(c, r)).collect();
+            line.extend(
+                params
+                    .iter()
+                    .map(|name| r.param(name).map(human_value).unwrap_or_else(|| NULL.to_string())),
+            );
+            line.extend(TRAILING.iter().map(|c| text(c, r)));
             if let Some(paper) = paper {
                 line.extend(paper_cells(r, paper.get(i).and_then(Option::as_ref)));
             }
@@ -136,7 +226,7 @@ pub fn table_with(rows: &[SummaryRow], paper: Option<PaperColumn>) -> String {
             .collect();
         format!("{}\n", padded.join("  ").trim_end())
     };
-    let mut out = line(titles.iter().map(|(t, _)| *t).collect());
+    let mut out = line(titles.iter().map(|(t, _)| t.as_str()).collect());
     for cells in &cells {
         out.push_str(&line(cells.iter().map(String::as_str).collect()));
     }
@@ -164,7 +254,7 @@ pub fn markdown(rows: &[SummaryRow]) -> String {
 pub fn markdown_with(rows: &[SummaryRow], paper: Option<PaperColumn>) -> String {
     let (titles, cells) = human(rows, paper);
     let mut out = String::new();
-    let names: Vec<&str> = titles.iter().map(|(t, _)| *t).collect();
+    let names: Vec<&str> = titles.iter().map(|(t, _)| t.as_str()).collect();
     out.push_str(&format!("| {} |\n", names.join(" | ")));
     let rules: Vec<&str> = titles.iter().map(|(_, n)| if *n { "---:" } else { "---" }).collect();
     out.push_str(&format!("| {} |\n", rules.join(" | ")));
@@ -273,26 +363,64 @@ fn link(path: &str) -> String {
     }
 }
 
-/// The CSV header; the first fifteen columns are the ones the README promises, in this order.
-pub const CSV_HEADER: &str = "experiment,trial,arch,depth,shortcut,preact,block,params,status,steps,\
-best_val_error,test_error,train_loss,wall_s,images_per_s,mflops,width,seed,dataset,best_step,key,error";
+/// The CSV columns before the architecture's parameters ...
+pub const CSV_LEADING: [&str; 3] = ["experiment", "trial", "arch"];
+/// ... and after them.
+pub const CSV_TRAILING: [&str; 14] = [
+    "params",
+    "status",
+    "steps",
+    "best_val_error",
+    "test_error",
+    "train_loss",
+    "wall_s",
+    "images_per_s",
+    "mflops",
+    "seed",
+    "dataset",
+    "best_step",
+    "key",
+    "error",
+];
 
-/// CSV (RFC 4180): a header line, then one line per trial. Errors are fractions, times seconds,
-/// NULL an empty field.
+/// The CSV header of these rows: [`CSV_LEADING`], one column per architecture parameter
+/// ([`param_columns`]: so the header depends on the architectures in the rows), then
+/// [`CSV_TRAILING`].
+pub fn csv_header(rows: &[SummaryRow]) -> String {
+    csv_titles(&row_param_columns(rows)).join(",")
+}
+
+fn csv_titles(params: &[String]) -> Vec<String> {
+    let fixed: Vec<&str> = CSV_LEADING.iter().chain(&CSV_TRAILING).copied().collect();
+    CSV_LEADING
+        .iter()
+        .map(|s| s.to_string())
+        .chain(params.iter().map(|p| csv_field(&param_title(p, &fixed))))
+        .chain(CSV_TRAILING.iter().map(|s| s.to_string()))
+        .collect()
+}
+
+/// CSV (RFC 4180): a header line ([`csv_header`]), then one line per trial. Errors are
+/// fractions, times seconds, NULL (and a parameter the trial's architecture does not have) an
+/// empty field.
 pub fn csv(rows: &[SummaryRow]) -> String {
     csv_with(rows, None)
 }
 
 /// [`csv`] with the paper comparison columns ([`PAPER_FIELDS`]) after the others.
 pub fn csv_with(rows: &[SummaryRow], paper: Option<PaperColumn>) -> String {
-    let mut out = String::from(CSV_HEADER);
+    let params = row_param_columns(rows);
+    let mut out = csv_titles(&params).join(",");
     if paper.is_some() {
         out.push(',');
         out.push_str(&PAPER_FIELDS.join(","));
     }
     out.push('\n');
     for (i, r) in rows.iter().enumerate() {
-        let mut fields: Vec<Option<String>> = csv_row(r).into();
+        let [experiment, trial, arch, rest @ ..] = csv_row(r);
+        let mut fields: Vec<Option<String>> = vec![experiment, trial, arch];
+        fields.extend(params.iter().map(|p| r.param(p).map(Value::to_string)));
+        fields.extend(rest);
         if let Some(paper) = paper {
             fields.extend(paper_fields(r, paper.get(i).and_then(Option::as_ref)));
         }
@@ -303,15 +431,12 @@ pub fn csv_with(rows: &[SummaryRow], paper: Option<PaperColumn>) -> String {
     out
 }
 
-fn csv_row(r: &SummaryRow) -> [Option<String>; 22] {
+/// The fixed fields of a row, in the order of [`CSV_LEADING`] and [`CSV_TRAILING`].
+fn csv_row(r: &SummaryRow) -> [Option<String>; 17] {
     [
         Some(r.experiment.clone()),
         Some(r.trial.to_string()),
         Some(r.arch.clone()),
-        r.depth.map(|v| v.to_string()),
-        r.shortcut.clone(),
-        r.preact.map(|v| v.to_string()),
-        r.block.clone(),
         Some(r.params.to_string()),
         Some(r.status.clone()),
         r.steps.map(|v| v.to_string()),
@@ -321,7 +446,6 @@ fn csv_row(r: &SummaryRow) -> [Option<String>; 22] {
         r.wall_s.map(|v| v.to_string()),
         r.images_per_s.map(|v| v.to_string()),
         Some(r.mflops.to_string()),
-        r.width.map(|v| v.to_string()),
         r.seed.map(|v| v.to_string()),
         r.dataset.clone(),
         r.best_step.map(|v| v.to_string()),
@@ -347,14 +471,25 @@ fn paper_fields(r: &SummaryRow, c: Option<&Comparison>) -> [Option<String>; 4] {
 
 /// [`json`] with the paper comparison fields ([`PAPER_FIELDS`]) in each object.
 pub fn json_with(rows: &[SummaryRow], paper: Option<PaperColumn>) -> String {
-    let Some(paper) = paper else { return json(rows) };
+    let params = row_param_columns(rows);
     let items: Vec<serde_json::Value> = rows
         .iter()
         .enumerate()
         .map(|(i, r)| {
+            // Serializing plain structs of strings and numbers cannot fail (non-finite floats
+            // become null).
             let mut v = serde_json::to_value(r).unwrap_or(serde_json::Value::Null);
-            let c = paper.get(i).and_then(Option::as_ref);
-            if let serde_json::Value::Object(map) = &mut v {
+            let serde_json::Value::Object(map) = &mut v else {
+                return v;
+            };
+            // Every object has the same parameter keys, null where its architecture has none.
+            if let Some(serde_json::Value::Object(p)) = map.get_mut("arch_params") {
+                for name in &params {
+                    p.entry(name.clone()).or_insert(serde_json::Value::Null);
+                }
+            }
+            if let Some(paper) = paper {
+                let c = paper.get(i).and_then(Option::as_ref);
                 map.insert(
                     "paper_test_error".into(),
                     c.map(|c| c.entry.test_error_pct / 100.0).into(),
@@ -377,15 +512,16 @@ pub fn json_with(rows: &[SummaryRow], paper: Option<PaperColumn>) -> String {
     out
 }
 
-/// A JSON array of objects, one per trial, with the field names of [`SummaryRow`]; NULL is `null`.
+/// A JSON array of objects, one per trial, with the field names of [`SummaryRow`]; NULL is
+/// `null`. The architecture parameters are the object `arch_params`, with a key for every
+/// parameter column of the report ([`param_columns`]), `null` where the trial's architecture
+/// has no such parameter.
 pub fn json(rows: &[SummaryRow]) -> String {
-    // Serializing plain structs of strings and numbers cannot fail (non-finite floats become null).
-    let mut out = serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".to_string());
-    out.push('\n');
-    out
+    json_with(rows, None)
 }
 
-fn csv_field(s: &str) -> String {
+/// One CSV field, quoted when it has to be (RFC 4180).
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

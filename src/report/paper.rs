@@ -22,6 +22,7 @@ use serde::Serialize;
 use crate::arch::Value;
 use crate::data::{DatasetKind, Normalize};
 use crate::grid::TrialConfig;
+use crate::plugins;
 use crate::train::config::{OptimizerConfig, Schedule};
 
 /// Which table an entry comes from.
@@ -134,24 +135,21 @@ pub fn compare(config: &TrialConfig) -> Option<Comparison> {
     if config.arch != "resnet" {
         return None;
     }
-    let p = &config.params;
-    let int = |k: &str, default: i64| match p.get(k) {
-        Some(Value::Int(i)) => Some(*i),
-        None => Some(default),
+    let value = param_values(config)?;
+    let int = |k: &str| match value(k)? {
+        Value::Int(i) => Some(i),
         _ => None,
     };
-    let text = |k: &str, default: &str| match p.get(k) {
-        Some(Value::Str(s)) => Some(s.clone()),
-        None => Some(default.to_string()),
+    let text = |k: &str| match value(k)? {
+        Value::Str(s) => Some(s),
         _ => None,
     };
-    let depth = int("depth", 20)?;
-    let width = int("width", 16)?;
-    let block = text("block", "basic")?;
-    let shortcut = text("shortcut", "A")?;
-    let preact = match p.get("preact") {
-        Some(Value::Bool(b)) => *b,
-        None => false,
+    let depth = int("depth")?;
+    let width = int("width")?;
+    let block = text("block")?;
+    let shortcut = text("shortcut")?;
+    let preact = match value("preact")? {
+        Value::Bool(b) => b,
         _ => return None,
     };
     // A wider first stage is another network, not another recipe.
@@ -164,6 +162,20 @@ pub fn compare(config: &TrialConfig) -> Option<Comparison> {
     Some(Comparison {
         entry: *entry,
         recipe: recipe_differences(config, entry),
+    })
+}
+
+/// The trial's value of each parameter by name: as stored, else the default its plugin declares
+/// (a trial stored before the plugin had that parameter was built with its default); `None` for
+/// an architecture that is not registered, and from the lookup for a name neither has.
+fn param_values(config: &TrialConfig) -> Option<impl Fn(&str) -> Option<Value> + '_> {
+    let arch = plugins::find(&config.arch)?;
+    Some(move |name: &str| {
+        config
+            .params
+            .get(name)
+            .cloned()
+            .or_else(|| arch.params().iter().find(|p| p.name == name).map(|p| p.default.value()))
     })
 }
 

@@ -149,3 +149,20 @@ fn resnet_110_without_the_warm_up_is_noted() {
     .expect("a match");
     assert_eq!(c.recipe, vec!["no lr 0.01 warm-up".to_string()]);
 }
+
+#[test]
+fn parameters_a_trial_did_not_store_take_the_plugins_declared_defaults() {
+    // A trial stored before the plugin had shortcut, preact, block or width was built with
+    // their defaults, which the plugin declares (A, false, basic, 16): a ResNet-20 of Table 6.
+    let c = compare(&config("resnet", serde_json::json!({ "depth": 20 }), same)).expect("a match");
+    assert_eq!((c.entry.source, c.entry.depth), (Source::He2015Table6, 20));
+    let b = compare(&config(
+        "resnet",
+        serde_json::json!({ "depth": 110, "shortcut": "B" }),
+        same,
+    ))
+    .expect("B");
+    assert_eq!((b.entry.source, b.entry.test_error_pct), (Source::He2016Table3, 6.61));
+    // An architecture this build does not have matches nothing.
+    assert_eq!(compare(&config("vgg", serde_json::json!({ "depth": 20 }), same)), None);
+}

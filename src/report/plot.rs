@@ -37,6 +37,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
 
+use crate::arch::Value;
 use crate::store::{MetricRow, SummaryRow};
 use crate::{Error, Result};
 
@@ -200,21 +201,52 @@ pub fn charts(rows: &[SummaryRow], metrics: &Metrics) -> (Vec<Chart>, Vec<String
             "no training or validation error recorded yet",
         );
         keep(depth(&rows), "depth", "no trial has a test or validation error yet");
-        if varies(&rows, |r| r.shortcut.clone()) {
-            let c = grouped(&rows, "shortcut", |r| r.shortcut.clone(), |s| format!("option {s}"));
+        if varies(&rows, |r| text_param(r, "shortcut")) {
+            let c = grouped(
+                &rows,
+                "shortcut",
+                |r| text_param(r, "shortcut"),
+                |s| format!("option {s}"),
+            );
             keep(c, "shortcut", "no ResNet has a test or validation error yet");
         }
-        if varies(&rows, |r| r.preact.map(|p| p.to_string())) {
+        if varies(&rows, |r| bool_param(r, "preact").map(|p| p.to_string())) {
             let c = grouped(
                 &rows,
                 "preact",
-                |r| r.preact.map(|p| unit(p).to_string()),
+                |r| bool_param(r, "preact").map(|p| unit(p).to_string()),
                 str::to_string,
             );
             keep(c, "preact", "no ResNet has a test or validation error yet");
         }
     }
     (out, skipped)
+}
+
+// The charts are the papers' (He et al. 2015 and 2016), about the parameters of the `plain` and
+// `resnet` plugins: they read those by name from each trial's parameters. A trial whose
+// architecture has no such parameter is left out of what needs it (a net without `depth` from
+// the error-against-depth chart), or drawn as one family.
+
+fn int_param(r: &SummaryRow, name: &str) -> Option<i64> {
+    match r.param(name) {
+        Some(Value::Int(i)) => Some(*i),
+        _ => None,
+    }
+}
+
+fn bool_param(r: &SummaryRow, name: &str) -> Option<bool> {
+    match r.param(name) {
+        Some(Value::Bool(b)) => Some(*b),
+        _ => None,
+    }
+}
+
+fn text_param(r: &SummaryRow, name: &str) -> Option<String> {
+    match r.param(name) {
+        Some(Value::Str(s)) => Some(s.clone()),
+        _ => None,
+    }
 }
 
 fn unit(preact: bool) -> &'static str {
@@ -242,10 +274,10 @@ enum Field {
 impl Field {
     fn text(self, r: &SummaryRow) -> Option<String> {
         match self {
-            Field::Shortcut => r.shortcut.as_ref().map(|s| format!("shortcut {s}")),
-            Field::Preact => r.preact.map(|p| unit(p).to_string()),
-            Field::Block => r.block.clone(),
-            Field::Width => r.width.map(|w| format!("width {w}")),
+            Field::Shortcut => text_param(r, "shortcut").map(|s| format!("shortcut {s}")),
+            Field::Preact => bool_param(r, "preact").map(|p| unit(p).to_string()),
+            Field::Block => text_param(r, "block"),
+            Field::Width => int_param(r, "width").map(|w| format!("width {w}")),
         }
     }
 }
@@ -262,7 +294,7 @@ fn varying(rows: &[&SummaryRow]) -> Vec<Field> {
             let mut by_depth: BTreeMap<Option<i64>, BTreeSet<String>> = BTreeMap::new();
             for r in rows {
                 if let Some(t) = f.text(r) {
-                    by_depth.entry(r.depth).or_default().insert(t);
+                    by_depth.entry(int_param(r, "depth")).or_default().insert(t);
                 }
             }
             by_depth.values().any(|values| values.len() > 1)
@@ -291,7 +323,7 @@ fn title(rows: &[&SummaryRow], what: &str) -> String {
 }
 
 fn depth_name(r: &SummaryRow) -> String {
-    match r.depth {
+    match int_param(r, "depth") {
         Some(d) => format!("{}-{d}", r.arch),
         None => r.arch.clone(),
     }
@@ -310,8 +342,12 @@ fn error_series(metrics: &[MetricRow], split: &str) -> Vec<(f64, f64)> {
 
 fn curves(rows: &[&SummaryRow], metrics: &Metrics) -> Option<Chart> {
     let fields = varying(rows);
-    let depths: BTreeSet<i64> = rows.iter().filter_map(|r| r.depth).collect();
-    let colour_of = |r: &SummaryRow| r.depth.and_then(|d| depths.iter().position(|&x| x == d)).unwrap_or(0);
+    let depths: BTreeSet<i64> = rows.iter().filter_map(|r| int_param(r, "depth")).collect();
+    let colour_of = |r: &SummaryRow| {
+        int_param(r, "depth")
+            .and_then(|d| depths.iter().position(|&x| x == d))
+            .unwrap_or(0)
+    };
     let mut panels: Vec<Panel> = Vec::new();
     for r in rows {
         let Some(m) = metrics.get(&r.trial) else { continue };
@@ -384,7 +420,7 @@ fn depth(rows: &[&SummaryRow]) -> Option<Chart> {
         ] {
             let points: Vec<(f64, f64)> = members
                 .iter()
-                .filter_map(|r| Some((r.depth? as f64, value(r)? * 100.0)))
+                .filter_map(|r| Some((int_param(r, "depth")? as f64, value(r)? * 100.0)))
                 .filter(|(_, y)| y.is_finite())
                 .collect();
             if !points.is_empty() {

@@ -1,7 +1,10 @@
 //! Charts from hand-built rows and series: what each chart holds, and that the SVG and PNG
 //! files carry it (curves counted in the SVG, pixels checked in the decoded PNG).
 
+use std::collections::BTreeMap;
+
 use super::plot::*;
+use crate::arch::{Params, Value};
 use crate::store::{MetricRow, SummaryRow};
 
 fn row(trial: i64, arch: &str, depth: i64) -> SummaryRow {
@@ -11,11 +14,17 @@ fn row(trial: i64, arch: &str, depth: i64) -> SummaryRow {
         trial,
         key: format!("{trial:012}"),
         arch: arch.into(),
-        depth: Some(depth),
-        shortcut: resnet.then(|| "A".into()),
-        preact: resnet.then_some(false),
-        block: resnet.then(|| "basic".into()),
-        width: Some(16),
+        arch_params: Params(if resnet {
+            BTreeMap::from([
+                ("depth".into(), Value::Int(depth)),
+                ("shortcut".into(), Value::Str("A".into())),
+                ("preact".into(), Value::Bool(false)),
+                ("block".into(), Value::Str("basic".into())),
+                ("width".into(), Value::Int(16)),
+            ])
+        } else {
+            BTreeMap::from([("depth".into(), Value::Int(depth)), ("width".into(), Value::Int(16))])
+        }),
         seed: Some(1),
         dataset: Some("cifar10".into()),
         params: 269_722,
@@ -30,6 +39,10 @@ fn row(trial: i64, arch: &str, depth: i64) -> SummaryRow {
         images_per_s: Some(100.0),
         error: None,
     }
+}
+
+fn set(r: &mut SummaryRow, name: &str, v: Value) {
+    r.arch_params.0.insert(name.into(), v);
 }
 
 /// A pending trial: nothing but its configuration.
@@ -242,7 +255,7 @@ fn a_shortcut_grid_gets_a_panel_per_option_and_a_chart_by_option() {
     {
         let mut r = row(i as i64 + 1, "resnet", depth);
         r.experiment = "shortcuts".into();
-        r.shortcut = Some(option.into());
+        set(&mut r, "shortcut", Value::Str(option.into()));
         rows.push(r);
     }
     let metrics = rows.iter().map(|r| (r.trial, series(r.trial, 3))).collect();
@@ -288,8 +301,8 @@ fn a_preact_grid_gets_a_chart_by_unit_with_a_line_per_depth_and_block() {
     .enumerate()
     {
         let mut r = row(i as i64 + 1, "resnet", depth);
-        r.block = Some(block.into());
-        r.preact = Some(preact);
+        set(&mut r, "block", Value::Str(block.into()));
+        set(&mut r, "preact", Value::Bool(preact));
         rows.push(r);
     }
     let (charts, _) = charts(&rows, &Metrics::new());

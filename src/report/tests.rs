@@ -1,16 +1,19 @@
 use super::*;
 
+/// Parameters as the store holds them.
+fn params(json: serde_json::Value) -> Params {
+    serde_json::from_value(json).unwrap()
+}
+
 fn row(trial: i64) -> SummaryRow {
     SummaryRow {
         experiment: "depth".into(),
         trial,
         key: "3fa2c1d4e5f6".into(),
         arch: "resnet".into(),
-        depth: Some(20),
-        shortcut: Some("A".into()),
-        preact: Some(false),
-        block: Some("basic".into()),
-        width: Some(16),
+        arch_params: params(serde_json::json!({
+            "block": "basic", "depth": 20, "preact": false, "shortcut": "A", "width": 16
+        })),
         seed: Some(1),
         dataset: Some("cifar10".into()),
         params: 269_722,
@@ -31,9 +34,7 @@ fn row(trial: i64) -> SummaryRow {
 fn failed(trial: i64) -> SummaryRow {
     SummaryRow {
         arch: "plain".into(),
-        shortcut: None,
-        preact: None,
-        block: None,
+        arch_params: params(serde_json::json!({ "depth": 20, "width": 16 })),
         status: "failed".into(),
         steps: None,
         best_val_error: None,
@@ -81,11 +82,25 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
 #[test]
 fn csv_header_is_the_documented_one() {
     let text = csv(&[]);
-    assert!(text.starts_with(
-        "experiment,trial,arch,depth,shortcut,preact,block,params,status,steps,best_val_error,test_error,\
-         train_loss,wall_s,images_per_s,mflops,width,seed,dataset,best_step,key,error\n"
-    ));
-    assert_eq!(text.lines().count(), 1);
+    assert_eq!(
+        text,
+        "experiment,trial,arch,params,status,steps,best_val_error,test_error,\
+         train_loss,wall_s,images_per_s,mflops,seed,dataset,best_step,key,error\n"
+    );
+    // The parameter columns come after `arch`: those of the architectures in the rows, in
+    // registry order (plain before resnet) and each plugin's order, shared names once.
+    let header = csv(&[row(1), failed(2)]).lines().next().unwrap().to_string();
+    assert_eq!(
+        header,
+        "experiment,trial,arch,depth,width,shortcut,preact,block,params,status,steps,best_val_error,\
+         test_error,train_loss,wall_s,images_per_s,mflops,seed,dataset,best_step,key,error"
+    );
+    assert_eq!(header, csv_header(&[failed(2), row(1)]), "row order does not matter");
+    let resnet_only = csv_header(&[row(1)]);
+    assert!(
+        resnet_only.starts_with("experiment,trial,arch,depth,shortcut,preact,block,width,params,"),
+        "{resnet_only}"
+    );
 }
 
 #[test]
@@ -170,7 +185,11 @@ fn json_is_an_array_with_nulls_and_fractions() {
     assert_eq!(items[0]["best_val_error"].as_f64(), rows[0].best_val_error);
     assert_eq!(items[0]["trial"].as_i64(), Some(1));
     assert!(items[1]["test_error"].is_null());
-    assert!(items[1]["preact"].is_null());
+    // Every object has every parameter of the report, null where its architecture has none.
+    assert_eq!(items[0]["arch_params"]["preact"].as_bool(), Some(false));
+    assert_eq!(items[1]["arch_params"]["depth"].as_i64(), Some(20));
+    assert!(items[1]["arch_params"]["preact"].is_null());
+    assert!(items[1]["arch_params"].as_object().unwrap().contains_key("shortcut"));
     assert_eq!(items[1]["error"].as_str(), rows[1].error.as_deref());
 }
 
@@ -214,7 +233,8 @@ fn paper_columns_show_the_figure_our_difference_and_the_recipe_or_dashes() {
 
     let md = markdown_with(&rows, Some(&paper));
     let header = md.lines().next().unwrap();
-    assert_eq!(header.matches(" | ").count(), COLUMNS.len() + 2);
+    // The fixed columns, the five parameters of resnet and plain, the three paper columns.
+    assert_eq!(header.matches(" | ").count(), LEADING.len() + TRAILING.len() + 5 + 2);
     assert!(md
         .lines()
         .nth(2)
@@ -269,4 +289,88 @@ fn the_markdown_document_has_a_title_the_table_the_paper_note_and_chart_links() 
     // Plain --markdown: no paper note, no charts section.
     let plain = document(&rows, None, &[]);
     assert!(!plain.contains("paper") && !plain.contains("## Charts"), "{plain}");
+}
+
+/// An architecture of a test registry: a name and its parameters.
+struct Fake(&'static str, &'static [crate::arch::ParamSpec]);
+
+const fn spec(name: &'static str) -> crate::arch::ParamSpec {
+    crate::arch::ParamSpec {
+        name,
+        kind: crate::arch::ParamKind::Int { min: 0 },
+        default: crate::arch::DefaultValue::Int(1),
+        doc: "",
+    }
+}
+
+impl Architecture for Fake {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+    fn summary(&self) -> &'static str {
+        "a test architecture"
+    }
+    fn params(&self) -> &'static [crate::arch::ParamSpec] {
+        self.1
+    }
+    fn build(
+        &self,
+        _: &Params,
+        _: crate::arch::InputShape,
+        _: usize,
+        _: candle_nn::VarBuilder,
+    ) -> candle_core::Result<crate::arch::Model> {
+        candle_core::bail!("not built in tests")
+    }
+}
+
+#[test]
+fn param_columns_follow_the_registry_then_declaration_order_with_shared_names_once() {
+    const MLP: &[crate::arch::ParamSpec] = &[spec("hidden"), spec("layers")];
+    const CNN: &[crate::arch::ParamSpec] = &[spec("layers"), spec("kernel"), spec("channels")];
+    const UNUSED: &[crate::arch::ParamSpec] = &[spec("never")];
+    let (mlp, cnn, unused) = (Fake("mlp", MLP), Fake("cnn", CNN), Fake("unused", UNUSED));
+    let registry: [&dyn Architecture; 3] = [&unused, &cnn, &mlp];
+    let none = Params::default();
+    let old = params(serde_json::json!({ "zeta": 1, "alpha": 2 }));
+    let dropped = params(serde_json::json!({ "hidden": 1, "layers": 2, "dropout": 3 }));
+    let trials = [("mlp", &dropped), ("gone", &old), ("cnn", &none), ("mlp", &none)];
+    assert_eq!(
+        param_columns(trials, &registry),
+        // cnn before mlp (registry order), `layers` once; mlp's stored-but-undeclared `dropout`
+        // after its declared ones; the unregistered architecture's stored names last, sorted.
+        ["layers", "kernel", "channels", "hidden", "dropout", "alpha", "zeta"]
+    );
+    assert_eq!(param_columns([], &registry), Vec::<String>::new());
+}
+
+#[test]
+fn a_parameter_named_like_a_fixed_column_gets_a_title_of_its_own() {
+    assert_eq!(param_title("steps", &CSV_TRAILING), "arch_params.steps");
+    assert_eq!(param_title("depth", &CSV_TRAILING), "depth");
+    let mut r = row(1);
+    r.arch = "gone".into();
+    r.arch_params = params(serde_json::json!({ "steps": 3 }));
+    let header = csv_header(&[r]);
+    assert!(
+        header.starts_with("experiment,trial,arch,arch_params.steps,params,status,steps,"),
+        "{header}"
+    );
+}
+
+#[test]
+fn csv_shows_each_architectures_own_parameters_and_empty_cells_for_the_others() {
+    let rows = [row(1), failed(2)];
+    let records = parse_csv(&csv(&rows));
+    let header = &records[0];
+    let field = |r: usize, name: &str| records[r][header.iter().position(|h| h == name).unwrap()].clone();
+    let names = ["depth", "width", "shortcut", "preact", "block"];
+    assert_eq!(names.map(|n| field(1, n)), ["20", "16", "A", "false", "basic"]);
+    assert_eq!(names.map(|n| field(2, n)), ["20", "16", "", "", ""]);
+    // The table: booleans as yes/no, NULL as a dash.
+    let text = table(&rows);
+    let lines: Vec<Vec<&str>> = text.lines().take(3).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(lines[0][3..8], names);
+    assert_eq!(lines[1][3..8], ["20", "16", "A", "no", "basic"]);
+    assert_eq!(lines[2][3..8], ["20", "16", "-", "-", "-"]);
 }

@@ -42,8 +42,12 @@ use std::time::Duration;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::migrate::{Migrate, MigrateError, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{FromRow, Row};
 
+use crate::arch::{Params, Value};
 use crate::{Error, Result};
 
 /// How long SQLite itself waits for another writer's lock before answering SQLITE_BUSY.
@@ -188,19 +192,18 @@ pub struct Record {
 /// How a trial ended: the trainer's own outcome, recorded as it is.
 pub use crate::train::Outcome;
 
-/// One row of the `trial_summary` view (see `migrations/0001_initial.sql`). Errors are fractions.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+/// One row of the `trial_summary` view (see `migrations/0003_arch_params.sql`). Errors are
+/// fractions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SummaryRow {
     pub experiment: String,
     pub trial: i64,
     /// The first 12 hex characters of the trial key.
     pub key: String,
     pub arch: String,
-    pub depth: Option<i64>,
-    pub shortcut: Option<String>,
-    pub preact: Option<bool>,
-    pub block: Option<String>,
-    pub width: Option<i64>,
+    /// The architecture's parameters as stored with the trial (every parameter its plugin
+    /// declared when the trial was registered, defaults filled in), by name.
+    pub arch_params: Params,
     pub seed: Option<i64>,
     pub dataset: Option<String>,
     pub params: i64,
@@ -214,6 +217,70 @@ pub struct SummaryRow {
     pub wall_s: Option<f64>,
     pub images_per_s: Option<f64>,
     pub error: Option<String>,
+}
+
+impl SummaryRow {
+    /// The value of the architecture parameter `name`; `None` when the trial's architecture has
+    /// no such parameter.
+    pub fn param(&self, name: &str) -> Option<&Value> {
+        self.arch_params.get(name)
+    }
+}
+
+// By hand rather than derived: `arch_params` is JSON text in the view.
+impl<'r> FromRow<'r, SqliteRow> for SummaryRow {
+    fn from_row(row: &'r SqliteRow) -> sqlx::Result<Self> {
+        let params: Option<String> = row.try_get("arch_params")?;
+        Ok(SummaryRow {
+            experiment: row.try_get("experiment")?,
+            trial: row.try_get("trial")?,
+            key: row.try_get("key")?,
+            arch: row.try_get("arch")?,
+            arch_params: parse_params(params.as_deref()).map_err(|e| sqlx::Error::ColumnDecode {
+                index: "arch_params".into(),
+                source: e.into(),
+            })?,
+            seed: row.try_get("seed")?,
+            dataset: row.try_get("dataset")?,
+            params: row.try_get("params")?,
+            mflops: row.try_get("mflops")?,
+            status: row.try_get("status")?,
+            steps: row.try_get("steps")?,
+            best_val_error: row.try_get("best_val_error")?,
+            best_step: row.try_get("best_step")?,
+            test_error: row.try_get("test_error")?,
+            train_loss: row.try_get("train_loss")?,
+            wall_s: row.try_get("wall_s")?,
+            images_per_s: row.try_get("images_per_s")?,
+            error: row.try_get("error")?,
+        })
+    }
+}
+
+/// The `arch_params` JSON object of a trial. A value of a type this build's parameters cannot
+/// have (a float, say, from another runner's plugin) is kept as its JSON text rather than
+/// making the whole report fail; a missing object is no parameters.
+fn parse_params(text: Option<&str>) -> std::result::Result<Params, serde_json::Error> {
+    let Some(text) = text else {
+        return Ok(Params::default());
+    };
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)?;
+    Ok(Params(
+        map.into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    serde_json::Value::Bool(b) => Value::Bool(b),
+                    serde_json::Value::Number(n) => match n.as_i64() {
+                        Some(i) => Value::Int(i),
+                        None => Value::Str(n.to_string()),
+                    },
+                    serde_json::Value::String(s) => Value::Str(s),
+                    other => Value::Str(other.to_string()),
+                };
+                (k, v)
+            })
+            .collect(),
+    ))
 }
 
 /// Everything about one trial (`runner show`).
@@ -313,43 +380,37 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
-        // Several runners started together on a new file all switch it to WAL at once; the
-        // losers may be told SQLITE_BUSY before the busy timeout applies.
-        let mut attempt = 0;
-        let pool = loop {
-            match SqlitePoolOptions::new()
-                .max_connections(MAX_CONNECTIONS)
-                .min_connections(0)
-                .connect_with(options.clone())
-                .await
-            {
-                Ok(pool) => break pool,
-                Err(e) if is_busy(&e) && attempt < BUSY_RETRIES => {
-                    backoff(attempt).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(open_error(path, create, e)),
-            }
-        };
-        let store = Store {
-            pool,
+        let mut store = Store {
+            pool: pool(path, create, &options).await?,
             path: path.to_path_buf(),
         };
-        if let Err(e) = store.migrate().await {
-            // Closed rather than dropped, so that no -wal/-shm file is left beside a database
-            // this binary refused.
-            store.shut().await;
-            return Err(e);
+        match store.migrate().await {
+            Ok(false) => {}
+            // SQLite prepares a statement against the schema its connection read last, and sqlx
+            // takes the result's column names from that preparation: a pooled connection that
+            // read the schema before the migration would report a redefined view's old columns.
+            // Start again with connections that know only the new schema.
+            Ok(true) => {
+                store.pool.close().await;
+                store.pool = pool(path, create, &options).await?;
+            }
+            Err(e) => {
+                // Closed rather than dropped, so that no -wal/-shm file is left beside a
+                // database this binary refused.
+                store.shut().await;
+                return Err(e);
+            }
         }
         Ok(store)
     }
 
     /// Runs the embedded migrations inside one IMMEDIATE transaction, so that two runners
-    /// opening a new file at the same moment do not both try to create the tables.
-    async fn migrate(&self) -> Result<()> {
+    /// opening a new file at the same moment do not both try to create the tables. Says
+    /// whether the schema was out of date (and is now current).
+    async fn migrate(&self) -> Result<bool> {
         let migrator = sqlx::migrate!("./migrations");
         if self.schema_is_current(&migrator).await? {
-            return Ok(());
+            return Ok(false);
         }
         let mut last = None;
         for attempt in 0..=BUSY_RETRIES {
@@ -373,7 +434,7 @@ impl Store {
                 }
             };
             match result {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(true),
                 Err(MigrateError::Execute(e)) if is_busy(&e) => {
                     last = Some(MigrateError::Execute(e));
                     backoff(attempt).await;
@@ -433,6 +494,27 @@ impl Store {
         Error::Store {
             path: self.path.clone(),
             message: describe(&e),
+        }
+    }
+}
+
+/// A connection pool on the file. Several runners started together on a new file all switch it
+/// to WAL at once; the losers may be told SQLITE_BUSY before the busy timeout applies.
+async fn pool(path: &Path, create: bool, options: &SqliteConnectOptions) -> Result<SqlitePool> {
+    let mut attempt = 0;
+    loop {
+        match SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .min_connections(0)
+            .connect_with(options.clone())
+            .await
+        {
+            Ok(pool) => return Ok(pool),
+            Err(e) if is_busy(&e) && attempt < BUSY_RETRIES => {
+                backoff(attempt).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(open_error(path, create, e)),
         }
     }
 }

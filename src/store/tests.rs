@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
 use super::*;
+use crate::arch::Value;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -149,7 +150,10 @@ async fn summary_lists_trials_in_grid_order_per_experiment() {
     store.register("a-second", "", &grid("a-second", 2)).await.unwrap();
 
     let rows = store.summary(None).await.unwrap();
-    let order: Vec<(String, i64)> = rows.iter().map(|r| (r.experiment.clone(), r.depth.unwrap())).collect();
+    let order: Vec<(String, i64)> = rows
+        .iter()
+        .map(|r| (r.experiment.clone(), r.arch_params.int("depth").unwrap()))
+        .collect();
     let expected: Vec<(String, i64)> = (0..4)
         .map(|i| ("b-first".to_string(), 6 * i + 8))
         .chain((0..2).map(|i| ("a-second".to_string(), 6 * i + 8)))
@@ -172,11 +176,12 @@ async fn view_extracts_architecture_columns_from_config() {
 
     let r = &rows[0];
     assert_eq!(r.arch, "resnet");
-    assert_eq!(r.depth, Some(20));
-    assert_eq!(r.shortcut.as_deref(), Some("B"));
-    assert_eq!(r.preact, Some(true));
-    assert_eq!(r.block.as_deref(), Some("basic"));
-    assert_eq!(r.width, Some(16));
+    let expected = |json: serde_json::Value| -> crate::arch::Params { serde_json::from_value(json).unwrap() };
+    assert_eq!(
+        r.arch_params,
+        expected(serde_json::json!({"block": "basic", "depth": 20, "preact": true, "shortcut": "B", "width": 16}))
+    );
+    assert_eq!(r.param("preact"), Some(&Value::Bool(true)));
     assert_eq!(r.seed, Some(1));
     assert_eq!(r.dataset.as_deref(), Some("synthetic"));
     assert_eq!(r.params, resnet.params);
@@ -186,8 +191,87 @@ async fn view_extracts_architecture_columns_from_config() {
 
     let p = &rows[1];
     assert_eq!(p.arch, "plain");
-    assert_eq!(p.depth, Some(20));
-    assert_eq!((p.shortcut.clone(), p.preact, p.block.clone()), (None, None, None));
+    assert_eq!(p.arch_params, expected(serde_json::json!({"depth": 20, "width": 16})));
+    assert_eq!(p.param("shortcut"), None);
+}
+
+/// A trial whose parameters are the registered plugin's defaults, as the grid module resolves them.
+fn default_trial(experiment: &str, ord: i64, arch: &str) -> NewTrial {
+    let plugin = crate::plugins::find(arch).unwrap();
+    let params = crate::arch::resolve(plugin, &Default::default()).unwrap();
+    let config_json = serde_json::json!({
+        "experiment": experiment,
+        "arch": arch,
+        "params": params,
+        "dataset": {"kind": "synthetic"},
+        "seed": 1,
+    })
+    .to_string();
+    NewTrial {
+        key: hex::encode(Sha256::digest(config_json.as_bytes())),
+        arch: arch.to_string(),
+        config_json,
+        params: 1,
+        mflops: 1.0,
+        ord,
+    }
+}
+
+#[tokio::test]
+async fn trial_params_has_one_row_per_declared_parameter() {
+    let (_dir, store) = fresh().await;
+    let trials = [default_trial("e", 0, "resnet"), default_trial("e", 1, "plain")];
+    store.register("e", "", &trials).await.unwrap();
+    let ids: Vec<i64> = store.summary(None).await.unwrap().iter().map(|r| r.trial).collect();
+    let rows: Vec<(String, i64, String, String, String, String)> = sqlx::query_as(
+        "SELECT experiment, trial, arch, name, typeof(value), CAST(value AS TEXT) FROM trial_params ORDER BY trial, name",
+    )
+    .fetch_all(&store.pool)
+    .await
+    .unwrap();
+    for (id, arch) in ids.iter().zip(["resnet", "plain"]) {
+        let of: Vec<_> = rows.iter().filter(|r| r.1 == *id).collect();
+        let mut declared: Vec<&str> = crate::plugins::find(arch)
+            .unwrap()
+            .params()
+            .iter()
+            .map(|p| p.name)
+            .collect();
+        declared.sort();
+        let names: Vec<&str> = of.iter().map(|r| r.3.as_str()).collect();
+        assert_eq!(names, declared, "{arch}");
+        assert!(of.iter().all(|r| r.0 == "e" && r.2 == arch), "{of:?}");
+    }
+    let value = |id: i64, name: &str| {
+        let r = rows.iter().find(|r| r.1 == id && r.3 == name).unwrap();
+        (r.4.as_str(), r.5.as_str())
+    };
+    assert_eq!(value(ids[0], "depth"), ("integer", "20"));
+    assert_eq!(value(ids[0], "shortcut"), ("text", "A"));
+    assert_eq!(value(ids[0], "preact"), ("integer", "0"), "booleans read as 1 and 0");
+    assert_eq!(value(ids[1], "width"), ("integer", "16"));
+}
+
+#[tokio::test]
+async fn the_summary_keeps_every_stored_parameter_of_any_architecture() {
+    // A trial of an architecture this build does not know, with a value of a type no
+    // parameter has here: the summary still has all of them.
+    let (_dir, store) = fresh().await;
+    let mut t = trial("e", 0, "plain", 8);
+    t.arch = "vgg".into();
+    t.config_json = serde_json::json!({
+        "experiment": "e", "arch": "vgg", "seed": 1, "dataset": {"kind": "synthetic"},
+        "params": {"layers": 11, "bn": true, "dropout": 0.5, "head": "fc"},
+    })
+    .to_string();
+    t.key = hex::encode(Sha256::digest(t.config_json.as_bytes()));
+    store.register("e", "", &[t]).await.unwrap();
+    let rows = store.summary(None).await.unwrap();
+    let p = &rows[0].arch_params;
+    assert_eq!(p.get("layers"), Some(&Value::Int(11)));
+    assert_eq!(p.get("bn"), Some(&Value::Bool(true)));
+    assert_eq!(p.get("dropout"), Some(&Value::Str("0.5".into())));
+    assert_eq!(p.get("head"), Some(&Value::Str("fc".into())));
 }
 
 #[tokio::test]
@@ -749,4 +833,41 @@ async fn close_leaves_every_write_in_the_main_file() {
     let mut status: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
     status.sort();
     assert_eq!(status, ["pending", "running"]);
+}
+
+/// A regression test: the first summary after migration 0003 failed with "no column found for
+/// name: arch_params" when it ran on a pooled connection that had read the schema before the
+/// migration (SQLite prepares against a connection's cached schema; sqlx takes the column names
+/// from that first preparation).
+#[tokio::test]
+async fn a_store_of_the_0002_schema_reads_its_trials_right_after_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("migrations");
+    std::fs::create_dir(&old).unwrap();
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for name in ["0001_initial.sql", "0002_stale_running_is_interrupted.sql"] {
+        std::fs::copy(here.join(name), old.join(name)).unwrap();
+    }
+    let path = dir.path().join("runs.db");
+    let options = SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+    let pool = SqlitePool::connect_with(options).await.unwrap();
+    Migrator::new(old.as_path()).await.unwrap().run(&pool).await.unwrap();
+    sqlx::query("INSERT INTO experiments (name, grid_toml) VALUES ('old', '')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO trials (experiment_id, key, ord, arch, config_json, params, mflops) VALUES (1, ?1, 0, 'resnet', ?2, 1, 1.0)")
+        .bind("ab".repeat(32))
+        .bind(config("old", "resnet", 20, 1))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    for _ in 0..2 {
+        let store = Store::open_existing(&path).await.unwrap();
+        let rows = store.summary(None).await.unwrap();
+        assert_eq!(rows[0].param("depth"), Some(&Value::Int(20)));
+        assert_eq!(rows[0].param("shortcut"), Some(&Value::Str("B".into())));
+        store.close().await;
+    }
 }

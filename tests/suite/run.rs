@@ -58,8 +58,9 @@ fn a_grid_runs_reports_and_a_second_run_trains_nothing() {
     assert!(r.stdout().contains("2 trained, 0 failed"), "{}", r.stdout());
 
     let (header, rows) = csv_rows(&d);
-    let expected = "experiment,trial,arch,depth,shortcut,preact,block,params,status,steps,best_val_error,\
-                    test_error,train_loss,wall_s,images_per_s";
+    // The parameters of plain (depth, width), then those resnet adds, between arch and params.
+    let expected = "experiment,trial,arch,depth,width,shortcut,preact,block,params,status,steps,best_val_error,\
+                    test_error,train_loss,wall_s";
     assert_eq!(header[..15].join(","), expected);
     assert_eq!(rows.len(), 2);
     let col = |row: &Vec<String>, name: &str| row[header.iter().position(|h| h == name).unwrap()].clone();
@@ -74,6 +75,7 @@ fn a_grid_runs_reports_and_a_second_run_trains_nothing() {
     }
     assert_eq!(col(&rows[0], "arch"), "plain");
     assert_eq!(col(&rows[1], "shortcut"), "A");
+    assert_eq!(col(&rows[0], "shortcut"), "", "a plain net has no shortcut");
     let before = metrics(&d);
 
     let again = d.run(&["run", "g.toml"]);
