@@ -114,7 +114,7 @@ impl fmt::Display for Value {
         match self {
             Value::Bool(b) => write!(f, "{b}"),
             Value::Int(i) => write!(f, "{i}"),
-            Value::Float(x) => write!(f, "{x}"),
+            Value::Float(x) => write!(f, "{x:?}"), // 0.0, not 0: a number, not a count
             Value::Str(s) => write!(f, "{s}"),
         }
     }

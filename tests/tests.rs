@@ -16,3 +16,6 @@ mod robust;
 
 #[path = "suite/arch_params.rs"]
 mod arch_params;
+
+#[path = "suite/plugins.rs"]
+mod plugins;

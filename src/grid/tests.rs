@@ -89,10 +89,10 @@ fn the_key_is_stable_and_depends_on_the_configuration() {
 
 #[test]
 fn unknown_arch_names_the_line_and_the_known_ones() {
-    let (line, _, msg) = grid_err("[grid]\narch = [\"vgg\"]\n");
+    let (line, _, msg) = grid_err("[grid]\narch = [\"alexnet\"]\n");
     assert_eq!(line, 11);
     assert!(
-        msg.contains("unknown architecture `vgg`") && msg.contains("plain, resnet"),
+        msg.contains("unknown architecture `alexnet`") && msg.contains("plain, resnet, wrn, vgg"),
         "{msg}"
     );
 }

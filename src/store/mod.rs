@@ -270,9 +270,10 @@ fn parse_params(text: Option<&str>) -> std::result::Result<Params, serde_json::E
             .map(|(k, v)| {
                 let v = match v {
                     serde_json::Value::Bool(b) => Value::Bool(b),
-                    serde_json::Value::Number(n) => match n.as_i64() {
-                        Some(i) => Value::Int(i),
-                        None => Value::Str(n.to_string()),
+                    serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+                        (Some(i), _) => Value::Int(i),
+                        (None, Some(x)) => Value::Float(x),
+                        (None, None) => Value::Str(n.to_string()),
                     },
                     serde_json::Value::String(s) => Value::Str(s),
                     other => Value::Str(other.to_string()),

@@ -254,13 +254,13 @@ async fn trial_params_has_one_row_per_declared_parameter() {
 
 #[tokio::test]
 async fn the_summary_keeps_every_stored_parameter_of_any_architecture() {
-    // A trial of an architecture this build does not know, with a value of a type no
-    // parameter has here: the summary still has all of them.
+    // A trial of an architecture this build does not know: the summary still has all of its
+    // parameters, with their types.
     let (_dir, store) = fresh().await;
     let mut t = trial("e", 0, "plain", 8);
-    t.arch = "vgg".into();
+    t.arch = "alexnet".into();
     t.config_json = serde_json::json!({
-        "experiment": "e", "arch": "vgg", "seed": 1, "dataset": {"kind": "synthetic"},
+        "experiment": "e", "arch": "alexnet", "seed": 1, "dataset": {"kind": "synthetic"},
         "params": {"layers": 11, "bn": true, "dropout": 0.5, "head": "fc"},
     })
     .to_string();
@@ -270,7 +270,7 @@ async fn the_summary_keeps_every_stored_parameter_of_any_architecture() {
     let p = &rows[0].arch_params;
     assert_eq!(p.get("layers"), Some(&Value::Int(11)));
     assert_eq!(p.get("bn"), Some(&Value::Bool(true)));
-    assert_eq!(p.get("dropout"), Some(&Value::Str("0.5".into())));
+    assert_eq!(p.get("dropout"), Some(&Value::Float(0.5)));
     assert_eq!(p.get("head"), Some(&Value::Str("fc".into())));
 }
 

@@ -9,7 +9,7 @@ use crate::util::Dir;
 const GRID: &str = "[experiment]\nname = \"mixed\"\n\n[dataset]\nkind = \"synthetic\"\n\n\
 [train]\niterations = 10\n\n[grid]\narch = [\"plain\", \"resnet\"]\ndepth = [8]\nshortcut = [\"B\"]\n";
 
-/// Registers the grid's trials (nothing trained), and a trial of a `vgg` plugin of some
+/// Registers the grid's trials (nothing trained), and a trial of a `alexnet` plugin of some
 /// other build, in `runs.db`.
 fn store_of_mixed_trials(d: &Dir) {
     let path = d.write("g.toml", GRID);
@@ -27,15 +27,15 @@ fn store_of_mixed_trials(d: &Dir) {
             ord: i as i64,
         })
         .collect();
-    let vgg = serde_json::json!({
-        "experiment": "mixed", "arch": "vgg", "seed": 1, "dataset": {"kind": "synthetic"},
+    let alexnet = serde_json::json!({
+        "experiment": "mixed", "arch": "alexnet", "seed": 1, "dataset": {"kind": "synthetic"},
         "params": {"layers": 11, "bn": true},
     })
     .to_string();
     trials.push(NewTrial {
         key: "f".repeat(64),
-        arch: "vgg".into(),
-        config_json: vgg,
+        arch: "alexnet".into(),
+        config_json: alexnet,
         params: 1000,
         mflops: 1.0,
         ord: 2,
@@ -100,7 +100,7 @@ fn report_csv_shows_each_architectures_own_parameters_and_empty_cells_for_the_ot
         ["8", "16", "B", "false", "basic", "", ""]
     );
     assert_eq!(
-        ["depth", "width", "shortcut", "bn", "layers"].map(|n| cell("vgg", n)),
+        ["depth", "width", "shortcut", "bn", "layers"].map(|n| cell("alexnet", n)),
         ["", "", "", "true", "11"]
     );
 

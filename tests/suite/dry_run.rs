@@ -18,7 +18,13 @@ fn bad_grid(body: &str) -> (i32, String, Vec<String>) {
 
 #[test]
 fn every_shipped_grid_plans_without_error() {
-    for g in ["quick", "depth", "shortcuts", "preact"] {
+    let mut grids: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/experiments"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".toml").map(String::from))
+        .collect();
+    grids.sort();
+    assert!(grids.len() >= 5, "{grids:?}");
+    for g in grids {
         let d = Dir::new();
         let r = d.run(&["run", &repo_file(&format!("experiments/{g}.toml")), "--dry-run"]);
         assert_eq!(r.code(), 0, "{g}: {}", r.stderr());
@@ -59,10 +65,13 @@ fn csv_plan_has_exact_params_and_flops() {
 
 #[test]
 fn unknown_architecture_exits_2_naming_file_line_and_choices() {
-    let (code, err, files) = bad_grid("[grid]\narch = [\"vgg\"]\n");
+    let (code, err, files) = bad_grid("[grid]\narch = [\"alexnet\"]\n");
     assert_eq!(code, 2);
     assert!(err.contains("g.toml:11:"), "{err}");
-    assert!(err.contains("vgg") && err.contains("plain, resnet"), "{err}");
+    assert!(
+        err.contains("alexnet") && err.contains("plain, resnet, wrn, vgg"),
+        "{err}"
+    );
     assert_eq!(files, vec!["g.toml"]);
 }
 
