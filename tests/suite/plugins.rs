@@ -69,6 +69,8 @@ fn every_registered_plugin_trains_at_its_defaults_and_exports_what_it_builds() {
             assert_eq!(exported(&d.path().join(&out)), declared(name), "{name} ({kind})");
         }
     }
+    let missing = d.run(&["export", "99", "--out", "x.safetensors"]);
+    assert_eq!(missing.code(), 2, "{}", missing.stderr());
 }
 
 #[test]

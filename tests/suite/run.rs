@@ -1,4 +1,4 @@
-//! `runner run` → `runner report` / `show` / `export` on tiny synthetic grids, and the promises
+//! `runner run` → `runner report` / `show` on tiny synthetic grids, and the promises
 //! around them: a second run trains nothing, a trial interrupted by SIGINT resumes to the same
 //! metrics, a diverging trial fails alone.
 
@@ -148,43 +148,4 @@ fn diverging_trials_fail_one_by_one_and_the_grid_goes_on() {
     );
     let show = d.run(&["show", "2"]);
     assert!(show.stdout().contains("diverged at step"), "{}", show.stdout());
-}
-
-#[test]
-fn export_writes_the_models_tensor_names_and_shapes() {
-    let d = Dir::new();
-    d.write(
-        "g.toml",
-        &grid(4, "0.05").replace("[\"plain\", \"resnet\"]", "[\"resnet\"]"),
-    );
-    assert_eq!(d.run(&["run", "g.toml"]).code(), 0);
-    let r = d.run(&["export", "1", "--out", "best.safetensors"]);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
-    let bytes = std::fs::read(d.path().join("best.safetensors")).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut exported: Vec<(String, Vec<usize>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.shape().to_vec()))
-        .collect();
-    exported.sort();
-
-    // The same model built directly.
-    let arch = runner::plugins::find("resnet").unwrap();
-    let given = [("depth".to_string(), runner::arch::Value::Int(8))].into();
-    let params = runner::arch::resolve(arch, &given).unwrap();
-    let store = runner::nn::ParamStore::new(1);
-    arch.build(
-        &params,
-        runner::arch::InputShape::CIFAR,
-        10,
-        store.var_builder(&candle_core::Device::Cpu),
-    )
-    .unwrap();
-    let model: Vec<(String, Vec<usize>)> = store.all().into_iter().map(|(n, v)| (n, v.dims().to_vec())).collect();
-    assert_eq!(exported, model);
-    assert!(exported.iter().any(|(n, _)| n == "layer1.0.bn1.running_mean"));
-
-    let missing = d.run(&["export", "99", "--out", "x.safetensors"]);
-    assert_eq!(missing.code(), 2, "{}", missing.stderr());
 }
