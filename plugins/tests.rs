@@ -580,3 +580,40 @@ fn every_plugin_matches_the_reference_ops_in_training() {
         }
     }
 }
+
+/// What makes a plugin movable into a crate of its own: it names nothing of the runner but the
+/// plugin API, and no other crate (the API re-exports the Candle types its signatures use).
+#[test]
+fn plugins_use_only_runner_arch_and_runner_nn() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/plugins");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.ends_with(".rs") || name == "mod.rs" || name == "tests.rs" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("").trim();
+            if let Some(path) = code.strip_prefix("use ") {
+                assert!(
+                    ["runner::arch", "runner::nn", "std::"]
+                        .iter()
+                        .any(|p| path.starts_with(p)),
+                    "plugins/{name}:{}: `{code}` (a plugin uses runner::arch and runner::nn only)",
+                    i + 1
+                );
+            }
+            for other in ["candle_core::", "candle_nn::", "crate::", "super::", "runner::plugins"] {
+                assert!(
+                    !code.contains(other),
+                    "plugins/{name}:{}: `{code}` names {other}",
+                    i + 1
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, super::ALL.len(), "one file per registered plugin");
+}
