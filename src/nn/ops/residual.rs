@@ -3,22 +3,16 @@
 //! `S` is the identity, or He et al.'s option A where the shape changes: `x` subsampled with
 //! stride 2 and its channels zero-padded (half the new channels before, half after, as the
 //! common CIFAR ResNet code does), with no parameters.
-
-use std::mem::MaybeUninit;
+//!
+//! Here: the public op and its `*_slow` oracle, the Candle ops (the CPU passes are
+//! [`cpu::residual`](crate::nn::cpu::residual)'s) and, with the `cuda` feature, the CUDA
+//! kernels of `src/nn/kernels/residual.cu`.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::lanes;
-
-/// What the shortcut does to `x` before the addition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shortcut {
-    /// `x` has the branch's shape and is added as it is.
-    Identity,
-    /// Option A: `x[:, :, ::2, ::2]`, zero-padded to the branch's channel count.
-    SubsamplePad,
-}
+use super::common::{f32_data, reference_ops};
+pub use crate::nn::cpu::residual::Shortcut;
+use crate::nn::cpu::residual::{self as cpu, ResidualShape};
 
 /// `relu?(branch + S(x))`, in one pass forward and one pass backward.
 ///
@@ -48,10 +42,10 @@ pub fn residual(branch: &Tensor, x: &Tensor, shortcut: Shortcut, relu: bool) -> 
         && x.dtype() == DType::F32
         && branch.is_contiguous()
         && x.is_contiguous();
-    if !fusable || super::reference_ops() {
+    if !fusable || reference_ops() {
         return residual_slow(branch, x, shortcut, relu);
     }
-    let geom = Geometry {
+    let geom = ResidualShape {
         n,
         c_out,
         h_out,
@@ -63,54 +57,8 @@ pub fn residual(branch: &Tensor, x: &Tensor, shortcut: Shortcut, relu: bool) -> 
     branch.apply_op2(x, Residual { shortcut, relu, geom })
 }
 
-/// The shapes of a residual addition: branch (n, c_out, h_out, w_out), x (n, c_in, h, w).
-#[derive(Debug, Clone, Copy)]
-struct Geometry {
-    n: usize,
-    c_out: usize,
-    h_out: usize,
-    w_out: usize,
-    c_in: usize,
-    h: usize,
-    w: usize,
-}
-
-impl Geometry {
-    /// One image of the branch / output.
-    fn out_image(&self) -> usize {
-        self.c_out * self.h_out * self.w_out
-    }
-    fn in_image(&self) -> usize {
-        self.c_in * self.h * self.w
-    }
-    /// Option A within one image: calls `f(out index, x index)` for every output element that
-    /// x feeds (channel c + before, row r, column j ← channel c, row 2r, column 2j); the
-    /// zero-padded channels are never visited.
-    fn option_a(&self, mut f: impl FnMut(usize, usize)) {
-        let before = (self.c_out - self.c_in) / 2;
-        let plane = self.h_out * self.w_out;
-        for c in 0..self.c_in {
-            for r in 0..self.h_out {
-                let o_row = (c + before) * plane + r * self.w_out;
-                let x_row = c * self.h * self.w + 2 * r * self.w;
-                for j in 0..self.w_out {
-                    f(o_row + j, x_row + 2 * j);
-                }
-            }
-        }
-    }
-}
-
-/// Each thread gets at least this many output elements: below it, threads cost more than they save.
-const PARALLEL_MIN: usize = 1 << 15;
-
-/// How many images one thread should take at least.
-fn min_images(image_len: usize) -> usize {
-    (PARALLEL_MIN / image_len.max(1)).max(1)
-}
-
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    super::f32_data(s, l, "residual")
+    f32_data(s, l, "residual")
 }
 
 /// The forward op: out = relu?(branch + S(x)).
@@ -118,7 +66,7 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
 struct Residual {
     shortcut: Shortcut,
     relu: bool,
-    geom: Geometry,
+    geom: ResidualShape,
 }
 
 impl CustomOp2 for Residual {
@@ -129,32 +77,7 @@ impl CustomOp2 for Residual {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, x) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
         let g = self.geom;
-        let relu = self.relu;
-        let (ol, il) = (g.out_image(), g.in_image());
-        let mut out: Vec<f32> = Vec::with_capacity(g.n * ol);
-        out.spare_capacity_mut()[..g.n * ol]
-            .par_chunks_mut(ol)
-            .with_min_len(min_images(ol))
-            .enumerate()
-            .for_each(|(i, o)| {
-                let (bi, xi) = (&b[i * ol..(i + 1) * ol], &x[i * il..(i + 1) * il]);
-                match self.shortcut {
-                    Shortcut::Identity => lanes::sum_relu(o, bi, xi, relu),
-                    Shortcut::SubsamplePad => {
-                        for (o, &v) in o.iter_mut().zip(bi) {
-                            o.write(v);
-                        }
-                        // SAFETY: every value of o has just been written
-                        let o: &mut [f32] = unsafe { std::slice::from_raw_parts_mut(o.as_mut_ptr().cast(), o.len()) };
-                        g.option_a(|oi, xj| o[oi] += xi[xj]);
-                        if relu {
-                            o.iter_mut().for_each(|v| *v = v.max(0.0));
-                        }
-                    }
-                }
-            });
-        // SAFETY: the images' chunks cover the whole output and each was written in full
-        unsafe { out.set_len(g.n * ol) };
+        let out = cpu::forward(g, self.shortcut, self.relu, b, x);
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.h_out, g.w_out))))
     }
 
@@ -196,18 +119,14 @@ impl CustomOp2 for Residual {
 }
 
 /// The backward op of a [`Residual`], one pass: from (grad, out) it writes [d_branch | d_x]
-/// into one buffer. d_branch = grad · [out > 0] (or grad without ReLU); for option A d_x is
-/// d_branch's x-channels scattered to the even positions, zero elsewhere. For the identity d_x is
-/// d_branch itself, so the buffer holds d_branch alone.
+/// into one buffer (see [`cpu::backward`]).
 struct ResidualBackward(Residual);
 
+#[cfg(feature = "cuda")]
 impl Residual {
     /// The length of the d_x part of the backward buffer.
     fn d_x_len(&self) -> usize {
-        match self.shortcut {
-            Shortcut::Identity => 0,
-            Shortcut::SubsamplePad => self.geom.n * self.geom.in_image(),
-        }
+        self.geom.d_x_len(self.shortcut)
     }
 }
 
@@ -218,50 +137,9 @@ impl CustomOp2 for ResidualBackward {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (grad, out) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
-        let Residual {
-            shortcut,
-            relu,
-            geom: g,
-        } = self.0;
-        let (ol, il) = (g.out_image(), g.in_image());
-        let nb = g.n * ol;
-        let len = nb + self.0.d_x_len();
-        let mut buf: Vec<f32> = Vec::with_capacity(len);
-        let (d_branch, d_x) = buf.spare_capacity_mut()[..len].split_at_mut(nb);
-        // d_x is written only where x feeds the output (option A): zero it first.
-        d_x.fill(MaybeUninit::new(0.0));
-        let mask = |i: usize, db: &mut [MaybeUninit<f32>]| {
-            let (gi, oi) = (&grad[i * ol..(i + 1) * ol], &out[i * ol..(i + 1) * ol]);
-            if relu {
-                lanes::relu_grad(db, gi, oi);
-            } else {
-                for (d, &g) in db.iter_mut().zip(gi) {
-                    d.write(g);
-                }
-            }
-        };
-        match shortcut {
-            Shortcut::Identity => d_branch
-                .par_chunks_mut(ol)
-                .with_min_len(min_images(ol))
-                .enumerate()
-                .for_each(|(i, db)| mask(i, db)),
-            Shortcut::SubsamplePad => d_branch
-                .par_chunks_mut(ol)
-                .zip(d_x.par_chunks_mut(il.max(1)))
-                .with_min_len(min_images(ol))
-                .enumerate()
-                .for_each(|(i, (db, dx))| {
-                    mask(i, db);
-                    // SAFETY: mask(i, db) has just written every value of db
-                    let db: &[f32] = unsafe { std::slice::from_raw_parts(db.as_ptr().cast(), db.len()) };
-                    g.option_a(|oi, xj| {
-                        dx[xj].write(db[oi]);
-                    });
-                }),
-        }
-        // SAFETY: every value of d_branch was written by `mask`, and d_x was zero-filled
-        unsafe { buf.set_len(len) };
+        let Residual { shortcut, relu, geom } = self.0;
+        let buf = cpu::backward(geom, shortcut, relu, grad, out);
+        let len = buf.len();
         Ok((CpuStorage::F32(buf), Shape::from(len)))
     }
 
@@ -279,12 +157,12 @@ impl CustomOp2 for ResidualBackward {
     }
 }
 
-/// The CUDA side of the fused op: the kernels of `kernels/residual.cu`, compiled with NVRTC the
+/// The CUDA side of the fused op: the kernels of `src/nn/kernels/residual.cu`, compiled with NVRTC the
 /// first time they are needed and launched on Candle's own stream, so they are ordered with every
 /// other op on the device without extra synchronisation.
 #[cfg(feature = "cuda")]
 mod cuda {
-    use super::{Geometry, Residual, Shortcut};
+    use super::{Residual, ResidualShape, Shortcut};
     use candle_core::cuda_backend::cudarc::driver::{
         CudaFunction, CudaSlice, CudaView, DevicePtr, LaunchConfig, PushKernelArg,
     };
@@ -292,7 +170,7 @@ mod cuda {
     use candle_core::{Layout, Result};
     use std::sync::OnceLock;
 
-    const SOURCE: &str = include_str!("kernels/residual.cu");
+    const SOURCE: &str = include_str!("../kernels/residual.cu");
     /// The name Candle caches the loaded module under, per device.
     const MODULE: &str = "runner_residual";
     const BLOCK: u32 = 256;
@@ -344,7 +222,7 @@ mod cuda {
     }
 
     /// The kernels' int arguments: c_out, h_out, w_out, c_in, h, w.
-    fn dims(g: &Geometry) -> Result<[i32; 6]> {
+    fn dims(g: &ResidualShape) -> Result<[i32; 6]> {
         let mut out = [0; 6];
         for (o, v) in out.iter_mut().zip([g.c_out, g.h_out, g.w_out, g.c_in, g.h, g.w]) {
             *o = i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("residual: dimension {v} too large")))?;
@@ -390,7 +268,7 @@ mod cuda {
             }
         }
         args.arg(&relu);
-        // SAFETY: the argument list matches the kernel's signature (kernels/residual.cu), and
+        // SAFETY: the argument list matches the kernel's signature (src/nn/kernels/residual.cu), and
         // `residual` checked the sizes: dst holds the output (forward) or d_branch then d_x.
         unsafe { args.launch(launch_config(items)) }.w()?;
         Ok(())

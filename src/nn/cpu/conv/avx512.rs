@@ -4,7 +4,7 @@
 //! the taps that reach past the plane's edge (masked-off lanes are neither read nor faulted
 //! on): 3 pixel vectors × 8 output channels = 24 accumulators, 3 input vectors and 1 broadcast
 //! weight of the 32 zmm registers. The weight gradient instead holds 16 output channels per
-//! register (see [`dw_chunk`]). Tiles are const-generic so every index is a constant and LLVM
+//! register (see [`dw_images`]). Tiles are const-generic so every index is a constant and LLVM
 //! keeps the accumulators in registers.
 
 // Kernel loops index several arrays with the same constant bounds; iterators would hide that.
@@ -14,13 +14,15 @@
 pub(super) use super::scalar::fwd_unit;
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use imp::{dw_chunk, fwd_unit};
+pub(super) use imp::{dw_images, fwd_unit};
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use std::arch::x86_64::*;
 
-    use super::super::{pad_image, with_dy_rows, with_padded_copy, Geom, Job, CENTRE};
+    use super::super::geom::{ConvGeom, CENTRE};
+    use super::super::job::Job;
+    use super::super::scratch::{pad_image, with_dy_rows, with_padded_copy};
 
     /// Output channels per forward tile: the packing width of `Job::wp`.
     const OT: usize = 8;
@@ -119,7 +121,7 @@ mod imp {
         }
     }
 
-    // The weight gradient (see `dw_tiles`) at 16 output channels per register.
+    // The weight gradient (see `dw`) at 16 output channels per register.
     dw_kernel!(
         "avx512f,avx512vl",
         16,

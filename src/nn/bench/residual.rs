@@ -2,15 +2,15 @@
 //!
 //! [`report`] runs on any device. On the CPU it is the fused-vs-composed benchmark; on a GPU it
 //! also checks the CUDA kernels against the CPU reference before timing them (a wrong kernel is
-//! flagged FAIL, never just fast).
-
-use std::time::Instant;
+//! flagged FAIL, never just fast). `runner bench --op residual` prints it.
 
 use candle_core::{Device, Result, Tensor, Var};
 
-use super::{residual, residual_slow, Shortcut};
+use super::timing::{alternate, median};
+use crate::nn::ops::residual::{residual, residual_slow, Shortcut};
 
-/// Timed runs per measurement (after [`WARM_UP`] untimed ones); the median is reported.
+/// Timed runs per measurement (after [`WARM_UP`] untimed ones), the fused and the composed op
+/// taking turns; the median is reported.
 const RUNS: usize = 20;
 const WARM_UP: usize = 3;
 /// The largest relative error (|a − e| / max(1, |e|)) that still counts as correct.
@@ -60,7 +60,8 @@ type Op = fn(&Tensor, &Tensor, Shortcut, bool) -> Result<Tensor>;
 /// Conventions, also printed with the table:
 /// - error: max over out, d_branch and d_x of |a − e| / max(1, |e|), the op on `device` (a) against
 ///   [`residual_slow`] on the CPU (e), upstream gradient random;
-/// - times: median of [`RUNS`] in ms, the device synchronised before each clock reading;
+/// - times: median of [`RUNS`] in ms, the fused and the composed op alternating, the device
+///   synchronised before each clock reading;
 ///   "fwd+bwd" is the forward plus `backward()` from the output (upstream gradient ones);
 /// - GB/s: bytes that must move / fused time, f32. Forward: branch, the x elements actually used
 ///   (for option A the subsampled quarter) and out. Backward: grad, out (with ReLU, for the mask),
@@ -160,8 +161,18 @@ fn measure(device: &Device, batch: usize, case: &Case, relu: bool) -> Result<Row
 
     let (bv, xv) = (Var::from_tensor(&on_device(&b)?)?, Var::from_tensor(&on_device(&x)?)?);
     let (bt, xt) = (bv.as_tensor(), xv.as_tensor());
-    let forward = |op: Op| median_time(device, || op(bt, xt, case.shortcut, relu).map(drop));
-    let both = |op: Op| median_time(device, || op(bt, xt, case.shortcut, relu)?.backward().map(drop));
+    // fused and composed in turn; NVRTC compilation, allocator pools and caches all settle
+    // in the warm-up
+    let ops: [Op; 2] = [residual, residual_slow];
+    let sync = |_: usize| device.synchronize();
+    let mut fwd = alternate(2, WARM_UP, RUNS, sync, |v| {
+        ops[v](bt, xt, case.shortcut, relu).map(drop)?;
+        device.synchronize()
+    })?;
+    let mut both = alternate(2, WARM_UP, RUNS, sync, |v| {
+        ops[v](bt, xt, case.shortcut, relu)?.backward().map(drop)?;
+        device.synchronize()
+    })?;
 
     let f32_bytes = |n: usize| (4 * n) as f64;
     let out_len = batch * c_out * h_out * w_out;
@@ -178,10 +189,10 @@ fn measure(device: &Device, batch: usize, case: &Case, relu: bool) -> Result<Row
     };
     Ok(Row {
         error,
-        fused_fwd: forward(residual)?,
-        slow_fwd: forward(residual_slow)?,
-        fused_both: both(residual)?,
-        slow_both: both(residual_slow)?,
+        fused_fwd: median(&mut fwd[0]),
+        slow_fwd: median(&mut fwd[1]),
+        fused_both: median(&mut both[0]),
+        slow_both: median(&mut both[1]),
         fwd_bytes: f32_bytes(out_len + x_used + out_len),
         bwd_bytes: f32_bytes(bwd_len),
     })
@@ -212,24 +223,6 @@ fn relative_error(a: &Tensor, e: &Tensor) -> Result<f32> {
         .fold(0f32, f32::max))
 }
 
-/// Median wall time of `f` in seconds over [`RUNS`] runs, after [`WARM_UP`] untimed ones
-/// (NVRTC compilation, allocator pools and caches all settle there).
-fn median_time(device: &Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    for _ in 0..WARM_UP {
-        f()?;
-    }
-    let mut times = Vec::with_capacity(RUNS);
-    for _ in 0..RUNS {
-        device.synchronize()?;
-        let start = Instant::now();
-        f()?;
-        device.synchronize()?;
-        times.push(start.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[RUNS / 2])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,14 +248,6 @@ mod tests {
         );
         assert!(!table.contains("FAIL"), "{table}");
         assert!(table.contains("16x32x32->32x16x16"), "{table}");
-        Ok(())
-    }
-
-    /// The release-build table for the report: `cargo test --release --lib residual_bench -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn cpu_table_batch_128() -> Result<()> {
-        println!("{}", report(&Device::Cpu, 128)?);
         Ok(())
     }
 }

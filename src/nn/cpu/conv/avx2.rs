@@ -3,7 +3,7 @@
 //! 2 pixel vectors × 6 output channels, no masks); other planes use the AVX-512 kernels'
 //! masked scheme at 8 pixels per register ([`fwd_unit`]: 2 pixel vectors × 4 channels, the
 //! lane masks as vector masks for `vmaskmovps`, which never touches masked-off lanes). The
-//! weight gradient is the AVX-512 one at 8 output channels per register ([`dw_chunk`]).
+//! weight gradient is the AVX-512 one at 8 output channels per register ([`dw_images`]).
 //!
 //! Measured on a 2-core AMD EPYC (AVX2, FMA peak ~190 GFLOP/s), `runner bench --op conv`,
 //! 3×3 16→16 at 32×32, batch 128: the masked forward tile ran at 60–70 GFLOP/s (its planes,
@@ -17,13 +17,16 @@
 pub(super) use super::scalar::fwd_unit;
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use imp::{dw_chunk, fwd_padded, fwd_unit};
+pub(super) use imp::{dw_images, fwd_padded, fwd_unit};
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use std::arch::x86_64::*;
 
-    use super::super::{pad_image, with_dy_rows, with_padded_copy, Geom, Job, Masks, CENTRE, PAD_OT};
+    use super::super::geom::{ConvGeom, Masks, CENTRE};
+    use super::super::job::Job;
+    use super::super::plan::PAD_OT;
+    use super::super::scratch::{pad_image, with_dy_rows, with_padded_copy};
 
     /// Output channels per forward tile: the packing width of `Job::wp`.
     const OT: usize = 4;
@@ -126,7 +129,7 @@ mod imp {
     /// output plane.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA; `xp` must hold `nin` blocks laid out as `run_job`
+    /// The CPU must support AVX2 and FMA; `xp` must hold `nin` blocks laid out as `run_padded`
     /// makes them; `out` must be valid for writes of this tile's planes, and `add` (the
     /// image's planes of `job.add`) for reads of them.
     #[target_feature(enable = "avx2,fma")]
@@ -232,7 +235,7 @@ mod imp {
         }
     }
 
-    // The weight gradient (see `dw_tiles`) at 8 output channels per register: tiles of
+    // The weight gradient (see `dw`) at 8 output channels per register: tiles of
     // 1 channel vector × 4 input channels × 3 taps reading each input value once (3×3,
     // stride 1), else 2 × 2 × 3 (3×3) or 2 × 6 (1×1), within the 16 ymm registers.
     dw_kernel!(

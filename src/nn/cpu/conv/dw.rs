@@ -1,7 +1,10 @@
-//! The SIMD weight gradient, written once for both vector widths: `dw_kernel!` expands to
-//! a `dw_chunk` function and its `Tiles` inside `avx512::imp` (16 lanes) and `avx2::imp`
-//! (8 lanes), with that module's intrinsics, target features and register tiles; each module
-//! brings its own `transpose` (dy's planes to pixel-major rows).
+//! The SIMD weight gradient over vectors of output channels ([`plan::DwKernel::Channels`]),
+//! written once for both vector widths: `dw_kernel!` expands to a `dw_images` function (the
+//! weight gradient of a run of images) and its register tiles `DwTiles` inside `avx512::imp`
+//! (16 lanes) and `avx2::imp` (8 lanes), with that module's intrinsics, target features and
+//! tile choice; each module brings its own `transpose` (dy's planes to pixel-major rows).
+//!
+//! [`plan::DwKernel::Channels`]: super::plan::DwKernel::Channels
 //!
 //! The scheme: vectorise over output channels rather than over pixels, so that no sum is ever
 //! reduced across lanes. Per image, dy is transposed to pixel-major order (each pixel's output
@@ -20,14 +23,14 @@ macro_rules! dw_kernel {
         |$t:ident, $g:ident, $ovs:ident, $part_v:ident| $pick:expr
     ) => {
         /// The weight gradient of images `imgs`, as [out vector][in][tap][lane] (see
-        /// `dw_tiles`; `run_dw` makes the sum of them [out][in][tap]).
+        /// `dw`; `run_dw` makes the sum of them [out][in][tap]).
         ///
         /// # Safety
         /// The CPU must support this module's target features; `x` and `dy` must hold every
         /// image in `imgs`.
         #[target_feature(enable = $feature)]
-        pub(in super::super) unsafe fn dw_chunk(
-            g: &Geom,
+        pub(in super::super) unsafe fn dw_images(
+            g: &ConvGeom,
             x: &[f32],
             dy: &[f32],
             imgs: std::ops::Range<usize>,
@@ -50,7 +53,7 @@ macro_rules! dw_kernel {
                             op,
                         );
                         pad_image(&x[img * g.cin * g.h * g.w..][..g.cin * g.h * g.w], g, xp);
-                        let $t = Tiles {
+                        let $t = DwTiles {
                             g,
                             dyt: dyt.as_ptr(),
                             op,
@@ -68,8 +71,8 @@ macro_rules! dw_kernel {
 
         /// One image's tiles: its transposed dy (`op` floats per pixel) and padded x (planes
         /// of `ps` floats, rows of `wp`).
-        struct Tiles<'a> {
-            g: &'a Geom,
+        struct DwTiles<'a> {
+            g: &'a ConvGeom,
             dyt: *const f32,
             op: usize,
             xp: *const f32,
@@ -77,15 +80,15 @@ macro_rules! dw_kernel {
             ps: usize,
         }
 
-        impl Tiles<'_> {
-            /// Every tile by [`Tiles::tile`].
+        impl DwTiles<'_> {
+            /// Every tile by [`DwTiles::tile`].
             #[target_feature(enable = $feature)]
             #[inline]
             unsafe fn run<const O: usize, const I: usize, const T: usize>(&self, part_v: &mut [f32]) {
                 self.each_tile::<O, I, T>(part_v, |ov0, xs, rows| self.tile::<O, I, T>(ov0, xs, rows));
             }
 
-            /// [`Tiles::run`] for 3×3 kernels at stride 1 with [`Tiles::tile_row`].
+            /// [`DwTiles::run`] for 3×3 kernels at stride 1 with [`DwTiles::tile_row`].
             #[target_feature(enable = $feature)]
             #[inline]
             unsafe fn run_rows<const O: usize, const I: usize>(&self, part_v: &mut [f32]) {
@@ -143,7 +146,7 @@ macro_rules! dw_kernel {
             /// A 3×3 stride-1 tile that reads each input value once: padded column p is tap kx
             /// of output column p − kx, so one broadcast feeds three FMAs, with the dy vectors
             /// of columns p, p − 1 and p − 2 kept in registers (O + I broadcasts and loads per
-            /// 3·O·I FMAs, against O + 3·I for [`Tiles::tile`]).
+            /// 3·O·I FMAs, against O + 3·I for [`DwTiles::tile`]).
             #[target_feature(enable = $feature)]
             #[inline]
             unsafe fn tile_row<const O: usize, const I: usize>(
