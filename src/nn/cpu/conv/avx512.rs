@@ -1,11 +1,11 @@
-//! AVX-512 (F + VL) kernels.
+//! AVX-512 (F + VL): the [`Simd`](super::simd::Simd) primitives at 16 lanes and this
+//! instruction set's tile shapes for the shared kernels.
 //!
-//! The forward tile holds 16 pixels of one channel plane per register, with masked loads for
-//! the taps that reach past the plane's edge (masked-off lanes are neither read nor faulted
-//! on): 3 pixel vectors × 8 output channels = 24 accumulators, 3 input vectors and 1 broadcast
-//! weight of the 32 zmm registers. The weight gradient instead holds 16 output channels per
-//! register (see [`dw_images`]). Tiles are const-generic so every index is a constant and LLVM
-//! keeps the accumulators in registers.
+//! The forward tile (`masked`) holds 16 pixels of one channel plane per register, with masked
+//! loads for the taps that reach past the plane's edge (masked-off lanes are neither read nor
+//! faulted on): 3 pixel vectors × 8 output channels = 24 accumulators, 3 input vectors and 1
+//! broadcast weight of the 32 zmm registers. The weight gradient (`dw`) instead holds 16 output
+//! channels per register.
 
 // Kernel loops index several arrays with the same constant bounds; iterators would hide that.
 #![allow(clippy::needless_range_loop)]
@@ -19,133 +19,157 @@ pub(super) use imp::{dw_images, fwd_unit};
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use std::arch::x86_64::*;
+    use std::ops::Range;
 
-    use super::super::geom::{ConvGeom, CENTRE};
+    use super::super::dw::{self, DwTiles};
+    use super::super::geom::{ConvGeom, Masks};
     use super::super::job::Job;
-    use super::super::scratch::{pad_image, with_dy_rows, with_padded_copy};
+    use super::super::masked;
+    use super::super::simd::Simd;
 
     /// Output channels per forward tile: the packing width of `Job::wp`.
     const OT: usize = 8;
 
-    /// One image × one tile of 8 output channels of a [`Job`].
+    /// The AVX-512 (F + VL) vectors: 16 lanes.
+    pub struct Avx512;
+
+    // SAFETY: __m512 holds 16 f32 values; the masked loads and stores do not touch masked-off
+    // lanes; transpose writes `hw` rows of `op` floats
+    unsafe impl Simd for Avx512 {
+        const LANES: usize = 16;
+        type V = __m512;
+        type Mask = u16;
+
+        #[inline(always)]
+        unsafe fn zero() -> __m512 {
+            _mm512_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m512 {
+            _mm512_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            _mm512_load_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn loadu(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn storeu(p: *mut f32, v: __m512) {
+            _mm512_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m512, b: __m512) -> __m512 {
+            _mm512_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+            _mm512_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m512, b: __m512) -> __m512 {
+            _mm512_max_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn no_lanes() -> u16 {
+            0
+        }
+        #[inline(always)]
+        unsafe fn mask(masks: &Masks, kind: usize, v: usize) -> u16 {
+            masks.get(kind, v)
+        }
+        #[inline(always)]
+        unsafe fn load_masked(m: u16, p: *const f32) -> __m512 {
+            _mm512_maskz_loadu_ps(m, p)
+        }
+        #[inline(always)]
+        unsafe fn store_masked(p: *mut f32, m: u16, v: __m512) {
+            _mm512_mask_storeu_ps(p, m, v)
+        }
+
+        /// Tiles of 3 vectors, and of 2 for the remainder.
+        fn tile_split(nv: usize) -> (usize, usize) {
+            match nv % 3 {
+                _ if nv < 2 => (0, 0),
+                0 => (nv / 3, 0),
+                1 => ((nv - 4) / 3, 2),
+                _ => ((nv - 2) / 3, 1),
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn fwd_tile<const P: usize, const OT: usize>(
+            job: &Job,
+            src: *const f32,
+            wp: *const f32,
+            v0: usize,
+            out: (*mut f32, Option<*const f32>),
+            ch0: usize,
+            nvalid: usize,
+        ) {
+            fwd_tile::<P, OT>(job, src, wp, v0, out, ch0, nvalid)
+        }
+        #[inline(always)]
+        unsafe fn transpose(dy: *const f32, cout: usize, hw: usize, out: *mut f32, op: usize) {
+            transpose(dy, cout, hw, out, op)
+        }
+        #[inline(always)]
+        unsafe fn dw_tiles(t: &DwTiles<'_, Self>, part_v: &mut [f32]) {
+            dw_tiles(t, part_v)
+        }
+    }
+
+    /// One image × one tile of 8 output channels of a [`Job`] (see `masked`).
     ///
     /// # Safety
     /// The CPU must support AVX-512F and VL; `out` must be valid for writes of this unit's planes.
     #[target_feature(enable = "avx512f,avx512vl")]
     pub(in super::super) unsafe fn fwd_unit(job: &Job, img: usize, tile: usize, out: *mut f32) {
-        debug_assert_eq!(job.out_tile, OT);
-        let nv = job.masks.nv;
-        let nvalid = (job.nout - tile * OT).min(OT);
-        let src = job.src.as_ptr().add(img * job.src_img);
-        let wp = job.wp.as_ptr().add(tile * job.taps.len() * job.nin * OT);
-        let at = img * job.out_img + tile * OT * job.out_ch;
-        let out = (out.add(at), job.add.map(|a| a.as_ptr().add(at)));
-        // tiles of 3 vectors, and of 2 for the remainder (a lone 1-vector tile has too few
-        // independent accumulators to hide the FMA latency)
-        let (threes, twos) = match nv % 3 {
-            _ if nv < 2 => (0, 0),
-            0 => (nv / 3, 0),
-            1 => ((nv - 4) / 3, 2),
-            _ => ((nv - 2) / 3, 1),
-        };
-        let ch0 = tile * OT;
-        let mut v = 0;
-        for _ in 0..threes {
-            fwd_tile::<3>(job, src, wp, v, out, ch0, nvalid);
-            v += 3;
-        }
-        for _ in 0..twos {
-            fwd_tile::<2>(job, src, wp, v, out, ch0, nvalid);
-            v += 2;
-        }
-        if v < nv {
-            fwd_tile::<1>(job, src, wp, v, out, ch0, nvalid);
-        }
+        masked::fwd_unit::<Avx512, OT>(job, img, tile, out)
     }
 
-    /// P pixel vectors from vector `v0` × 8 output channels from `ch0`, over every tap and
-    /// input channel.
+    /// [`masked::fwd_tile`] with this module's features.
     #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn fwd_tile<const P: usize>(
+    unsafe fn fwd_tile<const P: usize, const OT: usize>(
         job: &Job,
         src: *const f32,
         wp: *const f32,
         v0: usize,
-        (out, add): (*mut f32, Option<*const f32>),
+        out: (*mut f32, Option<*const f32>),
         ch0: usize,
         nvalid: usize,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); P]; OT];
-        let q0 = (v0 * 16) as isize - job.masks.shift as isize;
-        let (nin, sch) = (job.nin, job.src_ch);
-        for (j, tap) in job.taps.iter().enumerate() {
-            let mut m = [0u16; P];
-            for p in 0..P {
-                m[p] = job.masks.get(tap.kind, v0 + p);
-            }
-            let mut xp = src.wrapping_offset(tap.off + q0);
-            let mut wj = wp.add(j * nin * OT);
-            for _ in 0..nin {
-                let mut xs = [_mm512_setzero_ps(); P];
-                for p in 0..P {
-                    xs[p] = _mm512_maskz_loadu_ps(m[p], xp.wrapping_add(p * 16));
-                }
-                for c in 0..OT {
-                    let wv = _mm512_set1_ps(*wj.add(c));
-                    for p in 0..P {
-                        acc[c][p] = _mm512_fmadd_ps(xs[p], wv, acc[c][p]);
-                    }
-                }
-                wj = wj.add(OT);
-                xp = xp.wrapping_add(sch);
-            }
-        }
-        for p in 0..P {
-            let sm = job.masks.get(CENTRE, v0 + p);
-            for c in 0..nvalid {
-                let at = (c * job.out_ch) as isize + q0 + (p * 16) as isize;
-                let mut v = acc[c][p];
-                if let Some(b) = job.bias {
-                    v = _mm512_add_ps(v, _mm512_set1_ps(b[ch0 + c]));
-                }
-                if let Some(a) = add {
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(sm, a.wrapping_offset(at)));
-                }
-                if job.relu {
-                    v = _mm512_max_ps(v, _mm512_setzero_ps());
-                }
-                _mm512_mask_storeu_ps(out.wrapping_offset(at), sm, v);
-            }
-        }
+        masked::fwd_tile::<Avx512, P, OT>(job, src, wp, v0, out, ch0, nvalid)
     }
 
-    // The weight gradient (see `dw`) at 16 output channels per register.
-    dw_kernel!(
-        "avx512f,avx512vl",
-        16,
-        __m512,
-        [
-            _mm512_setzero_ps,
-            _mm512_load_ps,
-            _mm512_loadu_ps,
-            _mm512_storeu_ps,
-            _mm512_add_ps,
-            _mm512_fmadd_ps,
-            _mm512_set1_ps
-        ],
-        |t, g, ovs, part_v| match (g.k, ovs % 4, ovs % 2) {
-            (3, 0, _) => t.run::<4, 2, 3>(&mut part_v),
-            (3, _, 0) if g.stride == 1 => t.run_rows::<2, 4>(&mut part_v),
-            (3, _, 0) => t.run::<2, 4, 3>(&mut part_v),
-            (3, _, _) if g.stride == 1 => t.run_rows::<1, 8>(&mut part_v),
-            (3, _, _) => t.run::<1, 8, 3>(&mut part_v),
-            (_, 0, _) => t.run::<4, 4, 1>(&mut part_v),
-            (_, _, 0) => t.run::<2, 8, 1>(&mut part_v),
-            _ => t.run::<1, 8, 1>(&mut part_v),
+    /// The weight gradient of images `imgs` at 16 output channels per register (see `dw`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and VL; `x` and `dy` must hold every image in `imgs`.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    pub(in super::super) unsafe fn dw_images(g: &ConvGeom, x: &[f32], dy: &[f32], imgs: Range<usize>) -> Vec<f32> {
+        dw::dw_images::<Avx512>(g, x, dy, imgs)
+    }
+
+    /// One image's weight-gradient tiles, their shapes picked for the channel vectors' count.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn dw_tiles(t: &DwTiles<'_, Avx512>, part_v: &mut [f32]) {
+        let (g, ovs) = (t.g, t.op / 16);
+        match (g.k, ovs % 4, ovs % 2) {
+            (3, 0, _) => t.run::<4, 2, 3>(part_v),
+            (3, _, 0) if g.stride == 1 => t.run_rows::<2, 4>(part_v),
+            (3, _, 0) => t.run::<2, 4, 3>(part_v),
+            (3, _, _) if g.stride == 1 => t.run_rows::<1, 8>(part_v),
+            (3, _, _) => t.run::<1, 8, 3>(part_v),
+            (_, 0, _) => t.run::<4, 4, 1>(part_v),
+            (_, _, 0) => t.run::<2, 8, 1>(part_v),
+            _ => t.run::<1, 8, 1>(part_v),
         }
-    );
+    }
 
     /// dy's `cout` planes of `hw` pixels → `hw` rows of `op` floats (channels past `cout`
     /// zero), 16 × 16 blocks at a time. `out` must be 64-byte aligned.

@@ -21,7 +21,7 @@
 //! all (`avx2::fwd_padded`); 3×3 stride-1 jobs with enough channels run there as Winograd's
 //! F(2×2, 3×3), 2.25× fewer FMAs (`winograd`), and so does their weight gradient. The other
 //! SIMD weight gradients vectorise over output channels instead, on a pixel-major copy of dy
-//! and a zero-bordered copy of x (`dw`: `avx512::dw_images`, `avx2::dw_images`). Either way
+//! and a zero-bordered copy of x (`dw`, for `avx512::dw_images` and `avx2::dw_images`). Either way
 //! runs of a fixed number of images are summed in parallel and their partial sums added in run
 //! order, so results do not depend on the thread count.
 //!
@@ -35,20 +35,26 @@
 //! Where things are: this file runs a pass (its entry points and the parallel split of a job);
 //! [`plan`] picks the kernel of each pass; [`geom`] holds the shape, taps and lane masks;
 //! [`job`] what a kernel is asked to do; [`phases`] the stride-2 phase planes; [`scratch`] the
-//! reused buffers; `scalar`, `avx2`, `avx512` (with `dw`, the weight-gradient kernel written
-//! once for both vector widths) and `winograd` the kernels. Each imports only from the files
-//! below it (geom, job, phases, scratch, plan), never from this one.
+//! reused buffers; `scalar`, `masked` and `dw` (the lane-masked forward tile and the weight
+//! gradient over output-channel vectors, each written once over `simd`'s vector primitives,
+//! which `avx2` and `avx512` implement), `avx2`'s padded kernel and `winograd` the kernels.
+//! Each imports only from the files below it (geom, job, phases, scratch, plan, simd), never
+//! from this one.
 
-#[macro_use]
-mod dw;
 mod avx2;
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod dw;
 pub mod geom;
 pub mod job;
+#[cfg(target_arch = "x86_64")]
+mod masked;
 pub mod phases;
 pub mod plan;
 mod scalar;
 pub mod scratch;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 #[cfg(target_arch = "x86_64")]
 mod winograd;
 

@@ -107,7 +107,7 @@ impl FwdKernel {
 pub enum DwKernel {
     /// Plain loops over the taps, on phase planes (`scalar::dw_images`).
     Taps,
-    /// Vectors of output channels on a pixel-major dy and a zero-bordered x (`dw_kernel!`), for
+    /// Vectors of output channels on a pixel-major dy and a zero-bordered x (`dw`), for
     /// AVX2 or AVX-512.
     Channels(Isa),
     /// AVX2 Winograd F(2×2, 3×3) (`winograd::weight_grad`).
