@@ -204,6 +204,14 @@ pub enum BenchOp {
     Model,
     /// Our convolution kernels against Candle's, per ResNet layer shape
     Conv,
+    /// Tuning aid: our convolution kernels on one thread and on all (--threads), per shape
+    /// and pass
+    ConvThreads,
+    /// Tuning aid for a busy host: our convolution kernels on one thread in CPU time, with and
+    /// without Winograd, as a share of a one-thread FMA loop's peak (try --batch 32)
+    ConvTune,
+    /// Tuning aid: the time of the stride-2 convolutions' phase-plane split and its inverse
+    ConvPhases,
     /// The fused residual op against the composed Candle ops, per ResNet stage shape
     Residual,
 }
@@ -226,6 +234,9 @@ pub struct BenchArgs {
     /// What to time
     #[arg(long, value_enum, default_value = "model")]
     pub op: BenchOp,
+    /// With --op conv*: only the layer shapes whose name contains this (e.g. "16->16", "1x1")
+    #[arg(long, default_value = "")]
+    pub shapes: String,
     /// The architecture to time (`runner list archs`)
     #[arg(long, default_value = "resnet")]
     pub arch: String,

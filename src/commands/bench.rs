@@ -6,7 +6,6 @@
 //! the numbers of one run alone say little on a shared host.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::Tensor;
@@ -14,6 +13,7 @@ use candle_core::Tensor;
 use super::run::parse_device;
 use crate::arch::{self, Architecture, InputShape, Params, Value};
 use crate::cli::{BenchArgs, BenchOp};
+use crate::nn::bench::{conv, median};
 use crate::nn::ParamStore;
 use crate::rng::Rng;
 use crate::train::config::OptimizerConfig;
@@ -29,13 +29,22 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
     let device = parse_device(&args.device)?;
     match args.op {
         BenchOp::Model => {}
-        BenchOp::Conv if device.is_cpu() => {
-            print!("{}", crate::nn::conv::bench_report(args.batch)?);
+        BenchOp::Conv | BenchOp::ConvThreads | BenchOp::ConvTune | BenchOp::ConvPhases if !device.is_cpu() => {
+            return Err(Error::Usage("--op conv* times the CPU kernels: use --device cpu".into()).into())
+        }
+        BenchOp::Conv | BenchOp::ConvThreads | BenchOp::ConvTune | BenchOp::ConvPhases => {
+            let (batch, only) = (args.batch, args.shapes.as_str());
+            let table = match args.op {
+                BenchOp::ConvThreads => conv::threads_report(batch, only)?,
+                BenchOp::ConvTune => conv::tune_report(batch, only)?,
+                BenchOp::ConvPhases => conv::phases_report(batch, only)?,
+                _ => conv::report(batch, only)?,
+            };
+            print!("{table}");
             return Ok(0);
         }
-        BenchOp::Conv => return Err(Error::Usage("--op conv times the CPU kernels: use --device cpu".into()).into()),
         BenchOp::Residual => {
-            print!("{}", crate::nn::residual_bench::report(&device, args.batch)?);
+            print!("{}", crate::nn::bench::residual::report(&device, args.batch)?);
             return Ok(0);
         }
     }
@@ -227,36 +236,26 @@ pub(super) fn model_params(arch: &dyn Architecture, depth: Option<i64>, given: &
 }
 
 /// Seconds per call of `f` for each variant (false: our ops, true: Candle's own), the
-/// variants taking turns call by call; the first `warmup` rounds are not kept.
+/// variants taking turns call by call (see [`crate::nn::bench::alternate`]); the first
+/// `warmup` rounds are not kept.
 fn alternate(
     variants: &[bool],
     warmup: usize,
     steps: usize,
     mut f: impl FnMut() -> Result<()>,
 ) -> Result<Vec<Vec<f64>>> {
-    let mut times = vec![Vec::with_capacity(steps); variants.len()];
-    for round in 0..warmup + steps {
-        for (v, reference) in variants.iter().enumerate() {
-            crate::nn::use_reference_ops(*reference);
-            let t0 = Instant::now();
-            f()?;
-            if round >= warmup {
-                times[v].push(t0.elapsed().as_secs_f64());
-            }
-        }
-    }
+    let times = crate::nn::bench::alternate(
+        variants.len(),
+        warmup,
+        steps,
+        |v| {
+            crate::nn::use_reference_ops(variants[v]);
+            Ok(())
+        },
+        |_| f(),
+    );
     crate::nn::use_reference_ops(false);
-    Ok(times)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
+    times
 }
 
 /// The process's peak resident set (Linux `VmHWM`), in MiB.

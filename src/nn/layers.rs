@@ -8,7 +8,8 @@
 use candle_core::{ModuleT, Result, Tensor, Var, D};
 use candle_nn::{Init, VarBuilder};
 
-use super::{batchnorm, flops};
+use super::flops;
+use super::ops::batchnorm;
 
 const HE_NORMAL: Init = candle_nn::init::DEFAULT_KAIMING_NORMAL;
 
@@ -55,7 +56,7 @@ impl Conv2d {
 
     /// (N, in, H, W) → (N, out, H', W')
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = super::conv::conv2d(x, &self.weight, self.stride, self.padding)?;
+        let y = super::ops::conv::conv2d(x, &self.weight, self.stride, self.padding)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((b.dim(0)?, 1, 1))?)?,
             None => y,
@@ -72,13 +73,13 @@ impl Conv2d {
 }
 
 /// `relu?(bn(conv(x)))`, the unit most of these nets are made of. In training mode it is one
-/// op (see [`super::conv_bn`]). In eval mode the BatchNorm
+/// op (see [`super::ops::conv_bn`]). In eval mode the BatchNorm
 /// is folded into the convolution, weights w·γ/σ and bias β − μ·γ/σ from the running
 /// statistics, and the kernel adds the bias and applies the ReLU as it stores each value:
 /// one pass over the activations instead of three. The values match the unfolded layers to
 /// rounding.
 pub(super) fn conv_bn(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
-    if super::reference_ops() {
+    if super::ops::reference_ops() {
         return bn.apply(&conv.forward(x)?, train, relu);
     }
     if train {
@@ -97,7 +98,7 @@ fn conv_bn_eval(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, s: Option<&Tensor>,
     let (scale, shift) = bn.eval_scale_shift()?;
     let c = scale.dim(0)?;
     let w = conv.weight.broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?;
-    let y = super::conv::conv2d_bias(x, &w, &shift, s, conv.stride, conv.padding, relu)?;
+    let y = super::ops::conv::conv2d_bias(x, &w, &shift, s, conv.stride, conv.padding, relu)?;
     conv.count(&y)
 }
 
@@ -107,7 +108,7 @@ fn conv_bn_eval(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, s: Option<&Tensor>,
 /// folded convolution adds `s` and applies the ReLU as it stores (see [`conv_bn`]); with the
 /// reference ops, [`conv_bn`] then [`super::residual`].
 pub(super) fn conv_bn_add_relu(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, s: &Tensor, train: bool) -> Result<Tensor> {
-    if !super::reference_ops() {
+    if !super::ops::reference_ops() {
         if !train {
             return conv_bn_eval(conv, bn, x, Some(s), true);
         }
@@ -116,7 +117,7 @@ pub(super) fn conv_bn_add_relu(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, s: &
         }
     }
     let h = conv_bn(conv, bn, x, train, false)?;
-    super::residual(&h, s, super::residual::Shortcut::Identity, true)
+    super::residual(&h, s, super::ops::residual::Addend::Identity, true)
 }
 
 /// A basic residual unit's two conv → BN layers.
@@ -124,16 +125,16 @@ pub(super) type BasicUnit<'a> = ((&'a Conv2d, &'a BatchNorm2d), (&'a Conv2d, &'a
 
 /// Basic residual units with identity shortcuts one after the other, each
 /// `x ← relu(bn2(conv2(relu(bn1(conv1(x))))) + x)` (two 3×3 conv → BN layers that keep the
-/// shape). In training mode the whole run is one op (see [`super::conv_bn::units_train`]);
+/// shape). In training mode the whole run is one op (see [`super::ops::conv_bn::units_train`]);
 /// otherwise, or where that op does not take the shapes, [`conv_bn`] then
 /// [`conv_bn_add_relu`] for each unit.
 pub(super) fn basic_units(units: &[BasicUnit], x: &Tensor, train: bool) -> Result<Tensor> {
-    if train && !super::reference_ops() {
+    if train && !super::ops::reference_ops() {
         let layers: Vec<_> = units
             .iter()
             .map(|(a, b)| (params(a.0, a.1), params(b.0, b.1)))
             .collect();
-        if let Some(y) = super::conv_bn::units_train(x, &layers)? {
+        if let Some(y) = super::ops::conv_bn::units_train(x, &layers)? {
             for ((c1, _), (c2, _)) in units {
                 c1.count(&y)?;
                 c2.count(&y)?;
@@ -148,8 +149,8 @@ pub(super) fn basic_units(units: &[BasicUnit], x: &Tensor, train: bool) -> Resul
 }
 
 /// A conv → BN layer's tensors as the fused ops take them.
-fn params<'a>(conv: &'a Conv2d, bn: &'a BatchNorm2d) -> super::conv_bn::LayerParams<'a> {
-    super::conv_bn::LayerParams {
+fn params<'a>(conv: &'a Conv2d, bn: &'a BatchNorm2d) -> super::ops::conv_bn::LayerParams<'a> {
+    super::ops::conv_bn::LayerParams {
         w: &conv.weight,
         stride: conv.stride,
         padding: conv.padding,
@@ -160,7 +161,7 @@ fn params<'a>(conv: &'a Conv2d, bn: &'a BatchNorm2d) -> super::conv_bn::LayerPar
     }
 }
 
-/// [`super::conv_bn::conv_bn_train`] with the layers' tensors, counted as the convolution.
+/// [`super::ops::conv_bn::conv_bn_train`] with the layers' tensors, counted as the convolution.
 fn conv_bn_train(
     conv: &Conv2d,
     bn: &BatchNorm2d,
@@ -168,13 +169,13 @@ fn conv_bn_train(
     relu: bool,
     s: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
-    let fused = super::conv_bn::conv_bn_train(x, &params(conv, bn), relu, s)?;
+    let fused = super::ops::conv_bn::conv_bn_train(x, &params(conv, bn), relu, s)?;
     fused.map(|y| conv.count(&y)).transpose()
 }
 
 /// Spatial batch normalisation (PyTorch's `BatchNorm2d`: eps 1e-5, momentum 0.1); tensors
 /// `{vb}.weight`, `{vb}.bias`, `{vb}.running_mean`, `{vb}.running_var`, created as
-/// `candle_nn::batch_norm` does. The arithmetic is [`super::batchnorm`]'s fused op.
+/// `candle_nn::batch_norm` does. The arithmetic is [`super::ops::batchnorm`]'s fused op.
 #[derive(Debug, Clone)]
 pub struct BatchNorm2d {
     weight: Tensor,
@@ -280,11 +281,22 @@ pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
     x.max_pool2d(k)
 }
 
+thread_local! {
+    static STEP: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Tells the layers that draw random numbers in training ([`Dropout`]) which trial seed and
+/// training step the next forward pass on this thread belongs to; the trainer calls it before
+/// every step, so the draws depend on (seed, step, layer) alone.
+pub fn set_step(seed: u64, step: u64) {
+    STEP.with(|s| s.set((seed, step)));
+}
+
 /// Dropout (Srivastava et al. 2014): in training, each value is zeroed with probability `p`
 /// and the others scaled by 1/(1 − p); in evaluation, the identity.
 ///
 /// The masks are reproducible: each is drawn from a stream derived from the layer's name and
-/// the trial's (seed, step) that the trainer sets with [`super::set_step`], so a trial resumed
+/// the trial's (seed, step) that the trainer sets with [`set_step`], so a trial resumed
 /// from a checkpoint draws the same masks as one that ran straight through, and no mask state
 /// needs saving.
 #[derive(Debug, Clone)]
@@ -306,7 +318,7 @@ impl ModuleT for Dropout {
         if !train || self.p == 0.0 {
             return Ok(x.clone());
         }
-        let (seed, step) = super::step();
+        let (seed, step) = STEP.with(|s| s.get());
         let mut rng = crate::rng::Rng::derive(seed, &self.name, step);
         let scale = (1.0 / (1.0 - self.p)) as f32;
         let mask: Vec<f32> = (0..x.elem_count())

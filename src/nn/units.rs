@@ -20,7 +20,7 @@ use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::{self, batch_norm, conv2d, conv2d_biased, dropout, BatchNorm2d, Conv2d, Dropout};
-use super::residual::{residual, Shortcut as Add};
+use super::ops::residual::{residual, Addend};
 
 /// One convolution of a unit: `c_in` → `c_out` channels, a `kernel`×`kernel` window with
 /// `kernel / 2` zero padding ("same" for odd kernels), `stride`.
@@ -276,11 +276,11 @@ impl Unit {
         match (self.shortcut, &self.projection, &last.bn) {
             (Shortcut::None, _, _) => last.post(&h, train, true),
             (Shortcut::Identity, _, Some(bn)) => layers::conv_bn_add_relu(&last.conv, bn, &h, x, train),
-            (Shortcut::Identity, _, None) => residual(&last.post(&h, train, false)?, x, Add::Identity, true),
-            (Shortcut::SubsamplePad, _, _) => residual(&last.post(&h, train, false)?, x, Add::SubsamplePad, true),
+            (Shortcut::Identity, _, None) => residual(&last.post(&h, train, false)?, x, Addend::Identity, true),
+            (Shortcut::SubsamplePad, _, _) => residual(&last.post(&h, train, false)?, x, Addend::SubsamplePad, true),
             (Shortcut::Projection, Some(p), _) => {
                 let s = p.post(x, train, false)?;
-                residual(&last.post(&h, train, false)?, &s, Add::Identity, true)
+                residual(&last.post(&h, train, false)?, &s, Addend::Identity, true)
             }
             (Shortcut::Projection, None, _) => candle_core::bail!("a projection unit without its projection"),
         }
@@ -297,9 +297,9 @@ impl Unit {
         }
         match (self.shortcut, &self.projection) {
             (Shortcut::None, _) => Ok(h),
-            (Shortcut::Identity, _) => residual(&h, x, Add::Identity, false),
-            (Shortcut::SubsamplePad, _) => residual(&h, x, Add::SubsamplePad, false),
-            (Shortcut::Projection, Some(p)) => residual(&h, &p.conv.forward(&pre)?, Add::Identity, false),
+            (Shortcut::Identity, _) => residual(&h, x, Addend::Identity, false),
+            (Shortcut::SubsamplePad, _) => residual(&h, x, Addend::SubsamplePad, false),
+            (Shortcut::Projection, Some(p)) => residual(&h, &p.conv.forward(&pre)?, Addend::Identity, false),
             (Shortcut::Projection, None) => candle_core::bail!("a projection unit without its projection"),
         }
     }

@@ -2,15 +2,15 @@
 //!
 //! [`report`] runs on any device. On the CPU it is the fused-vs-composed benchmark; on a GPU it
 //! also checks the CUDA kernels against the CPU reference before timing them (a wrong kernel is
-//! flagged FAIL, never just fast).
-
-use std::time::Instant;
+//! flagged FAIL, never just fast). `runner bench --op residual` prints it.
 
 use candle_core::{Device, Result, Tensor, Var};
 
-use super::residual::{residual, residual_slow, Shortcut};
+use super::timing::{alternate, median};
+use crate::nn::ops::residual::{residual, residual_slow, Addend};
 
-/// Timed runs per measurement (after [`WARM_UP`] untimed ones); the median is reported.
+/// Timed runs per measurement (after [`WARM_UP`] untimed ones), the fused and the composed op
+/// taking turns; the median is reported.
 const RUNS: usize = 20;
 const WARM_UP: usize = 3;
 /// The largest relative error (|a − e| / max(1, |e|)) that still counts as correct.
@@ -20,7 +20,7 @@ const TOLERANCE: f32 = 1e-5;
 struct Case {
     branch: (usize, usize, usize),
     x: (usize, usize, usize),
-    shortcut: Shortcut,
+    shortcut: Addend,
 }
 
 /// The additions of every CIFAR ResNet stage: the identity in each stage, option A between stages.
@@ -28,31 +28,31 @@ const CASES: [Case; 5] = [
     Case {
         branch: (16, 32, 32),
         x: (16, 32, 32),
-        shortcut: Shortcut::Identity,
+        shortcut: Addend::Identity,
     },
     Case {
         branch: (32, 16, 16),
         x: (32, 16, 16),
-        shortcut: Shortcut::Identity,
+        shortcut: Addend::Identity,
     },
     Case {
         branch: (64, 8, 8),
         x: (64, 8, 8),
-        shortcut: Shortcut::Identity,
+        shortcut: Addend::Identity,
     },
     Case {
         branch: (32, 16, 16),
         x: (16, 32, 32),
-        shortcut: Shortcut::SubsamplePad,
+        shortcut: Addend::SubsamplePad,
     },
     Case {
         branch: (64, 8, 8),
         x: (32, 16, 16),
-        shortcut: Shortcut::SubsamplePad,
+        shortcut: Addend::SubsamplePad,
     },
 ];
 
-type Op = fn(&Tensor, &Tensor, Shortcut, bool) -> Result<Tensor>;
+type Op = fn(&Tensor, &Tensor, Addend, bool) -> Result<Tensor>;
 
 /// The fused op's error and timings on `device` for every CIFAR stage shape at `batch` images,
 /// with and without ReLU, as a plain-text table.
@@ -60,7 +60,8 @@ type Op = fn(&Tensor, &Tensor, Shortcut, bool) -> Result<Tensor>;
 /// Conventions, also printed with the table:
 /// - error: max over out, d_branch and d_x of |a − e| / max(1, |e|), the op on `device` (a) against
 ///   [`residual_slow`] on the CPU (e), upstream gradient random;
-/// - times: median of [`RUNS`] in ms, the device synchronised before each clock reading;
+/// - times: median of [`RUNS`] in ms, the fused and the composed op alternating, the device
+///   synchronised before each clock reading;
 ///   "fwd+bwd" is the forward plus `backward()` from the output (upstream gradient ones);
 /// - GB/s: bytes that must move / fused time, f32. Forward: branch, the x elements actually used
 ///   (for option A the subsampled quarter) and out. Backward: grad, out (with ReLU, for the mask),
@@ -91,8 +92,8 @@ pub fn report(device: &Device, batch: usize) -> Result<String> {
             let row = measure(device, batch, case, relu)?;
             failures += usize::from(row.error >= TOLERANCE);
             let shape = match case.shortcut {
-                Shortcut::Identity => dims(case.branch),
-                Shortcut::SubsamplePad => format!("{}->{}", dims(case.x), dims(case.branch)),
+                Addend::Identity => dims(case.branch),
+                Addend::SubsamplePad => format!("{}->{}", dims(case.x), dims(case.branch)),
             };
             s += &format!(
                 "{:<22} {:<4} {:>9.2e} {:>4} | {:>9.3} {:>9.3} {:>5.2}x | {:>9.3} {:>9.3} {:>5.2}x | {:>8.1} {:>8.1}\n",
@@ -160,35 +161,45 @@ fn measure(device: &Device, batch: usize, case: &Case, relu: bool) -> Result<Row
 
     let (bv, xv) = (Var::from_tensor(&on_device(&b)?)?, Var::from_tensor(&on_device(&x)?)?);
     let (bt, xt) = (bv.as_tensor(), xv.as_tensor());
-    let forward = |op: Op| median_time(device, || op(bt, xt, case.shortcut, relu).map(drop));
-    let both = |op: Op| median_time(device, || op(bt, xt, case.shortcut, relu)?.backward().map(drop));
+    // fused and composed in turn; NVRTC compilation, allocator pools and caches all settle
+    // in the warm-up
+    let ops: [Op; 2] = [residual, residual_slow];
+    let sync = |_: usize| device.synchronize();
+    let mut fwd = alternate(2, WARM_UP, RUNS, sync, |v| {
+        ops[v](bt, xt, case.shortcut, relu).map(drop)?;
+        device.synchronize()
+    })?;
+    let mut both = alternate(2, WARM_UP, RUNS, sync, |v| {
+        ops[v](bt, xt, case.shortcut, relu)?.backward().map(drop)?;
+        device.synchronize()
+    })?;
 
     let f32_bytes = |n: usize| (4 * n) as f64;
     let out_len = batch * c_out * h_out * w_out;
     let x_used = match case.shortcut {
-        Shortcut::Identity => batch * c_in * h * w,
-        Shortcut::SubsamplePad => batch * c_in * h_out * w_out,
+        Addend::Identity => batch * c_in * h * w,
+        Addend::SubsamplePad => batch * c_in * h_out * w_out,
     };
     // The backward's traffic: identity without ReLU passes the gradient on with no pass at all;
     // identity with ReLU writes d_branch once (it is d_x too); option A writes all of d_x.
     let bwd_len = match (case.shortcut, relu) {
-        (Shortcut::Identity, false) => 0,
-        (Shortcut::Identity, true) => 3 * out_len,
-        (Shortcut::SubsamplePad, _) => out_len * (2 + usize::from(relu)) + batch * c_in * h * w,
+        (Addend::Identity, false) => 0,
+        (Addend::Identity, true) => 3 * out_len,
+        (Addend::SubsamplePad, _) => out_len * (2 + usize::from(relu)) + batch * c_in * h * w,
     };
     Ok(Row {
         error,
-        fused_fwd: forward(residual)?,
-        slow_fwd: forward(residual_slow)?,
-        fused_both: both(residual)?,
-        slow_both: both(residual_slow)?,
+        fused_fwd: median(&mut fwd[0]),
+        slow_fwd: median(&mut fwd[1]),
+        fused_both: median(&mut both[0]),
+        slow_both: median(&mut both[1]),
         fwd_bytes: f32_bytes(out_len + x_used + out_len),
         bwd_bytes: f32_bytes(bwd_len),
     })
 }
 
 /// out, d_branch and d_x (flattened, on the CPU) of L = Σ op(b, x) · r.
-fn values_and_grads(op: Op, b: &Tensor, x: &Tensor, r: &Tensor, shortcut: Shortcut, relu: bool) -> Result<[Tensor; 3]> {
+fn values_and_grads(op: Op, b: &Tensor, x: &Tensor, r: &Tensor, shortcut: Addend, relu: bool) -> Result<[Tensor; 3]> {
     let (bv, xv) = (Var::from_tensor(b)?, Var::from_tensor(x)?);
     let y = op(bv.as_tensor(), xv.as_tensor(), shortcut, relu)?;
     let grads = (&y * r)?.sum_all()?.backward()?;
@@ -210,24 +221,6 @@ fn relative_error(a: &Tensor, e: &Tensor) -> Result<f32> {
         .zip(&e)
         .map(|(a, e)| (a - e).abs() / e.abs().max(1.0))
         .fold(0f32, f32::max))
-}
-
-/// Median wall time of `f` in seconds over [`RUNS`] runs, after [`WARM_UP`] untimed ones
-/// (NVRTC compilation, allocator pools and caches all settle there).
-fn median_time(device: &Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    for _ in 0..WARM_UP {
-        f()?;
-    }
-    let mut times = Vec::with_capacity(RUNS);
-    for _ in 0..RUNS {
-        device.synchronize()?;
-        let start = Instant::now();
-        f()?;
-        device.synchronize()?;
-        times.push(start.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[RUNS / 2])
 }
 
 #[cfg(test)]
@@ -255,14 +248,6 @@ mod tests {
         );
         assert!(!table.contains("FAIL"), "{table}");
         assert!(table.contains("16x32x32->32x16x16"), "{table}");
-        Ok(())
-    }
-
-    /// The release-build table for the report: `cargo test --release --lib residual_bench -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn cpu_table_batch_128() -> Result<()> {
-        println!("{}", report(&Device::Cpu, 128)?);
         Ok(())
     }
 }

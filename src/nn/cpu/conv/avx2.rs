@@ -1,9 +1,11 @@
-//! AVX2 + FMA kernels, in 16 ymm registers. Forward-style passes on planes whose rows are
-//! whole 8-pixel vectors read a zero-bordered copy of each image ([`fwd_padded`]: tiles of
-//! 2 pixel vectors × 6 output channels, no masks); other planes use the AVX-512 kernels'
-//! masked scheme at 8 pixels per register ([`fwd_unit`]: 2 pixel vectors × 4 channels, the
-//! lane masks as vector masks for `vmaskmovps`, which never touches masked-off lanes). The
-//! weight gradient is the AVX-512 one at 8 output channels per register ([`dw_chunk`]).
+//! AVX2 + FMA, in 16 ymm registers: the [`Simd`](super::simd::Simd) primitives at 8 lanes,
+//! this instruction set's tile shapes for the shared kernels, and its own padded kernel.
+//! Forward-style passes on planes whose rows are whole 8-pixel vectors read a zero-bordered
+//! copy of each image ([`fwd_padded`]: tiles of 2 pixel vectors × 6 output channels, no masks);
+//! other planes use the shared masked kernel (`masked`) at 8 pixels per register ([`fwd_unit`]:
+//! 2 pixel vectors × 4 channels, the lane masks as vector masks for `vmaskmovps`, which never
+//! touches masked-off lanes). The weight gradient is the shared one (`dw`) at 8 output
+//! channels per register ([`dw_images`]).
 //!
 //! Measured on a 2-core AMD EPYC (AVX2, FMA peak ~190 GFLOP/s), `runner bench --op conv`,
 //! 3×3 16→16 at 32×32, batch 128: the masked forward tile ran at 60–70 GFLOP/s (its planes,
@@ -17,103 +19,158 @@
 pub(super) use super::scalar::fwd_unit;
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use imp::{dw_chunk, fwd_padded, fwd_unit};
+pub(super) use imp::{dw_images, fwd_padded, fwd_unit};
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use std::arch::x86_64::*;
+    use std::ops::Range;
 
-    use super::super::{pad_image, with_dy_rows, with_padded_copy, Geom, Job, Masks, CENTRE, PAD_OT};
+    use super::super::dw::{self, DwTiles};
+    use super::super::geom::{ConvGeom, Masks};
+    use super::super::job::Job;
+    use super::super::masked;
+    use super::super::plan::PAD_OT;
+    use super::super::simd::Simd;
 
-    /// Output channels per forward tile: the packing width of `Job::wp`.
+    /// Output channels per masked forward tile: the packing width of `Job::wp`.
     const OT: usize = 4;
 
-    /// The 8-lane mask of 8-pixel vector `v` (half of a 16-pixel mask) as a vector mask.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn mask(masks: &Masks, kind: usize, v: usize) -> __m256i {
-        let m = ((masks.get(kind, v / 2) >> (8 * (v % 2))) & 0xff) as i32;
-        let bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-        _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(m), bits), bits)
+    /// The AVX2 + FMA vectors: 8 lanes.
+    pub struct Avx2;
+
+    // SAFETY: __m256 holds 8 f32 values; vmaskmovps does not touch masked-off lanes;
+    // transpose writes `hw` rows of `op` floats
+    unsafe impl Simd for Avx2 {
+        const LANES: usize = 8;
+        type V = __m256;
+        type Mask = __m256i;
+
+        #[inline(always)]
+        unsafe fn zero() -> __m256 {
+            _mm256_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m256 {
+            _mm256_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            _mm256_load_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn loadu(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn storeu(p: *mut f32, v: __m256) {
+            _mm256_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m256, b: __m256) -> __m256 {
+            _mm256_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+            _mm256_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m256, b: __m256) -> __m256 {
+            _mm256_max_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn no_lanes() -> __m256i {
+            _mm256_setzero_si256()
+        }
+        /// The 8-lane mask of 8-pixel vector `v` (half of a 16-pixel mask) as a vector mask.
+        #[inline(always)]
+        unsafe fn mask(masks: &Masks, kind: usize, v: usize) -> __m256i {
+            let m = ((masks.get(kind, v / 2) >> (8 * (v % 2))) & 0xff) as i32;
+            let bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+            _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(m), bits), bits)
+        }
+        #[inline(always)]
+        unsafe fn load_masked(m: __m256i, p: *const f32) -> __m256 {
+            _mm256_maskload_ps(p, m)
+        }
+        #[inline(always)]
+        unsafe fn store_masked(p: *mut f32, m: __m256i, v: __m256) {
+            _mm256_maskstore_ps(p, m, v)
+        }
+
+        /// Tiles of 2 vectors (3 × 4 channels would need more than the 16 registers).
+        fn tile_split(nv: usize) -> (usize, usize) {
+            (0, nv / 2)
+        }
+
+        #[inline(always)]
+        unsafe fn fwd_tile<const P: usize, const OT: usize>(
+            job: &Job,
+            src: *const f32,
+            wp: *const f32,
+            v0: usize,
+            out: (*mut f32, Option<*const f32>),
+            ch0: usize,
+            nvalid: usize,
+        ) {
+            fwd_tile::<P, OT>(job, src, wp, v0, out, ch0, nvalid)
+        }
+        #[inline(always)]
+        unsafe fn transpose(dy: *const f32, cout: usize, hw: usize, out: *mut f32, op: usize) {
+            transpose(dy, cout, hw, out, op)
+        }
+        #[inline(always)]
+        unsafe fn dw_tiles(t: &DwTiles<'_, Self>, part_v: &mut [f32]) {
+            dw_tiles(t, part_v)
+        }
     }
 
-    /// One image × one tile of 4 output channels of a [`Job`].
+    /// One image × one tile of 4 output channels of a [`Job`] (see `masked`).
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA; `out` must be valid for writes of this unit's planes.
     #[target_feature(enable = "avx2,fma")]
     pub(in super::super) unsafe fn fwd_unit(job: &Job, img: usize, tile: usize, out: *mut f32) {
-        debug_assert_eq!(job.out_tile, OT);
-        let nv = 2 * job.masks.nv;
-        let nvalid = (job.nout - tile * OT).min(OT);
-        let src = job.src.as_ptr().add(img * job.src_img);
-        let wp = job.wp.as_ptr().add(tile * job.taps.len() * job.nin * OT);
-        let at = img * job.out_img + tile * OT * job.out_ch;
-        let (out, add) = (out.add(at), job.add.map(|a| a.as_ptr().add(at)));
-        let ch0 = tile * OT;
-        let mut v = 0;
-        while v + 2 <= nv {
-            fwd_tile::<2>(job, src, wp, v, (out, add), ch0, nvalid);
-            v += 2;
-        }
-        if v < nv {
-            fwd_tile::<1>(job, src, wp, v, (out, add), ch0, nvalid);
-        }
+        masked::fwd_unit::<Avx2, OT>(job, img, tile, out)
     }
 
+    /// [`masked::fwd_tile`] with this module's features.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn fwd_tile<const P: usize>(
+    unsafe fn fwd_tile<const P: usize, const OT: usize>(
         job: &Job,
         src: *const f32,
         wp: *const f32,
         v0: usize,
-        (out, add): (*mut f32, Option<*const f32>),
+        out: (*mut f32, Option<*const f32>),
         ch0: usize,
         nvalid: usize,
     ) {
-        let mut acc = [[_mm256_setzero_ps(); P]; OT];
-        let (nin, sch) = (job.nin, job.src_ch);
-        let q0 = (v0 * 8) as isize - job.masks.shift as isize;
-        for (j, tap) in job.taps.iter().enumerate() {
-            let mut m = [_mm256_setzero_si256(); P];
-            for p in 0..P {
-                m[p] = mask(job.masks, tap.kind, v0 + p);
-            }
-            let mut xp = src.wrapping_offset(tap.off + q0);
-            let mut wj = wp.add(j * nin * OT);
-            for _ in 0..nin {
-                let mut xs = [_mm256_setzero_ps(); P];
-                for p in 0..P {
-                    xs[p] = _mm256_maskload_ps(xp.wrapping_add(p * 8), m[p]);
-                }
-                for c in 0..OT {
-                    let wv = _mm256_set1_ps(*wj.add(c));
-                    for p in 0..P {
-                        acc[c][p] = _mm256_fmadd_ps(xs[p], wv, acc[c][p]);
-                    }
-                }
-                wj = wj.add(OT);
-                xp = xp.wrapping_add(sch);
-            }
-        }
-        for p in 0..P {
-            let sm = mask(job.masks, CENTRE, v0 + p);
-            for c in 0..nvalid {
-                let at = (c * job.out_ch) as isize + q0 + (p * 8) as isize;
-                let mut v = acc[c][p];
-                if let Some(b) = job.bias {
-                    v = _mm256_add_ps(v, _mm256_set1_ps(b[ch0 + c]));
-                }
-                if let Some(a) = add {
-                    v = _mm256_add_ps(v, _mm256_maskload_ps(a.wrapping_offset(at), sm));
-                }
-                if job.relu {
-                    v = _mm256_max_ps(v, _mm256_setzero_ps());
-                }
-                _mm256_maskstore_ps(out.wrapping_offset(at), sm, v);
-            }
+        masked::fwd_tile::<Avx2, P, OT>(job, src, wp, v0, out, ch0, nvalid)
+    }
+
+    /// The weight gradient of images `imgs` at 8 output channels per register (see `dw`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `x` and `dy` must hold every image in `imgs`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(in super::super) unsafe fn dw_images(g: &ConvGeom, x: &[f32], dy: &[f32], imgs: Range<usize>) -> Vec<f32> {
+        dw::dw_images::<Avx2>(g, x, dy, imgs)
+    }
+
+    /// One image's weight-gradient tiles within the 16 ymm registers: 1 channel vector × 4
+    /// input channels × 3 taps reading each input value once (3×3, stride 1), else 2 × 2 × 3
+    /// (3×3) or 2 × 6 (1×1).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dw_tiles(t: &DwTiles<'_, Avx2>, part_v: &mut [f32]) {
+        let (g, ovs) = (t.g, t.op / 8);
+        match (g.k, ovs % 2) {
+            (3, _) if g.stride == 1 => t.run_rows::<1, 4>(part_v),
+            (3, 0) => t.run::<2, 2, 3>(part_v),
+            (3, _) => t.run::<1, 4, 3>(part_v),
+            (_, 0) => t.run::<2, 6, 1>(part_v),
+            _ => t.run::<1, 8, 1>(part_v),
         }
     }
 
@@ -126,7 +183,7 @@ mod imp {
     /// output plane.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA; `xp` must hold `nin` blocks laid out as `run_job`
+    /// The CPU must support AVX2 and FMA; `xp` must hold `nin` blocks laid out as `run_padded`
     /// makes them; `out` must be valid for writes of this tile's planes, and `add` (the
     /// image's planes of `job.add`) for reads of them.
     #[target_feature(enable = "avx2,fma")]
@@ -231,31 +288,6 @@ mod imp {
             }
         }
     }
-
-    // The weight gradient (see `dw_tiles`) at 8 output channels per register: tiles of
-    // 1 channel vector × 4 input channels × 3 taps reading each input value once (3×3,
-    // stride 1), else 2 × 2 × 3 (3×3) or 2 × 6 (1×1), within the 16 ymm registers.
-    dw_kernel!(
-        "avx2,fma",
-        8,
-        __m256,
-        [
-            _mm256_setzero_ps,
-            _mm256_load_ps,
-            _mm256_loadu_ps,
-            _mm256_storeu_ps,
-            _mm256_add_ps,
-            _mm256_fmadd_ps,
-            _mm256_set1_ps
-        ],
-        |t, g, ovs, part_v| match (g.k, ovs % 2) {
-            (3, _) if g.stride == 1 => t.run_rows::<1, 4>(&mut part_v),
-            (3, 0) => t.run::<2, 2, 3>(&mut part_v),
-            (3, _) => t.run::<1, 4, 3>(&mut part_v),
-            (_, 0) => t.run::<2, 6, 1>(&mut part_v),
-            _ => t.run::<1, 8, 1>(&mut part_v),
-        }
-    );
 
     /// dy's `cout` planes of `hw` pixels → `hw` rows of `op` floats (channels past `cout`
     /// zero), 8 × 8 blocks at a time. `out` must be 32-byte aligned.

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use super::{DwJob, Job};
+use super::job::{DwJob, Job};
 
 /// The output positions r in 0..n whose neighbour r + d is inside 0..n too.
 fn valid(n: usize, d: isize) -> Range<usize> {

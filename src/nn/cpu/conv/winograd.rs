@@ -17,24 +17,31 @@
 //! channels as its reduction) into a small buffer, and the output transform, bias, added
 //! values and ReLU as the pixels are stored.
 //!
-//! Measured with the single-thread tuning aid (batch 32, CPU time, this 2-core AMD EPYC), as
+//! Which jobs take this path is [`super::plan`]'s choice. Measured with the single-thread
+//! tuning aid (`runner bench --op conv-tune`: batch 32, CPU time, this 2-core AMD EPYC), as
 //! the direct kernel's FLOPs over the time: 32 → 32 channels at 16×16 ran 1.2–1.35× and
 //! 64 → 64 at 8×8 1.35–1.45× faster than the direct kernel; 16 → 16 at 32×32 0.9–1.0×, so
-//! it is left to the direct kernel ([`MIN_CHANNEL_PAIRS`]). The weight gradient ran 1.5–3×
-//! faster than the direct one at all three sizes in the same aid; in `runner bench --op conv`
-//! (batch 128, 2 threads, 3 alternating runs) 1.3–1.8× at 32 and 64 channels and 1.0–1.1× at
-//! 16, so it starts at 16 → 16 ([`MIN_DW_CHANNEL_PAIRS`]).
+//! it is left to the direct kernel ([`plan::MIN_CHANNEL_PAIRS`]). The weight gradient ran
+//! 1.5–3× faster than the direct one at all three sizes in the same aid; in `runner bench
+//! --op conv` (batch 128, 2 threads, 3 alternating runs) 1.3–1.8× at 32 and 64 channels and
+//! 1.0–1.1× at 16, so it starts at 16 → 16 ([`plan::MIN_DW_CHANNEL_PAIRS`]).
+//!
+//! [`plan::MIN_CHANNEL_PAIRS`]: super::plan::MIN_CHANNEL_PAIRS
+//! [`plan::MIN_DW_CHANNEL_PAIRS`]: super::plan::MIN_DW_CHANNEL_PAIRS
 
 // Transform loops index several arrays with the same constant bounds.
 #![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{add_in_order, dw_images, pad_image, with_padded_copy, Geom, Job, PAD_OT};
+use super::geom::ConvGeom;
+use super::job::{add_in_order, images_per_run, Job};
+use super::plan::{tiles_in_eights, tiles_whole, PAD_OT};
+use super::scratch::{pad_image, with_padded_copy};
 
 /// Output channels per register tile (the padded kernel's, so its packed weights unpack the
 /// same way).
@@ -45,32 +52,14 @@ const OT: usize = PAD_OT;
 /// register tile. At 64 KiB the 16-channel products waited on L2 and ran ~30% slower.
 const BLOCK_TILE_CHANNELS: usize = 256;
 
-/// The fewest input × output channel pairs worth it. The transforms cost ~44 operations per 4
-/// tiles per input channel and ~34 per output channel, the products 16 · in · out / 8 FMAs:
-/// at 16 → 16 channels the two took about as long as the direct kernel (measured: 0.9–1.0×),
-/// at 32 → 32 1.2–1.35× less, at 64 → 64 1.35–1.45× less (single thread, batch 32).
-const MIN_CHANNEL_PAIRS: usize = 512;
-
 thread_local! {
-    /// Set by [`direct`]: jobs planned on this thread use the direct kernel.
-    static OFF: Cell<bool> = const { Cell::new(false) };
     /// This thread's transformed values: a block of one image's input (the forward passes),
     /// or of a block of images' input and dy (the weight gradient).
     static V: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with the Winograd path switched off for the jobs it plans on this thread (the
-/// tests and the tuning aid compare the two paths).
-#[cfg(test)]
-pub(super) fn direct<R>(f: impl FnOnce() -> R) -> R {
-    let was = OFF.replace(true);
-    let r = f();
-    OFF.set(was);
-    r
-}
-
 /// A job's transformed weights and tiling.
-pub(super) struct Plan {
+pub(super) struct WinoJob {
     /// G g Gᵀ as [output tile][position pair][input channel][OT channels][2 positions]
     /// (channels past `nout` zero); pairs (i, 0 | 3) and (i, 2 | 1) for each row i.
     u: Vec<f32>,
@@ -83,20 +72,15 @@ pub(super) struct Plan {
     rows: usize,
 }
 
-impl Plan {
-    /// The plan for `job`, or None where it is not a padded 3×3 stride-1 job on planes with
-    /// even rows and whole 8-pixel rows (every CIFAR ResNet's), or Winograd is switched off.
-    pub(super) fn new(job: &Job) -> Option<Plan> {
-        if OFF.get() || !job.padded || job.taps.len() != 9 || !tiles_whole(job.ho, job.wo) {
-            return None;
-        }
-        if job.nin * job.nout < MIN_CHANNEL_PAIRS {
+impl WinoJob {
+    /// The plan for `job`, a padded job that `plan` gave to Winograd's kernel, or None where
+    /// it is not a 3×3 stride-1 job on planes with even rows and whole 8-pixel rows (every
+    /// CIFAR ResNet's) whose tiles come in eights (`plan` checked; this guards the kernel).
+    pub(super) fn new(job: &Job) -> Option<WinoJob> {
+        if job.taps.len() != 9 || !tiles_whole(job.ho, job.wo) || !tiles_in_eights(job.ho, job.wo) {
             return None;
         }
         let (ntx, nty) = (job.wo / 2, job.ho / 2);
-        if !(ntx * nty).is_multiple_of(8) {
-            return None;
-        }
         // where each (dy, dx) of the 3×3 window is in the job's taps (its weights' order)
         let mut at = [usize::MAX; 9];
         for (j, t) in job.taps.iter().enumerate() {
@@ -136,7 +120,7 @@ impl Plan {
         if !(rows * ntx).is_multiple_of(8) {
             rows += 1;
         }
-        Some(Plan {
+        Some(WinoJob {
             u,
             nin,
             nout,
@@ -150,7 +134,7 @@ impl Plan {
     /// wo + 2), `out` and `add` its first output plane and the values to add there.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA; `xp` must be laid out as `run_job` makes it; `out`
+    /// The CPU must support AVX2 and FMA; `xp` must be laid out as `run_padded` makes it; `out`
     /// must be valid for writes of the image's output planes and `add` for reads of as many.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn image(&self, job: &Job, xp: &[f32], pch: usize, (out, add): (*mut f32, Option<*const f32>)) {
@@ -215,11 +199,6 @@ impl Transformed {
     }
 }
 
-/// Whether output planes of `ho` × `wo` pixels split into 2×2 tiles, 4 tiles to a vector.
-fn tiles_whole(ho: usize, wo: usize) -> bool {
-    ho.is_multiple_of(2) && wo.is_multiple_of(8)
-}
-
 /// The groups of 4 tiles of tile rows `rows` (`ntx` tiles each): (tile index, counted from
 /// `first` at the first row, and (tile row, tile column)).
 fn tile_groups(ntx: usize, rows: Range<usize>, first: usize) -> impl Iterator<Item = (usize, (usize, usize))> + Clone {
@@ -282,7 +261,7 @@ unsafe fn transform_input(
 
 /// One block of tile rows of one image.
 struct Block<'a> {
-    plan: &'a Plan,
+    plan: &'a WinoJob,
     job: &'a Job<'a>,
     /// The transformed input.
     v: Transformed,
@@ -382,12 +361,6 @@ impl Block<'_> {
     }
 }
 
-/// The fewest input × output channel pairs for which the weight gradient takes this path: its
-/// products reduce over a block's hundreds of tiles rather than over the input channels, so
-/// at 16 → 16 channels it still ran 1.5× the direct weight gradient's rate (single thread;
-/// 1.0–1.1× on 2 threads, batch 128).
-const MIN_DW_CHANNEL_PAIRS: usize = 256;
-
 /// Blocks of images hold at least this many tiles where [`DW_BLOCK_FLOATS`] allows: each sum
 /// of the products is reduced across its lanes and added to dU once per block (~10
 /// operations), after a quarter as many FMAs as the block has tiles.
@@ -399,9 +372,9 @@ const DW_BLOCK_TILES: usize = 256;
 /// blocks of 2).
 const DW_BLOCK_FLOATS: usize = 1 << 19;
 
-/// The weight gradient of a 3×3 stride-1 convolution with padding 1 on the AVX2 path, or None
-/// where `g` is not one (or its planes do not tile as [`Plan::new`] requires, or it has too
-/// few channel pairs, or Winograd is switched off), as dW[o][i][ky][kx].
+/// The weight gradient of a 3×3 stride-1 convolution with padding 1 on the AVX2 path that
+/// `plan` gave to Winograd's kernel, as dW[o][i][ky][kx], or None where `g` is not one or its
+/// planes do not tile as [`WinoJob::new`] requires (`plan` checked; this guards the kernel).
 ///
 /// With M = U ⊙ V per tile and Y = Aᵀ M A, the loss's gradient is dM = A dY Aᵀ (E below), so
 /// dU = Σ_tiles E ⊙ V and dW = Gᵀ dU G: the same input transform as the forward pass, and per
@@ -411,18 +384,18 @@ const DW_BLOCK_FLOATS: usize = 1 << 19;
 /// forward pass's lane order), so a register tile is 4 output × 3 input channels with 7 loads
 /// per 12 FMAs; lanes are summed once per block of images.
 ///
-/// Runs of [`super::dw_images`] images are summed in parallel and added in run order, as the
+/// Runs of [`images_per_run`] images are summed in parallel and added in run order, as the
 /// direct weight gradient's are, so the result does not depend on the thread count.
-pub(super) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
-    if OFF.get() || g.k != 3 || g.stride != 1 || !tiles_whole(g.ho, g.wo) || g.cin * g.cout < MIN_DW_CHANNEL_PAIRS {
+pub(super) fn weight_grad(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
+    if g.k != 3 || g.stride != 1 || !tiles_whole(g.ho, g.wo) {
         return None;
     }
-    let per = dw_images(g.hw());
+    let per = images_per_run(g.hw());
     let partials: Vec<Vec<f32>> = (0..g.n.div_ceil(per))
         .into_par_iter()
         // SAFETY: the op checked that x and dy hold every image; the caller picked the AVX2
         // path, which the CPU supports
-        .map(|c| unsafe { dw_run(g, x, dy, c * per..((c + 1) * per).min(g.n)) })
+        .map(|c| unsafe { du_images(g, x, dy, c * per..((c + 1) * per).min(g.n)) })
         .collect();
     let (nin, nout) = (g.cin, g.cout);
     let du = add_in_order(&partials, 16 * nout * nin);
@@ -452,7 +425,7 @@ pub(super) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
 
 /// dU of images `imgs` as [position][o][i].
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dw_run(g: &Geom, x: &[f32], dy: &[f32], imgs: Range<usize>) -> Vec<f32> {
+unsafe fn du_images(g: &ConvGeom, x: &[f32], dy: &[f32], imgs: Range<usize>) -> Vec<f32> {
     let (nin, nout) = (g.cin, g.cout);
     let (ntx, nty) = (g.wo / 2, g.ho / 2);
     let tiles = ntx * nty;

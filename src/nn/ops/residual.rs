@@ -1,24 +1,21 @@
-//! The one place where a residual unit adds its two paths: `out = relu?(branch + S(x))`.
+//! A residual unit's addition of its two paths, `out = relu?(branch + S(x))`, where no other
+//! op does it: units whose identity shortcut is added inside their last conv → BN op (see
+//! [`crate::nn::Unit`]) never come here; option A, a projection's output and every unit the
+//! fused conv → BN ops do not take do.
 //!
 //! `S` is the identity, or He et al.'s option A where the shape changes: `x` subsampled with
 //! stride 2 and its channels zero-padded (half the new channels before, half after, as the
 //! common CIFAR ResNet code does), with no parameters.
-
-use std::mem::MaybeUninit;
+//!
+//! Here: the public op and its `*_slow` oracle, the Candle ops (the CPU passes are
+//! [`cpu::residual`](crate::nn::cpu::residual)'s) and, with the `cuda` feature, the CUDA
+//! kernels of `src/nn/kernels/residual.cu`.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::lanes;
-
-/// What the shortcut does to `x` before the addition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shortcut {
-    /// `x` has the branch's shape and is added as it is.
-    Identity,
-    /// Option A: `x[:, :, ::2, ::2]`, zero-padded to the branch's channel count.
-    SubsamplePad,
-}
+use super::common::{f32_data, reference_ops};
+pub use crate::nn::cpu::residual::Addend;
+use crate::nn::cpu::residual::{self as cpu, ResidualShape};
 
 /// `relu?(branch + S(x))`, in one pass forward and one pass backward.
 ///
@@ -27,13 +24,13 @@ pub enum Shortcut {
 /// gives the same values: a strided view would need its own index maths in every kernel for a case
 /// the models never produce (conv and batch-norm outputs are contiguous), so falling back beats
 /// an error.
-pub fn residual(branch: &Tensor, x: &Tensor, shortcut: Shortcut, relu: bool) -> Result<Tensor> {
+pub fn residual(branch: &Tensor, x: &Tensor, shortcut: Addend, relu: bool) -> Result<Tensor> {
     let (n, c_out, h_out, w_out) = branch.dims4()?;
     let (nx, c_in, h, w) = x.dims4()?;
     let fits = nx == n
         && match shortcut {
-            Shortcut::Identity => (c_in, h, w) == (c_out, h_out, w_out),
-            Shortcut::SubsamplePad => c_in <= c_out && (h.div_ceil(2), w.div_ceil(2)) == (h_out, w_out),
+            Addend::Identity => (c_in, h, w) == (c_out, h_out, w_out),
+            Addend::SubsamplePad => c_in <= c_out && (h.div_ceil(2), w.div_ceil(2)) == (h_out, w_out),
         };
     if !fits {
         candle_core::bail!(
@@ -48,10 +45,10 @@ pub fn residual(branch: &Tensor, x: &Tensor, shortcut: Shortcut, relu: bool) -> 
         && x.dtype() == DType::F32
         && branch.is_contiguous()
         && x.is_contiguous();
-    if !fusable || super::reference_ops() {
+    if !fusable || reference_ops() {
         return residual_slow(branch, x, shortcut, relu);
     }
-    let geom = Geometry {
+    let geom = ResidualShape {
         n,
         c_out,
         h_out,
@@ -63,62 +60,16 @@ pub fn residual(branch: &Tensor, x: &Tensor, shortcut: Shortcut, relu: bool) -> 
     branch.apply_op2(x, Residual { shortcut, relu, geom })
 }
 
-/// The shapes of a residual addition: branch (n, c_out, h_out, w_out), x (n, c_in, h, w).
-#[derive(Debug, Clone, Copy)]
-struct Geometry {
-    n: usize,
-    c_out: usize,
-    h_out: usize,
-    w_out: usize,
-    c_in: usize,
-    h: usize,
-    w: usize,
-}
-
-impl Geometry {
-    /// One image of the branch / output.
-    fn out_image(&self) -> usize {
-        self.c_out * self.h_out * self.w_out
-    }
-    fn in_image(&self) -> usize {
-        self.c_in * self.h * self.w
-    }
-    /// Option A within one image: calls `f(out index, x index)` for every output element that
-    /// x feeds (channel c + before, row r, column j ← channel c, row 2r, column 2j); the
-    /// zero-padded channels are never visited.
-    fn option_a(&self, mut f: impl FnMut(usize, usize)) {
-        let before = (self.c_out - self.c_in) / 2;
-        let plane = self.h_out * self.w_out;
-        for c in 0..self.c_in {
-            for r in 0..self.h_out {
-                let o_row = (c + before) * plane + r * self.w_out;
-                let x_row = c * self.h * self.w + 2 * r * self.w;
-                for j in 0..self.w_out {
-                    f(o_row + j, x_row + 2 * j);
-                }
-            }
-        }
-    }
-}
-
-/// Each thread gets at least this many output elements: below it, threads cost more than they save.
-const PARALLEL_MIN: usize = 1 << 15;
-
-/// How many images one thread should take at least.
-fn min_images(image_len: usize) -> usize {
-    (PARALLEL_MIN / image_len.max(1)).max(1)
-}
-
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    super::f32_data(s, l, "residual")
+    f32_data(s, l, "residual")
 }
 
 /// The forward op: out = relu?(branch + S(x)).
 #[derive(Debug, Clone, Copy)]
 struct Residual {
-    shortcut: Shortcut,
+    shortcut: Addend,
     relu: bool,
-    geom: Geometry,
+    geom: ResidualShape,
 }
 
 impl CustomOp2 for Residual {
@@ -129,32 +80,7 @@ impl CustomOp2 for Residual {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, x) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
         let g = self.geom;
-        let relu = self.relu;
-        let (ol, il) = (g.out_image(), g.in_image());
-        let mut out: Vec<f32> = Vec::with_capacity(g.n * ol);
-        out.spare_capacity_mut()[..g.n * ol]
-            .par_chunks_mut(ol)
-            .with_min_len(min_images(ol))
-            .enumerate()
-            .for_each(|(i, o)| {
-                let (bi, xi) = (&b[i * ol..(i + 1) * ol], &x[i * il..(i + 1) * il]);
-                match self.shortcut {
-                    Shortcut::Identity => lanes::sum_relu(o, bi, xi, relu),
-                    Shortcut::SubsamplePad => {
-                        for (o, &v) in o.iter_mut().zip(bi) {
-                            o.write(v);
-                        }
-                        // SAFETY: every value of o has just been written
-                        let o: &mut [f32] = unsafe { std::slice::from_raw_parts_mut(o.as_mut_ptr().cast(), o.len()) };
-                        g.option_a(|oi, xj| o[oi] += xi[xj]);
-                        if relu {
-                            o.iter_mut().for_each(|v| *v = v.max(0.0));
-                        }
-                    }
-                }
-            });
-        // SAFETY: the images' chunks cover the whole output and each was written in full
-        unsafe { out.set_len(g.n * ol) };
+        let out = cpu::forward(g, self.shortcut, self.relu, b, x);
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.h_out, g.w_out))))
     }
 
@@ -179,7 +105,7 @@ impl CustomOp2 for Residual {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        if self.shortcut == Shortcut::Identity && !self.relu {
+        if self.shortcut == Addend::Identity && !self.relu {
             // Both gradients are the incoming one: no pass at all, as for a plain add.
             return Ok((Some(grad.clone()), Some(grad)));
         }
@@ -188,26 +114,22 @@ impl CustomOp2 for Residual {
         let d_branch = d.narrow(0, 0, nb)?.reshape(branch.shape())?;
         let d_x = match self.shortcut {
             // Tensors are immutable, so one buffer can serve as both gradients.
-            Shortcut::Identity => d_branch.clone(),
-            Shortcut::SubsamplePad => d.narrow(0, nb, x.elem_count())?.reshape(x.shape())?,
+            Addend::Identity => d_branch.clone(),
+            Addend::SubsamplePad => d.narrow(0, nb, x.elem_count())?.reshape(x.shape())?,
         };
         Ok((Some(d_branch), Some(d_x)))
     }
 }
 
 /// The backward op of a [`Residual`], one pass: from (grad, out) it writes [d_branch | d_x]
-/// into one buffer. d_branch = grad · [out > 0] (or grad without ReLU); for option A d_x is
-/// d_branch's x-channels scattered to the even positions, zero elsewhere. For the identity d_x is
-/// d_branch itself, so the buffer holds d_branch alone.
+/// into one buffer (see [`cpu::backward`]).
 struct ResidualBackward(Residual);
 
+#[cfg(feature = "cuda")]
 impl Residual {
     /// The length of the d_x part of the backward buffer.
     fn d_x_len(&self) -> usize {
-        match self.shortcut {
-            Shortcut::Identity => 0,
-            Shortcut::SubsamplePad => self.geom.n * self.geom.in_image(),
-        }
+        self.geom.d_x_len(self.shortcut)
     }
 }
 
@@ -218,50 +140,9 @@ impl CustomOp2 for ResidualBackward {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (grad, out) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
-        let Residual {
-            shortcut,
-            relu,
-            geom: g,
-        } = self.0;
-        let (ol, il) = (g.out_image(), g.in_image());
-        let nb = g.n * ol;
-        let len = nb + self.0.d_x_len();
-        let mut buf: Vec<f32> = Vec::with_capacity(len);
-        let (d_branch, d_x) = buf.spare_capacity_mut()[..len].split_at_mut(nb);
-        // d_x is written only where x feeds the output (option A): zero it first.
-        d_x.fill(MaybeUninit::new(0.0));
-        let mask = |i: usize, db: &mut [MaybeUninit<f32>]| {
-            let (gi, oi) = (&grad[i * ol..(i + 1) * ol], &out[i * ol..(i + 1) * ol]);
-            if relu {
-                lanes::relu_grad(db, gi, oi);
-            } else {
-                for (d, &g) in db.iter_mut().zip(gi) {
-                    d.write(g);
-                }
-            }
-        };
-        match shortcut {
-            Shortcut::Identity => d_branch
-                .par_chunks_mut(ol)
-                .with_min_len(min_images(ol))
-                .enumerate()
-                .for_each(|(i, db)| mask(i, db)),
-            Shortcut::SubsamplePad => d_branch
-                .par_chunks_mut(ol)
-                .zip(d_x.par_chunks_mut(il.max(1)))
-                .with_min_len(min_images(ol))
-                .enumerate()
-                .for_each(|(i, (db, dx))| {
-                    mask(i, db);
-                    // SAFETY: mask(i, db) has just written every value of db
-                    let db: &[f32] = unsafe { std::slice::from_raw_parts(db.as_ptr().cast(), db.len()) };
-                    g.option_a(|oi, xj| {
-                        dx[xj].write(db[oi]);
-                    });
-                }),
-        }
-        // SAFETY: every value of d_branch was written by `mask`, and d_x was zero-filled
-        unsafe { buf.set_len(len) };
+        let Residual { shortcut, relu, geom } = self.0;
+        let buf = cpu::backward(geom, shortcut, relu, grad, out);
+        let len = buf.len();
         Ok((CpuStorage::F32(buf), Shape::from(len)))
     }
 
@@ -279,12 +160,12 @@ impl CustomOp2 for ResidualBackward {
     }
 }
 
-/// The CUDA side of the fused op: the kernels of `kernels/residual.cu`, compiled with NVRTC the
+/// The CUDA side of the fused op: the kernels of `src/nn/kernels/residual.cu`, compiled with NVRTC the
 /// first time they are needed and launched on Candle's own stream, so they are ordered with every
 /// other op on the device without extra synchronisation.
 #[cfg(feature = "cuda")]
 mod cuda {
-    use super::{Geometry, Residual, Shortcut};
+    use super::{Addend, Residual, ResidualShape};
     use candle_core::cuda_backend::cudarc::driver::{
         CudaFunction, CudaSlice, CudaView, DevicePtr, LaunchConfig, PushKernelArg,
     };
@@ -292,7 +173,7 @@ mod cuda {
     use candle_core::{Layout, Result};
     use std::sync::OnceLock;
 
-    const SOURCE: &str = include_str!("kernels/residual.cu");
+    const SOURCE: &str = include_str!("../kernels/residual.cu");
     /// The name Candle caches the loaded module under, per device.
     const MODULE: &str = "runner_residual";
     const BLOCK: u32 = 256;
@@ -344,7 +225,7 @@ mod cuda {
     }
 
     /// The kernels' int arguments: c_out, h_out, w_out, c_in, h, w.
-    fn dims(g: &Geometry) -> Result<[i32; 6]> {
+    fn dims(g: &ResidualShape) -> Result<[i32; 6]> {
         let mut out = [0; 6];
         for (o, v) in out.iter_mut().zip([g.c_out, g.h_out, g.w_out, g.c_in, g.h, g.w]) {
             *o = i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("residual: dimension {v} too large")))?;
@@ -370,27 +251,27 @@ mod cuda {
     ) -> Result<()> {
         let relu = i32::from(op.relu);
         let (kernel, items) = match op.shortcut {
-            Shortcut::Identity if vec4_fits(dev, total, &[a, b, &dst.slice(..)]) => ("identity_vec4", total / 4),
-            Shortcut::Identity => ("identity", total),
-            Shortcut::SubsamplePad => ("option_a", total),
+            Addend::Identity if vec4_fits(dev, total, &[a, b, &dst.slice(..)]) => ("identity_vec4", total / 4),
+            Addend::Identity => ("identity", total),
+            Addend::SubsamplePad => ("option_a", total),
         };
         let f = func(dev, &format!("residual_{pass}_{kernel}"))?;
         let n = count(items)?;
         let dims = match op.shortcut {
-            Shortcut::SubsamplePad => dims(&op.geom)?,
-            Shortcut::Identity => [0; 6],
+            Addend::SubsamplePad => dims(&op.geom)?,
+            Addend::Identity => [0; 6],
         };
         // Candle's own stream: ordered after the ops that produced the inputs.
         let stream = dev.cuda_stream();
         let mut args = stream.launch_builder(&f);
         args.arg(dst).arg(a).arg(b).arg(&n);
-        if op.shortcut == Shortcut::SubsamplePad {
+        if op.shortcut == Addend::SubsamplePad {
             for v in &dims {
                 args.arg(v);
             }
         }
         args.arg(&relu);
-        // SAFETY: the argument list matches the kernel's signature (kernels/residual.cu), and
+        // SAFETY: the argument list matches the kernel's signature (src/nn/kernels/residual.cu), and
         // `residual` checked the sizes: dst holds the output (forward) or d_branch then d_x.
         unsafe { args.launch(launch_config(items)) }.w()?;
         Ok(())
@@ -435,10 +316,10 @@ mod cuda {
 }
 
 /// The same, from plain Candle ops: the reference that fused versions are tested against.
-pub fn residual_slow(branch: &Tensor, x: &Tensor, shortcut: Shortcut, relu: bool) -> Result<Tensor> {
+pub fn residual_slow(branch: &Tensor, x: &Tensor, shortcut: Addend, relu: bool) -> Result<Tensor> {
     let s = match shortcut {
-        Shortcut::Identity => x.clone(),
-        Shortcut::SubsamplePad => subsample_pad(x, branch.dim(1)?)?,
+        Addend::Identity => x.clone(),
+        Addend::SubsamplePad => subsample_pad(x, branch.dim(1)?)?,
     };
     if s.dims() != branch.dims() {
         candle_core::bail!(
@@ -484,12 +365,12 @@ mod tests {
     use candle_core::{Device, Var};
 
     /// Values and both gradients of fused vs slow, for a random loss weighting.
-    fn compare(b_shape: (usize, usize, usize, usize), x_shape: (usize, usize, usize, usize), sc: Shortcut, relu: bool) {
+    fn compare(b_shape: (usize, usize, usize, usize), x_shape: (usize, usize, usize, usize), sc: Addend, relu: bool) {
         let dev = Device::Cpu;
         let b = Var::from_tensor(&Tensor::randn(0f32, 1., b_shape, &dev).unwrap()).unwrap();
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., x_shape, &dev).unwrap()).unwrap();
         let r = Tensor::randn(0f32, 1., b_shape, &dev).unwrap();
-        let run = |f: fn(&Tensor, &Tensor, Shortcut, bool) -> Result<Tensor>| {
+        let run = |f: fn(&Tensor, &Tensor, Addend, bool) -> Result<Tensor>| {
             let y = f(b.as_tensor(), x.as_tensor(), sc, relu).unwrap();
             let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -514,27 +395,27 @@ mod tests {
     #[test]
     fn fused_equals_slow_on_every_cifar_stage_shape() {
         for relu in [false, true] {
-            compare((2, 16, 32, 32), (2, 16, 32, 32), Shortcut::Identity, relu);
-            compare((2, 32, 16, 16), (2, 32, 16, 16), Shortcut::Identity, relu);
-            compare((2, 64, 8, 8), (2, 64, 8, 8), Shortcut::Identity, relu);
-            compare((2, 32, 16, 16), (2, 16, 32, 32), Shortcut::SubsamplePad, relu);
-            compare((2, 64, 8, 8), (2, 32, 16, 16), Shortcut::SubsamplePad, relu);
+            compare((2, 16, 32, 32), (2, 16, 32, 32), Addend::Identity, relu);
+            compare((2, 32, 16, 16), (2, 32, 16, 16), Addend::Identity, relu);
+            compare((2, 64, 8, 8), (2, 64, 8, 8), Addend::Identity, relu);
+            compare((2, 32, 16, 16), (2, 16, 32, 32), Addend::SubsamplePad, relu);
+            compare((2, 64, 8, 8), (2, 32, 16, 16), Addend::SubsamplePad, relu);
             // a batch big enough to take the parallel path
-            compare((8, 32, 16, 16), (8, 16, 32, 32), Shortcut::SubsamplePad, relu);
+            compare((8, 32, 16, 16), (8, 16, 32, 32), Addend::SubsamplePad, relu);
         }
     }
 
     #[test]
     fn fused_handles_odd_sizes_and_batch_one() {
-        compare((1, 6, 4, 3), (1, 3, 7, 5), Shortcut::SubsamplePad, true);
-        compare((1, 5, 7, 5), (1, 5, 7, 5), Shortcut::Identity, true);
-        compare((3, 7, 4, 4), (3, 4, 8, 8), Shortcut::SubsamplePad, false);
+        compare((1, 6, 4, 3), (1, 3, 7, 5), Addend::SubsamplePad, true);
+        compare((1, 5, 7, 5), (1, 5, 7, 5), Addend::Identity, true);
+        compare((3, 7, 4, 4), (3, 4, 8, 8), Addend::SubsamplePad, false);
     }
 
     /// The fused backward against central differences of the fused forward, for the loss
     /// L = Σ out · r summed in f64. Inputs are nudged away from ReLU's kink so that the function is
     /// linear within ±EPS of them and the difference quotient is exact up to f32 rounding of `out`.
-    fn gradient_check(b_shape: (usize, usize, usize, usize), x_shape: (usize, usize, usize, usize), sc: Shortcut) {
+    fn gradient_check(b_shape: (usize, usize, usize, usize), x_shape: (usize, usize, usize, usize), sc: Addend) {
         const EPS: f32 = 1e-2;
         let dev = Device::Cpu;
         let vec = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -587,20 +468,20 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences() {
-        gradient_check((2, 3, 3, 4), (2, 3, 3, 4), Shortcut::Identity);
-        gradient_check((2, 4, 3, 3), (2, 2, 5, 5), Shortcut::SubsamplePad);
+        gradient_check((2, 3, 3, 4), (2, 3, 3, 4), Addend::Identity);
+        gradient_check((2, 4, 3, 3), (2, 2, 5, 5), Addend::SubsamplePad);
         // odd padding split (1 before, 2 after) and an even/odd spatial mix
-        gradient_check((1, 5, 2, 2), (1, 2, 4, 3), Shortcut::SubsamplePad);
+        gradient_check((1, 5, 2, 2), (1, 2, 4, 3), Addend::SubsamplePad);
     }
 
     #[test]
     fn mismatched_shapes_are_refused() {
         let b = Tensor::zeros((1, 8, 4, 4), DType::F32, &Device::Cpu).unwrap();
         let x = Tensor::zeros((1, 8, 5, 4), DType::F32, &Device::Cpu).unwrap();
-        assert!(residual(&b, &x, Shortcut::Identity, false).is_err());
+        assert!(residual(&b, &x, Addend::Identity, false).is_err());
         let x = Tensor::zeros((1, 16, 8, 8), DType::F32, &Device::Cpu).unwrap();
         assert!(
-            residual(&b, &x, Shortcut::SubsamplePad, false).is_err(),
+            residual(&b, &x, Addend::SubsamplePad, false).is_err(),
             "option A cannot drop channels"
         );
     }
@@ -609,7 +490,7 @@ mod tests {
     fn option_a_subsamples_and_pads_symmetrically() -> Result<()> {
         let x = Tensor::arange(0f32, 2. * 16., &Device::Cpu)?.reshape((1, 2, 4, 4))?;
         let branch = Tensor::zeros((1, 4, 2, 2), candle_core::DType::F32, &Device::Cpu)?;
-        let y = residual_slow(&branch, &x, Shortcut::SubsamplePad, false)?;
+        let y = residual_slow(&branch, &x, Addend::SubsamplePad, false)?;
         let v = y.flatten_all()?.to_vec1::<f32>()?;
         // channel 0 and 3 are padding; channel 1 is x[0] at (0,0),(0,2),(2,0),(2,2)
         assert_eq!(&v[0..4], &[0., 0., 0., 0.]);
@@ -623,7 +504,7 @@ mod tests {
     fn option_a_handles_odd_sizes() -> Result<()> {
         let x = Tensor::ones((2, 3, 7, 5), candle_core::DType::F32, &Device::Cpu)?;
         let branch = Tensor::zeros((2, 6, 4, 3), candle_core::DType::F32, &Device::Cpu)?;
-        let y = residual_slow(&branch, &x, Shortcut::SubsamplePad, true)?;
+        let y = residual_slow(&branch, &x, Addend::SubsamplePad, true)?;
         assert_eq!(y.dims(), &[2, 6, 4, 3]);
         assert_eq!(y.sum_all()?.to_scalar::<f32>()?, (2 * 3 * 4 * 3) as f32);
         Ok(())

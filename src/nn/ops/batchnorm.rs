@@ -7,19 +7,16 @@
 //! batch mean and variance (and updates the running statistics), one custom op writes `y`, and
 //! its gradient is one more custom op that is not differentiated further.
 //!
-//! Layout: `x` is (N, C, H, W), contiguous f32. Channel `c` is the N planes of H·W values at
-//! plane indices `c, C + c, 2C + c, …`. Per-channel sums walk the planes in memory order in
-//! fixed chunks of images whose sums are added in image order, so the results do not depend
-//! on the thread count or on scheduling.
-//! Anything else (another device, dtype or layout) goes through [`batch_norm_slow`].
+//! Layout: `x` is (N, C, H, W), contiguous f32; the passes over it are
+//! [`cpu::batchnorm`](crate::nn::cpu::batchnorm)'s. Anything else (another device, dtype or
+//! layout) goes through [`batch_norm_slow`].
 
-use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, Var};
-use rayon::prelude::*;
 
-use super::lanes;
+use super::common::{f32_data, reference_ops};
+use crate::nn::cpu::batchnorm::{backward, batch_stats, normalize, Normalized, Planes};
 
 /// PyTorch's defaults for `BatchNorm2d`.
 pub const EPS: f64 = 1e-5;
@@ -58,20 +55,20 @@ pub fn batch_norm(
             .iter()
             .all(|t| t.dtype() == DType::F32 && t.is_contiguous())
         && [running_mean, running_var].iter().all(|v| v.dtype() == DType::F32);
-    if !fusable || super::reference_ops() {
+    if !fusable || reference_ops() {
         return batch_norm_slow(x, weight, bias, running_mean, running_var, train, relu);
     }
-    let geom = Geometry { n, c, plane: h * w };
+    let planes = Planes { n, c, plane: h * w };
     let (mean, invstd) = if train {
-        if geom.count() < 2 {
+        if planes.count() < 2 {
             candle_core::bail!(
                 "batch_norm: train mode needs more than one value per channel, input {:?}",
                 x.dims()
             );
         }
-        let stats = x.apply_op1_no_bwd(&BatchStats(geom))?.to_vec1::<f64>()?;
+        let stats = x.apply_op1_no_bwd(&BatchStats(planes))?.to_vec1::<f64>()?;
         let (mean, var) = stats.split_at(c);
-        update_running(running_mean, running_var, mean, var, geom.count())?;
+        update_running(running_mean, running_var, mean, var, planes.count())?;
         (
             mean.iter().map(|&m| m as f32).collect(),
             var.iter().map(|&v| (1.0 / (v + EPS).sqrt()) as f32).collect(),
@@ -82,13 +79,13 @@ pub fn batch_norm(
         let invstd = var.iter().map(|&v| (1.0 / (v as f64 + EPS).sqrt()) as f32).collect();
         (mean, invstd)
     };
-    let op = BatchNorm {
-        geom,
+    let op = BatchNorm(Normalized {
+        planes,
         mean: Arc::new(mean),
         invstd: Arc::new(invstd),
         relu,
         batch_stats: train,
-    };
+    });
     x.apply_op3(weight, bias, op)
 }
 
@@ -143,13 +140,9 @@ pub fn batch_norm_slow(
     }
 }
 
-pub(super) fn update_running(
-    running_mean: &Var,
-    running_var: &Var,
-    mean: &[f64],
-    var: &[f64],
-    count: usize,
-) -> Result<()> {
+/// Moves the running statistics towards the batch's `mean` and biased `var` over `count`
+/// values per channel: `r ← (1 − momentum)·r + momentum·s`, with the unbiased variance.
+pub fn update_running(running_mean: &Var, running_var: &Var, mean: &[f64], var: &[f64], count: usize) -> Result<()> {
     let unbias = count as f64 / (count as f64 - 1.0);
     let rm = running_mean.as_tensor().to_vec1::<f32>()?;
     let rv = running_var.as_tensor().to_vec1::<f32>()?;
@@ -168,94 +161,14 @@ pub(super) fn update_running(
     running_var.set(&Tensor::from_vec(new_rv, var.len(), device)?)
 }
 
-/// The shape of a batch-norm input: N images of C planes of `plane` = H·W values.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Geometry {
-    pub(super) n: usize,
-    pub(super) c: usize,
-    pub(super) plane: usize,
-}
-
-impl Geometry {
-    /// Values per channel.
-    pub(super) fn count(&self) -> usize {
-        self.n * self.plane
-    }
-    pub(super) fn len(&self) -> usize {
-        self.n * self.c * self.plane
-    }
-    /// Per channel, the sum over every image of `f(i, c)` for plane i = image·C + c.
-    ///
-    /// The planes are walked in memory order, a fixed number of images per task, and the
-    /// tasks' sums added in image order, so the result does not depend on the thread count.
-    /// (Walking one channel's planes, a plane apart, ran the passes ~3× slower than the
-    /// element-wise ones: a prefetcher stops at each 4 KiB page, and planes are 1 KiB or less
-    /// in the later stages.)
-    fn channel_sums(&self, f: impl Fn(usize, usize) -> (f64, f64) + Sync) -> Vec<(f64, f64)> {
-        const IMAGES: usize = 8;
-        let parts: Vec<Vec<(f64, f64)>> = (0..self.n.div_ceil(IMAGES))
-            .into_par_iter()
-            .map(|k| {
-                let mut part = vec![(0.0, 0.0); self.c];
-                for img in k * IMAGES..((k + 1) * IMAGES).min(self.n) {
-                    for (c, p) in part.iter_mut().enumerate() {
-                        let (u, v) = f(img * self.c + c, c);
-                        p.0 += u;
-                        p.1 += v;
-                    }
-                }
-                part
-            })
-            .collect();
-        let mut total = vec![(0.0, 0.0); self.c];
-        for part in &parts {
-            for (t, p) in total.iter_mut().zip(part) {
-                t.0 += p.0;
-                t.1 += p.1;
-            }
-        }
-        total
-    }
-
-    /// Plane `i` (image·C + channel) of `data`.
-    fn plane<'a>(&self, data: &'a [f32], i: usize) -> &'a [f32] {
-        &data[i * self.plane..(i + 1) * self.plane]
-    }
-
-    /// Planes per rayon task in element-wise passes: below `PARALLEL_MIN` values, threads cost
-    /// more than they save.
-    fn min_planes(&self) -> usize {
-        (PARALLEL_MIN / self.plane.max(1)).max(1)
-    }
-}
-
-const PARALLEL_MIN: usize = 1 << 15;
-
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    super::f32_data(s, l, "batch_norm")
-}
-
-/// Per-channel batch mean and biased variance of `x` (see [`BatchStats`]).
-pub(super) fn batch_stats(x: &[f32], g: Geometry) -> Vec<(f64, f64)> {
-    let count = g.count() as f64;
-    // k: the mean of each channel's first plane
-    let shift: Vec<f32> = (0..g.c)
-        .map(|c| (lanes::shifted_sums(g.plane(x, c), 0.0).0 / g.plane as f64) as f32)
-        .collect();
-    let sums = g.channel_sums(|i, c| lanes::shifted_sums(g.plane(x, i), shift[c]));
-    sums.iter()
-        .zip(&shift)
-        .map(|(&(s1, s2), &k)| {
-            let d = s1 / count;
-            (k as f64 + d, (s2 / count - d * d).max(0.0))
-        })
-        .collect()
+    f32_data(s, l, "batch_norm")
 }
 
 /// Per-channel batch mean and biased variance of `x`, as f64 `[mean (C) | var (C)]`, in one
 /// pass: the sums of (x − k) and (x − k)² with k the mean of the channel's first plane, which
 /// is close enough to the channel's mean that the variance loses nothing to cancellation.
-struct BatchStats(Geometry);
+struct BatchStats(Planes);
 
 impl CustomOp1 for BatchStats {
     fn name(&self) -> &'static str {
@@ -275,51 +188,10 @@ impl CustomOp1 for BatchStats {
     }
 }
 
-/// y = relu?(γ·(x − μ)·invstd + β (+ s)) per channel, with `s` a tensor of x's shape added
-/// before the ReLU (a residual unit's shortcut); every value of y is written once.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn normalize(
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    mean: &[f32],
-    invstd: &[f32],
-    relu: bool,
-    add: Option<&[f32]>,
-    g: Geometry,
-) -> Vec<f32> {
-    let len = g.len();
-    let mut y: Vec<f32> = Vec::with_capacity(len);
-    y.spare_capacity_mut()[..len]
-        .par_chunks_mut(g.plane)
-        .with_min_len(g.min_planes())
-        .zip(x.par_chunks(g.plane))
-        .enumerate()
-        .for_each(|(p, (y, x))| {
-            let c = p % g.c;
-            let scale = gamma[c] * invstd[c];
-            let shift = beta[c] - mean[c] * scale;
-            match add {
-                Some(s) => lanes::scale_shift_add(y, x, &s[p * g.plane..][..g.plane], scale, shift, relu),
-                None => lanes::scale_shift(y, x, scale, shift, relu),
-            }
-        });
-    // SAFETY: the planes cover all `len` values and scale_shift wrote every one
-    unsafe { y.set_len(len) };
-    y
-}
-
 /// The forward op on (x, γ, β): y = relu?(γ·(x − μ)·invstd + β), with μ and invstd per channel
 /// (the batch's in train mode, the running statistics' in eval mode).
 #[derive(Debug, Clone)]
-pub(super) struct BatchNorm {
-    pub(super) geom: Geometry,
-    pub(super) mean: Arc<Vec<f32>>,
-    pub(super) invstd: Arc<Vec<f32>>,
-    pub(super) relu: bool,
-    /// Whether μ and invstd came from x itself (train mode), so that dx goes through them too.
-    pub(super) batch_stats: bool,
-}
+struct BatchNorm(Normalized);
 
 impl CustomOp3 for BatchNorm {
     fn name(&self) -> &'static str {
@@ -335,12 +207,13 @@ impl CustomOp3 for BatchNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = self.geom;
+        let f = &self.0;
+        let g = f.planes;
         let (x, gamma, beta) = (contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?);
         if x.len() != g.len() || gamma.len() != g.c || beta.len() != g.c {
             candle_core::bail!("batch_norm: inputs do not match {g:?}");
         }
-        let y = normalize(x, gamma, beta, &self.mean, &self.invstd, self.relu, None, g);
+        let y = normalize(x, gamma, beta, &f.mean, &f.invstd, f.relu, None, g);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -353,12 +226,12 @@ impl CustomOp3 for BatchNorm {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let back = BatchNormBackward {
-            fwd: self.clone(),
+            fwd: self.0.clone(),
             gamma: Arc::new(gamma.to_vec1::<f32>()?),
             keep_masked: false,
         };
         let d = grad.contiguous()?.apply_op3_no_bwd(x, &res.contiguous()?, &back)?;
-        let (len, c) = (self.geom.len(), self.geom.c);
+        let (len, c) = (self.0.planes.len(), self.0.planes.c);
         let dx = d.narrow(0, 0, len)?.reshape(x.shape())?;
         let dgamma = d.narrow(0, len, c)?;
         let dbeta = d.narrow(0, len + c, c)?;
@@ -366,88 +239,13 @@ impl CustomOp3 for BatchNorm {
     }
 }
 
-/// The gradient of [`BatchNorm`] `f` as `[dx | dγ | dβ]` (see [`BatchNormBackward`]), followed
-/// by the masked incoming gradient (`grad` where `y > 0`) when `keep_masked` and `f` has a ReLU.
-pub(super) fn backward(
-    f: &BatchNorm,
-    gamma: &[f32],
-    grad: &[f32],
-    x: &[f32],
-    y: &[f32],
-    keep_masked: bool,
-) -> Vec<f32> {
-    let g = f.geom;
-    let relu = f.relu;
-    let keep_masked = keep_masked && relu;
-    // Per channel: (Σ g, Σ g·(x − μ)), each in a fixed order.
-    let sums = g.channel_sums(|i, c| lanes::grad_sums(g.plane(grad, i), g.plane(x, i), g.plane(y, i), f.mean[c], relu));
-    let count = g.count() as f64;
-    let len = g.len();
-    let total = len + 2 * g.c + if keep_masked { len } else { 0 };
-    let mut out: Vec<f32> = Vec::with_capacity(total);
-    let (dx, rest) = out.spare_capacity_mut()[..total].split_at_mut(len);
-    let (dgb, masked) = rest.split_at_mut(2 * g.c);
-    // dx = a·g + b·(x − μ) + k per channel; b and k vanish in eval mode.
-    let coeffs: Vec<(f32, f32, f32)> = sums
-        .iter()
-        .enumerate()
-        .map(|(c, &(sg, sgx))| {
-            let invstd = f.invstd[c] as f64;
-            let a = gamma[c] as f64 * invstd;
-            let dgamma = sgx * invstd;
-            dgb[c].write(dgamma as f32);
-            dgb[g.c + c].write(sg as f32);
-            if f.batch_stats {
-                let b = -a * invstd * dgamma / count;
-                let k = -a * sg / count;
-                (a as f32, b as f32, k as f32)
-            } else {
-                (a as f32, 0.0, 0.0)
-            }
-        })
-        .collect();
-    let planes = dx
-        .par_chunks_mut(g.plane)
-        .zip(
-            grad.par_chunks(g.plane)
-                .zip(x.par_chunks(g.plane))
-                .zip(y.par_chunks(g.plane)),
-        )
-        .enumerate();
-    let dx_plane = |p: usize, dx: &mut [MaybeUninit<f32>], gp: &[f32], xp: &[f32], yp: &[f32]| {
-        let c = p % g.c;
-        let (a, b, k) = coeffs[c];
-        lanes::grad_input(dx, gp, xp, yp, a, b, k - b * f.mean[c], relu);
-    };
-    if keep_masked {
-        // the masked gradient from the same planes while they are in cache
-        planes
-            .zip(masked.par_chunks_mut(g.plane))
-            .with_min_len(g.min_planes())
-            .for_each(|((p, (dx, ((gp, xp), yp))), m)| {
-                dx_plane(p, dx, gp, xp, yp);
-                lanes::relu_grad(m, gp, yp);
-            });
-    } else {
-        planes
-            .with_min_len(g.min_planes())
-            .for_each(|(p, (dx, ((gp, xp), yp)))| dx_plane(p, dx, gp, xp, yp));
-    }
-    // SAFETY: dx's planes, the 2·C values of dγ, dβ and (when kept) the masked planes were all
-    // written above
-    unsafe { out.set_len(total) };
-    out
-}
-
-/// The backward op of a [`BatchNorm`] on (grad, x, y), writing `[dx | dγ | dβ]` into one buffer.
-/// With g the incoming gradient masked by y > 0 under ReLU and x̂ = (x − μ)·invstd, per channel:
-/// dβ = Σ g, dγ = Σ g·x̂, and dx = γ·invstd·(g − dβ/N − x̂·dγ/N) in train mode (μ and invstd
-/// depend on x), dx = γ·invstd·g in eval mode. N is the values per channel.
-pub(super) struct BatchNormBackward {
-    pub(super) fwd: BatchNorm,
-    pub(super) gamma: Arc<Vec<f32>>,
+/// The backward op of a batch norm on (grad, x, y), writing `[dx | dγ | dβ]` into one buffer
+/// (see [`backward`]).
+pub struct BatchNormBackward {
+    pub fwd: Normalized,
+    pub gamma: Arc<Vec<f32>>,
     /// Also write the masked incoming gradient after dβ (see [`backward`]).
-    pub(super) keep_masked: bool,
+    pub keep_masked: bool,
 }
 
 impl CustomOp3 for BatchNormBackward {
@@ -465,7 +263,7 @@ impl CustomOp3 for BatchNormBackward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let f = &self.fwd;
-        let g = f.geom;
+        let g = f.planes;
         let (grad, x, y) = (contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?);
         if grad.len() != g.len() || x.len() != g.len() || y.len() != g.len() {
             candle_core::bail!("batch_norm backward: inputs do not match {g:?}");

@@ -16,37 +16,38 @@
 //! gradients (through the first convolution and through the shortcut) are added by the
 //! convolution's kernel as it stores rather than each into a zero-filled buffer by Candle.
 //!
-//! The arithmetic is the separate ops' own: [`super::conv`]'s kernels and [`super::batchnorm`]'s
+//! The arithmetic is the separate ops' own: [`cpu::conv`]'s kernels and [`cpu::batchnorm`]'s
 //! statistics, normalisation and backward pass, so the values are the same bit for bit.
+//!
+//! [`cpu::conv`]: crate::nn::cpu::conv
+//! [`cpu::batchnorm`]: crate::nn::cpu::batchnorm
 
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor, Var};
 
-use super::batchnorm::{self, BatchNorm, BatchNormBackward, Geometry};
-use super::conv::{self, ConvOp, InputGradOp, WeightGradOp};
+use super::batchnorm::{self, BatchNormBackward};
+use super::common::f32_data;
+use super::conv::{ConvOp, InputGradOp, WeightGradOp};
+use crate::nn::cpu::batchnorm::{batch_stats, normalize, Normalized, Planes};
+use crate::nn::cpu::conv::Isa;
 
 /// A conv → BN layer's tensors: the weight, γ, β and the running statistics.
-pub(super) struct LayerParams<'a> {
-    pub(super) w: &'a Tensor,
-    pub(super) stride: usize,
-    pub(super) padding: usize,
-    pub(super) gamma: &'a Tensor,
-    pub(super) beta: &'a Tensor,
-    pub(super) running_mean: &'a Var,
-    pub(super) running_var: &'a Var,
+pub struct LayerParams<'a> {
+    pub w: &'a Tensor,
+    pub stride: usize,
+    pub padding: usize,
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+    pub running_mean: &'a Var,
+    pub running_var: &'a Var,
 }
 
 /// The fused op for `relu?(bn(conv(x, w)) + shortcut?)` in training mode, with the running
 /// statistics updated as [`batchnorm::batch_norm`] does; None where the convolution or the
 /// batch norm would not take their fast paths, or the shortcut is not an f32 CPU tensor of the
 /// output's shape (the caller then runs the separate ops).
-pub(super) fn conv_bn_train(
-    x: &Tensor,
-    p: &LayerParams,
-    relu: bool,
-    shortcut: Option<&Tensor>,
-) -> Result<Option<Tensor>> {
+pub fn conv_bn_train(x: &Tensor, p: &LayerParams, relu: bool, shortcut: Option<&Tensor>) -> Result<Option<Tensor>> {
     let Some(layer) = Layer::plan(x, p, relu)? else {
         return Ok(None);
     };
@@ -81,7 +82,7 @@ pub(super) fn conv_bn_train(
 /// convolution's input-gradient kernel as it stores. `units` holds each unit's two layers.
 /// None where a layer would not take the fused path or a unit changes the shape (the caller
 /// then runs the layers one by one).
-pub(super) fn units_train(x: &Tensor, units: &[(LayerParams, LayerParams)]) -> Result<Option<Tensor>> {
+pub fn units_train(x: &Tensor, units: &[(LayerParams, LayerParams)]) -> Result<Option<Tensor>> {
     if !f32_cpu(x) || units.is_empty() {
         return Ok(None);
     }
@@ -132,12 +133,15 @@ fn layer_params(p: &LayerParams) -> Result<Tensor> {
     Tensor::cat(&[&p.w.flatten_all()?, p.gamma, p.beta], 0)
 }
 
-/// One conv → BN (→ + shortcut) (→ ReLU) layer of the fused ops: [`super::conv`]'s kernels
-/// and [`super::batchnorm`]'s statistics, normalisation and backward pass.
+/// One conv → BN (→ + shortcut) (→ ReLU) layer of the fused ops: [`cpu::conv`]'s kernels
+/// and [`cpu::batchnorm`]'s statistics, normalisation and backward pass.
+///
+/// [`cpu::conv`]: crate::nn::cpu::conv
+/// [`cpu::batchnorm`]: crate::nn::cpu::batchnorm
 #[derive(Clone, Copy)]
 struct Layer {
     conv: ConvOp,
-    geom: Geometry,
+    geom: Planes,
     relu: bool,
 }
 
@@ -146,7 +150,7 @@ struct Saved {
     /// The convolution's output: the batch norm's input.
     conv_out: Tensor,
     /// The batch norm as it ran (batch mean and inverse standard deviation).
-    bn: BatchNorm,
+    bn: Normalized,
     /// Per channel (mean, biased variance), f64, for the running statistics.
     stats: Vec<(f64, f64)>,
 }
@@ -154,7 +158,7 @@ struct Saved {
 impl Saved {
     fn update_running(&self, p: &LayerParams) -> Result<()> {
         let (mean, var): (Vec<f64>, Vec<f64>) = self.stats.iter().copied().unzip();
-        batchnorm::update_running(p.running_mean, p.running_var, &mean, &var, self.bn.geom.count())
+        batchnorm::update_running(p.running_mean, p.running_var, &mean, &var, self.bn.planes.count())
     }
 }
 
@@ -182,11 +186,11 @@ impl Layer {
 
     /// [`Layer::plan`] for an f32 CPU input of dimensions `x`.
     fn plan_dims(x: (usize, usize, usize, usize), p: &LayerParams, relu: bool) -> Result<Option<Layer>> {
-        let Some(conv) = conv::plan_dims(x, p.w, p.stride, p.padding, conv::Isa::detect())? else {
+        let Some(conv) = ConvOp::for_dims(x, p.w, p.stride, p.padding, Isa::detect())? else {
             return Ok(None);
         };
         let (n, c, ho, wo) = conv.out_dims();
-        let geom = Geometry { n, c, plane: ho * wo };
+        let geom = Planes { n, c, plane: ho * wo };
         let fusable = [p.gamma, p.beta, p.running_mean.as_tensor(), p.running_var.as_tensor()]
             .iter()
             .all(|t| f32_cpu(t) && t.dims() == [c])
@@ -226,17 +230,17 @@ impl Layer {
         }
         let (gamma, beta) = gb.split_at(g.c);
         let yc = self.conv.forward(x, w)?;
-        let stats = batchnorm::batch_stats(&yc, g);
+        let stats = batch_stats(&yc, g);
         let mean: Vec<f32> = stats.iter().map(|s| s.0 as f32).collect();
         let invstd: Vec<f32> = stats
             .iter()
             .map(|s| (1.0 / (s.1 + batchnorm::EPS).sqrt()) as f32)
             .collect();
-        let y = batchnorm::normalize(&yc, gamma, beta, &mean, &invstd, self.relu, s, g);
+        let y = normalize(&yc, gamma, beta, &mean, &invstd, self.relu, s, g);
         let saved = Saved {
             conv_out: Tensor::from_vec(yc, self.shape(), &Device::Cpu)?,
-            bn: BatchNorm {
-                geom: g,
+            bn: Normalized {
+                planes: g,
                 mean: Arc::new(mean),
                 invstd: Arc::new(invstd),
                 relu: self.relu,
@@ -325,9 +329,9 @@ impl CustomOp3 for ConvBn {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = super::f32_data(s1, l1, "conv-bn input")?;
-        let second = super::f32_data(s2, l2, "conv-bn parameters")?;
-        let third = super::f32_data(s3, l3, "conv-bn parameters or shortcut")?;
+        let x = f32_data(s1, l1, "conv-bn input")?;
+        let second = f32_data(s2, l2, "conv-bn parameters")?;
+        let third = f32_data(s3, l3, "conv-bn parameters or shortcut")?;
         let (y, saved) = match self.shortcut {
             true => {
                 let (w, gb) = self.layer.split_params(second)?;
@@ -420,8 +424,8 @@ impl CustomOp2 for Units {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = super::f32_data(s1, l1, "residual units input")?;
-        let params = super::f32_data(s2, l2, "residual units parameters")?;
+        let x = f32_data(s1, l1, "residual units input")?;
+        let params = f32_data(s2, l2, "residual units parameters")?;
         let (offs, total) = self.offsets();
         if params.len() != total {
             candle_core::bail!("residual units: {} parameters, expected {total}", params.len());
@@ -513,7 +517,7 @@ impl CustomOp2 for Units {
 mod tests {
     use candle_core::{Device, Tensor, Var};
 
-    use super::super::residual::{residual, Shortcut};
+    use super::super::residual::{residual, Addend};
     use super::super::{batchnorm, conv};
     use super::{conv_bn_train, units_train, LayerParams};
 
@@ -570,7 +574,7 @@ mod tests {
             let bn_relu = relu && s.is_none();
             let y = batchnorm::batch_norm(&yc, p.gamma, p.beta, p.running_mean, p.running_var, true, bn_relu).unwrap();
             match s {
-                Some(s) => residual(&y, s, Shortcut::Identity, relu).unwrap(),
+                Some(s) => residual(&y, s, Addend::Identity, relu).unwrap(),
                 None => y,
             }
         }
