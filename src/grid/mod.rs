@@ -328,22 +328,56 @@ impl<F: Fn(Range<usize>, String) -> Error> Expand<'_, F> {
             }
         }
         for t in includes {
-            // Single-valued axes are the grid's defaults; the include's keys override them.
-            let mut combo: Vec<(&At<String>, &At<Value>)> = axes
-                .iter()
-                .filter(|(k, vs)| vs.len() == 1 && !t.entries.iter().any(|(ik, _)| ik.value == k.value))
-                .map(|(k, vs)| (k, &vs[0]))
-                .collect();
-            combo.extend(t.entries.iter().map(|(k, v)| (k, v)));
-            if !combo.iter().any(|(k, _)| k.value == "arch") {
-                return Err(err(
-                    t.span.clone(),
-                    "[[include]] needs an `arch` key (or a single-valued arch axis)".into(),
-                ));
-            }
-            push(self.trial(&combo, true)?);
+            push(self.include(t, axes)?);
         }
         Ok(trials)
+    }
+
+    /// The trial of an `[[include]]`: its keys over the grid's single-valued axes, which are
+    /// defaults only where the include's architecture takes them (a plain net included in a
+    /// grid of ResNets with `shortcut = ["A"]` has no shortcut). A default the architecture
+    /// refuses is reported at the include, since that is where the trial comes from.
+    fn include(&self, t: &Table, axes: &[(At<String>, Vec<At<Value>>)]) -> Result<TrialSpec> {
+        let own = |k: &str| t.entries.iter().any(|(ik, _)| ik.value == k);
+        let arch = match t.entries.iter().find(|(k, _)| k.value == "arch") {
+            Some((_, v)) => Some(v),
+            None => axes
+                .iter()
+                .find(|(k, vs)| k.value == "arch" && vs.len() == 1)
+                .map(|(_, vs)| &vs[0]),
+        };
+        let Some(arch) = arch else {
+            return Err((self.err)(
+                t.span.clone(),
+                "[[include]] needs an `arch` key (or a single-valued arch axis)".into(),
+            ));
+        };
+        let arch = self.arch(arch)?;
+        let takes = |k: &str| k == "arch" || k == "seed" || arch.params().iter().any(|p| p.name == k);
+        let defaults: Vec<(At<String>, At<Value>)> = axes
+            .iter()
+            .filter(|(k, vs)| vs.len() == 1 && !own(&k.value) && takes(&k.value))
+            .map(|(k, vs)| {
+                let span = t.span.clone();
+                let key = At {
+                    value: k.value.clone(),
+                    span: span.clone(),
+                };
+                (
+                    key,
+                    At {
+                        value: vs[0].value.clone(),
+                        span,
+                    },
+                )
+            })
+            .collect();
+        let combo: Vec<(&At<String>, &At<Value>)> = defaults
+            .iter()
+            .map(|(k, v)| (k, v))
+            .chain(t.entries.iter().map(|(k, v)| (k, v)))
+            .collect();
+        self.trial(&combo, true)
     }
 
     fn arch(&self, v: &At<Value>) -> Result<&'static dyn Architecture> {

@@ -62,6 +62,36 @@ fn include_takes_single_valued_axes_as_defaults() {
     assert_eq!(g.trials[1].params.get("depth"), Some(&Value::Int(14)));
 }
 
+/// Regression: `[[include]] arch = "plain"` in a grid of ResNets with `shortcut = ["A"]` failed
+/// with "unknown parameter `shortcut`" at the grid's axis, though an axis an architecture does
+/// not take is ignored for it.
+#[test]
+fn an_include_of_an_arch_without_a_single_valued_axis_ignores_that_axis() {
+    let g = grid(
+        "[grid]\narch = [\"resnet\"]\ndepth = [14]\nshortcut = [\"A\"]\n\
+         [[include]]\narch = \"plain\"\n",
+    )
+    .unwrap();
+    let l = labels(&g);
+    assert_eq!(l.len(), 2, "{l:#?}");
+    let plain = &g.trials[1];
+    assert_eq!(plain.arch.name(), "plain");
+    assert_eq!(plain.params.get("depth"), Some(&Value::Int(14)), "a default it takes");
+    assert_eq!(plain.params.get("shortcut"), None);
+    // the include's own keys are still checked against its architecture
+    let (line, _, msg) =
+        grid_err("[grid]\narch = [\"resnet\"]\ndepth = [14]\n[[include]]\narch = \"plain\"\nshortcut = \"B\"\n");
+    assert_eq!(line, 15, "the include's `shortcut` line: {msg}");
+    assert!(msg.contains("unknown parameter `shortcut`"), "{msg}");
+}
+
+#[test]
+fn a_grid_default_an_included_arch_refuses_is_reported_at_the_include() {
+    let (line, _, msg) = grid_err("[grid]\narch = [\"resnet\"]\ndepth = [20]\n\n[[include]]\narch = \"wrn\"\n");
+    assert_eq!(line, 14, "the include's line: {msg}");
+    assert!(msg.contains("wrn depth=20") && msg.contains("6n+4"), "{msg}");
+}
+
 #[test]
 fn seed_axis_changes_the_key() {
     let g = grid("[grid]\narch = [\"resnet\"]\ndepth = [8]\nseed = [1, 2]\n").unwrap();
