@@ -68,6 +68,11 @@ pub enum Value {
 }
 
 impl Value {
+    /// Whether it is a number (a table right-aligns a column of numbers).
+    pub fn is_number(&self) -> bool {
+        matches!(self, Value::Int(_) | Value::Float(_))
+    }
+
     /// Variant rank, then value: the order of the derive this replaces, with floats in between.
     fn key(&self) -> (u8, i64, u64, &str) {
         match self {

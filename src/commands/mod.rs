@@ -140,11 +140,7 @@ fn dry_run(args: &RunArgs) -> Result<i32> {
             .chain([title.chars().count()])
             .max()
             .unwrap_or(0) as i32;
-        let numeric = g
-            .trials
-            .iter()
-            .filter_map(|t| t.params.get(name))
-            .all(|v| matches!(v, Value::Int(_)));
+        let numeric = g.trials.iter().filter_map(|t| t.params.get(name)).all(Value::is_number);
         cols.push((title, if numeric { width } else { -width }));
     }
     cols.extend([("seed", 4), ("params", 11), ("mflops", 8), ("key", -12)].map(|(c, w)| (c.to_string(), w)));

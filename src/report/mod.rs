@@ -146,10 +146,7 @@ fn human(rows: &[SummaryRow], paper: Option<PaperColumn>) -> (Vec<(String, bool)
     let mut titles: Vec<(String, bool)> = LEADING.iter().map(title).collect();
     // A parameter column is right-aligned when every value in it is a number.
     titles.extend(params.iter().map(|name| {
-        let numeric = rows
-            .iter()
-            .filter_map(|r| r.param(name))
-            .all(|v| matches!(v, Value::Int(_)));
+        let numeric = rows.iter().filter_map(|r| r.param(name)).all(Value::is_number);
         (param_title(name, &fixed), numeric)
     }));
     titles.extend(TRAILING.iter().map(title));
