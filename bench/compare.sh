@@ -5,13 +5,14 @@
 # memory. Alternating rounds make a busy host slow both sides alike.
 #
 #   bench/compare.sh [--depth 20] [--batch 128] [--threads 2] [--rounds 3] [--steps 6] [--arch resnet]
+#                    [--channels-last]   (PyTorch in its NHWC memory format; ours is unchanged)
 #
 # Environment: RUNNER (default target/release/runner; built with `cargo build --release` if
 # missing), PYTHON (a Python with torch; default: python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-depth=20 batch=128 threads=2 rounds=3 steps=6 warmup=2 arch=resnet
+depth=20 batch=128 threads=2 rounds=3 steps=6 warmup=2 arch=resnet torch_format=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --depth) depth=$2; shift 2 ;;
@@ -21,7 +22,8 @@ while [ $# -gt 0 ]; do
         --steps) steps=$2; shift 2 ;;
         --warmup) warmup=$2; shift 2 ;;
         --arch) arch=$2; shift 2 ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        --channels-last) torch_format=(--channels-last); shift ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -40,11 +42,11 @@ fi
 common=(--arch "$arch" --depth "$depth" --batch "$batch" --steps "$steps" --warmup "$warmup" --threads "$threads")
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-echo "$arch-$depth, batch $batch, $threads threads, $rounds rounds of $warmup+$steps steps; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')" >&2
+echo "$arch-$depth, batch $batch, $threads threads, $rounds rounds of $warmup+$steps steps, PyTorch ${torch_format[*]:-NCHW}; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')" >&2
 for r in $(seq "$rounds"); do
     echo "round $r/$rounds" >&2
     "$runner" bench "${common[@]}" --json | sed 's/^/ours /' >>"$out"
-    "$python" bench/pytorch_reference.py "${common[@]}" | sed 's/^/torch /' >>"$out"
+    "$python" bench/pytorch_reference.py "${common[@]}" "${torch_format[@]}" | sed 's/^/torch /' >>"$out"
 done
 
 python3 - "$out" <<'EOF'

@@ -112,6 +112,7 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format (often PyTorch's faster CPU mode)")
     a = p.parse_args()
     if (a.depth - 2) % 6 != 0:
         p.error("--depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...)")
@@ -122,6 +123,9 @@ def main():
     model = Net(a.depth, None if a.arch == "plain" else a.shortcut, a.preact)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(a.batch, 3, 32, 32)
+    if a.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (a.batch,))
 
     def train_step():
@@ -153,6 +157,7 @@ def main():
         json.dumps(
             {
                 "impl": "pytorch",
+                "memory_format": "channels_last" if a.channels_last else "nchw",
                 "torch": torch.__version__,
                 "arch": a.arch,
                 "depth": a.depth,
