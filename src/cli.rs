@@ -228,6 +228,8 @@ Examples:
   runner bench --arch resnet -p depth=110 -p shortcut=B -p preact=true
   runner bench --arch resnet -p block=bottleneck -p depth=164 --batch 64
   runner bench --arch plain -p width=32 --json
+  runner bench --scaling                    ResNet-20/56/110 at batch 32, 64, 128
+  runner bench --scaling --depths 20,32 --batches 64,256 --steps 4
   runner bench --op conv                    our convolution kernels against Candle's"
 )]
 pub struct BenchArgs {
@@ -267,4 +269,15 @@ pub struct BenchArgs {
     /// comparison every kernel change should show)
     #[arg(long)]
     pub compare: bool,
+    /// How the cost grows with depth and batch: one table of training images/s and peak memory
+    /// for every --depths × --batches, each measured in a process of its own (so that each
+    /// peak is its own)
+    #[arg(long, conflicts_with_all = ["compare", "depth"])]
+    pub scaling: bool,
+    /// With --scaling: the depths
+    #[arg(long, value_delimiter = ',', default_values_t = [20, 56, 110], requires = "scaling")]
+    pub depths: Vec<i64>,
+    /// With --scaling: the batch sizes
+    #[arg(long, value_delimiter = ',', default_values_t = [32, 64, 128], requires = "scaling")]
+    pub batches: Vec<usize>,
 }

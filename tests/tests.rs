@@ -19,3 +19,6 @@ mod arch_params;
 
 #[path = "suite/plugins.rs"]
 mod plugins;
+
+#[path = "suite/bench.rs"]
+mod bench;

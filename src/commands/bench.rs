@@ -55,6 +55,9 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
             plugins::names().join(", ")
         ))
     })?;
+    if args.scaling {
+        return scaling(a, args);
+    }
     let params = model_params(a, args.depth, &args.params)?;
     let shape = InputShape::CIFAR;
     let cost = arch::cost(a, &params, shape, CLASSES)?;
@@ -169,6 +172,98 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `--scaling`: every depth × batch timed by a `runner bench --json` child of its own (a
+/// process's peak memory is a high-water mark, so one process could not measure several),
+/// then one table.
+fn scaling(a: &dyn Architecture, args: &BenchArgs) -> Result<i32> {
+    if args.depths.is_empty() || args.batches.is_empty() || args.batches.contains(&0) {
+        return Err(Error::Usage("--depths and --batches need at least one value each, batches ≥ 1".into()).into());
+    }
+    // every model checked before the first is timed
+    for &d in &args.depths {
+        model_params(a, Some(d), &args.params)?;
+    }
+    let exe = std::env::current_exe().context("finding the runner binary to time each size in")?;
+    let mut cells = Vec::new();
+    for &depth in &args.depths {
+        for &batch in &args.batches {
+            eprintln!("{}-{depth}, batch {batch} …", a.name());
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["bench", "--arch", a.name(), "--json", "--device", &args.device]);
+            cmd.args(["--depth", &depth.to_string(), "--batch", &batch.to_string()]);
+            cmd.args(["--steps", &args.steps.to_string(), "--warmup", &args.warmup.to_string()]);
+            if let Some(t) = args.threads {
+                cmd.args(["--threads", &t.to_string()]);
+            }
+            for p in &args.params {
+                cmd.args(["--param", p]);
+            }
+            let out = cmd.output().context("running a bench child")?;
+            if !out.status.success() {
+                anyhow::bail!(
+                    "{}-{depth} at batch {batch} failed: {}",
+                    a.name(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            let line: serde_json::Value =
+                serde_json::from_slice(&out.stdout).context("reading a bench child's JSON line")?;
+            let field = |k: &str| line[k].as_f64();
+            let cell = ScalingCell {
+                depth,
+                batch,
+                train_images_per_s: field("train_images_per_s").unwrap_or(f64::NAN),
+                peak_rss_mib: field("peak_rss_mib"),
+            };
+            if args.json {
+                println!("{line}");
+            }
+            cells.push(cell);
+        }
+    }
+    if !args.json {
+        print!("{}", scaling_table(a.name(), &args.depths, &args.batches, &cells));
+        if let Some(c) = cpu_model() {
+            println!("cpu: {c}");
+        }
+    }
+    Ok(0)
+}
+
+/// One size of `--scaling`.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct ScalingCell {
+    pub depth: i64,
+    pub batch: usize,
+    pub train_images_per_s: f64,
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// Depths down, batches across, each cell `images/s (MiB)`.
+pub(super) fn scaling_table(arch: &str, depths: &[i64], batches: &[usize], cells: &[ScalingCell]) -> String {
+    let mut out = format!("{arch}: training images/s (peak resident MiB)\n");
+    out.push_str(&format!("{:>6}", "depth"));
+    for b in batches {
+        out.push_str(&format!("{:>18}", format!("batch {b}")));
+    }
+    out.push('\n');
+    for &d in depths {
+        out.push_str(&format!("{d:>6}"));
+        for &b in batches {
+            let text = match cells.iter().find(|c| c.depth == d && c.batch == b) {
+                Some(c) => match c.peak_rss_mib {
+                    Some(m) => format!("{:.1} ({m:.0})", c.train_images_per_s),
+                    None => format!("{:.1}", c.train_images_per_s),
+                },
+                None => "-".to_string(),
+            };
+            out.push_str(&format!("{text:>18}"));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// The parameters of the model to time: `--param NAME=VALUE` each read as the type `arch`

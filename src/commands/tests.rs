@@ -1,6 +1,6 @@
-//! The pure parts of the commands: reading `runner bench`'s model parameters.
+//! The pure parts of the commands: reading `runner bench`'s model parameters, its scaling table.
 
-use super::bench::model_params;
+use super::bench::{model_params, scaling_table, ScalingCell};
 use crate::arch::Value;
 use crate::{plugins, Error};
 
@@ -101,4 +101,26 @@ fn depth_on_an_architecture_without_one_says_so() {
     // Without --depth its own parameters work.
     let p = model_params(&Flat, None, &["width=4".to_string()]).unwrap();
     assert_eq!(p.get("width"), Some(&Value::Int(4)));
+}
+
+#[test]
+fn the_scaling_table_puts_depths_down_and_batches_across_with_a_dash_for_a_missing_size() {
+    let cell = |depth, batch, ips, mib| ScalingCell {
+        depth,
+        batch,
+        train_images_per_s: ips,
+        peak_rss_mib: mib,
+    };
+    let cells = [
+        cell(20, 32, 410.04, Some(120.4)),
+        cell(20, 64, 455.5, Some(180.0)),
+        cell(56, 32, 150.25, None),
+    ];
+    let t = scaling_table("resnet", &[20, 56], &[32, 64], &cells);
+    let lines: Vec<&str> = t.lines().collect();
+    assert_eq!(lines.len(), 4, "{t}");
+    assert!(lines[1].contains("batch 32") && lines[1].contains("batch 64"), "{t}");
+    let cols = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
+    assert_eq!(cols(lines[2]), ["20", "410.0", "(120)", "455.5", "(180)"]);
+    assert_eq!(cols(lines[3]), ["56", "150.2", "-"]);
 }
