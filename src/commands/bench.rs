@@ -183,7 +183,10 @@ fn scaling(a: &dyn Architecture, args: &BenchArgs) -> Result<i32> {
     }
     // every model checked before the first is timed
     for &d in &args.depths {
-        model_params(a, Some(d), &args.params)?;
+        model_params(a, Some(d), &args.params).map_err(|e| match e {
+            Error::Usage(m) => Error::Usage(format!("--depths {d}: {}", m.trim_start_matches("--depth: "))),
+            other => other,
+        })?;
     }
     let exe = std::env::current_exe().context("finding the runner binary to time each size in")?;
     let mut cells = Vec::new();
