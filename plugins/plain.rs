@@ -16,7 +16,7 @@
 //! checkpoints line up layer by layer.
 
 use runner::arch::{self, Architecture, DefaultValue, InputShape, Model, ParamError, ParamKind, ParamSpec, Params};
-use runner::nn::{self, conv3x3, Error, Linear, ModuleT, Result, Stage, Tensor, Unit, UnitSpec, VarBuilder};
+use runner::nn::{self, conv3x3, Linear, ModuleT, Result, Stage, Tensor, Unit, UnitSpec, VarBuilder};
 
 pub struct Plain;
 
@@ -35,12 +35,6 @@ const PARAMS: &[ParamSpec] = &[
     },
 ];
 
-/// n, the pairs of convolutions per stage.
-fn units_per_stage(p: &Params) -> std::result::Result<usize, ParamError> {
-    let depth = p.int("depth").map_err(|e| ParamError::new("depth", e.to_string()))?;
-    arch::units_per_stage(depth, 6, 2, "plain nets").map_err(|m| ParamError::new("depth", m))
-}
-
 impl Architecture for Plain {
     fn name(&self) -> &'static str {
         "plain"
@@ -55,11 +49,11 @@ impl Architecture for Plain {
     }
 
     fn check(&self, p: &Params) -> std::result::Result<(), ParamError> {
-        units_per_stage(p).map(|_| ())
+        arch::units_per_stage(p, 6, 2, "plain nets").map(|_| ())
     }
 
     fn build(&self, p: &Params, input: InputShape, classes: usize, vb: VarBuilder) -> Result<Model> {
-        let n = units_per_stage(p).map_err(|e| Error::Msg(e.message))?;
+        let n = arch::units_per_stage(p, 6, 2, "plain nets")?; // pairs of convolutions per stage
         Ok(Box::new(Net::new(n, p.usize("width")?, input, classes, vb)?))
     }
 }

@@ -81,12 +81,10 @@ impl Config {
             move |e| ParamError::new(name, e.to_string())
         }
         let bottleneck = p.str("block").map_err(at("block"))? == "bottleneck";
-        let depth = p.int("depth").map_err(at("depth"))?;
         let n = match bottleneck {
-            true => arch::units_per_stage(depth, 9, 2, "bottleneck blocks"),
-            false => arch::units_per_stage(depth, 6, 2, "basic blocks"),
-        }
-        .map_err(|m| ParamError::new("depth", m))?;
+            true => arch::units_per_stage(p, 9, 2, "bottleneck blocks")?,
+            false => arch::units_per_stage(p, 6, 2, "basic blocks")?,
+        };
         Ok(Config {
             bottleneck,
             n,
@@ -123,7 +121,7 @@ impl Architecture for ResNet {
     }
 
     fn build(&self, p: &Params, input: InputShape, classes: usize, vb: VarBuilder) -> Result<Model> {
-        let cfg = Config::new(p).map_err(|e| Error::Msg(e.message))?;
+        let cfg = Config::new(p)?;
         Ok(Box::new(Net::new(&cfg, input, classes, vb)?))
     }
 }

@@ -99,7 +99,7 @@ impl Architecture for Vgg {
     }
 
     fn build(&self, p: &Params, input: InputShape, classes: usize, vb: VarBuilder) -> Result<Model> {
-        let convs = convs_per_stage(p).map_err(|e| Error::Msg(e.message))?;
+        let convs = convs_per_stage(p)?;
         let min_side = input.height.min(input.width);
         if min_side >> convs.len() == 0 {
             return Err(Error::Msg(format!(

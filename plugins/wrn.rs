@@ -22,7 +22,7 @@
 
 use runner::arch::{self, Architecture, DefaultValue, InputShape, Model, ParamError, ParamKind, ParamSpec, Params};
 use runner::nn::{
-    self, conv3x3, BatchNorm2d, Conv2d, Error, Linear, ModuleT, Result, Shortcut, Stage, Tensor, UnitSpec, VarBuilder,
+    self, conv3x3, BatchNorm2d, Conv2d, Linear, ModuleT, Result, Shortcut, Stage, Tensor, UnitSpec, VarBuilder,
 };
 
 pub struct Wrn;
@@ -48,12 +48,6 @@ const PARAMS: &[ParamSpec] = &[
     },
 ];
 
-/// N, the units per stage.
-fn units_per_stage(p: &Params) -> std::result::Result<usize, ParamError> {
-    let depth = p.int("depth").map_err(|e| ParamError::new("depth", e.to_string()))?;
-    arch::units_per_stage(depth, 6, 4, "wide resnets").map_err(|m| ParamError::new("depth", m))
-}
-
 impl Architecture for Wrn {
     fn name(&self) -> &'static str {
         "wrn"
@@ -68,11 +62,11 @@ impl Architecture for Wrn {
     }
 
     fn check(&self, p: &Params) -> std::result::Result<(), ParamError> {
-        units_per_stage(p).map(|_| ())
+        arch::units_per_stage(p, 6, 4, "wide resnets").map(|_| ())
     }
 
     fn build(&self, p: &Params, input: InputShape, classes: usize, vb: VarBuilder) -> Result<Model> {
-        let n = units_per_stage(p).map_err(|e| Error::Msg(e.message))?;
+        let n = arch::units_per_stage(p, 6, 4, "wide resnets")?; // N
         let net = Net::new(n, p.usize("widen")?, p.float("dropout")?, input, classes, vb)?;
         Ok(Box::new(net))
     }

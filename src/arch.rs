@@ -74,16 +74,16 @@ impl Value {
     }
 
     /// Variant rank, then value: the order of the derive this replaces, with floats in between.
-    fn key(&self) -> (u8, i64, u64, &str) {
+    fn key(&self) -> (u8, i64, &str) {
         match self {
-            Value::Bool(b) => (0, *b as i64, 0, ""),
-            Value::Int(i) => (1, *i, 0, ""),
+            Value::Bool(b) => (0, *b as i64, ""),
+            Value::Int(i) => (1, *i, ""),
             Value::Float(f) => {
                 // f64::total_cmp's key: flip the magnitude bits of negatives
                 let bits = f.to_bits() as i64;
-                (2, bits ^ ((((bits >> 63) as u64) >> 1) as i64), 0, "")
+                (2, bits ^ ((((bits >> 63) as u64) >> 1) as i64), "")
             }
-            Value::Str(s) => (3, 0, 0, s),
+            Value::Str(s) => (3, 0, s),
         }
     }
 }
@@ -295,6 +295,13 @@ impl ParamError {
     }
 }
 
+/// A refused parameter inside `Architecture::build`, which speaks Candle's error type.
+impl From<ParamError> for candle_core::Error {
+    fn from(e: ParamError) -> Self {
+        candle_core::Error::Msg(format!("parameter `{}`: {}", e.param, e.message))
+    }
+}
+
 impl fmt::Display for ParamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
@@ -325,16 +332,21 @@ pub fn resolve(arch: &dyn Architecture, given: &BTreeMap<String, Value>) -> std:
     Ok(params)
 }
 
-/// n, the units per stage, of a net of `depth` = `step`·n + `fixed` weighted layers (CIFAR
-/// ResNets: 6n+2, their bottleneck nets 9n+2, Wide ResNets 6n+4); the error lists valid depths.
-pub fn units_per_stage(depth: i64, step: i64, fixed: i64, what: &str) -> std::result::Result<usize, String> {
+/// n, the units per stage, of a net whose `depth` parameter is `step`·n + `fixed` weighted
+/// layers (CIFAR ResNets: 6n+2, their bottleneck nets 9n+2, Wide ResNets 6n+4); the error, at
+/// `depth`, lists valid depths.
+pub fn units_per_stage(p: &Params, step: i64, fixed: i64, what: &str) -> std::result::Result<usize, ParamError> {
+    let depth = p.int("depth").map_err(|e| ParamError::new("depth", e.to_string()))?;
     if depth >= step + fixed && (depth - fixed) % step == 0 {
-        return usize::try_from((depth - fixed) / step).map_err(|e| e.to_string());
+        return usize::try_from((depth - fixed) / step).map_err(|e| ParamError::new("depth", e.to_string()));
     }
     let examples: Vec<String> = (1..=6).map(|n| (step * n + fixed).to_string()).collect();
-    Err(format!(
-        "depth {depth} is not valid for {what}: it must be {step}n+{fixed} ({}, …)",
-        examples.join(", ")
+    Err(ParamError::new(
+        "depth",
+        format!(
+            "depth {depth} is not valid for {what}: it must be {step}n+{fixed} ({}, …)",
+            examples.join(", ")
+        ),
     ))
 }
 

@@ -32,13 +32,12 @@ pub fn use_reference_ops(on: bool) {
 }
 
 pub use layers::{
-    batch_norm, conv2d, conv2d_biased, dropout, global_avg_pool, linear, max_pool2d, BatchNorm2d, Conv2d, Dropout,
-    Linear,
+    batch_norm, conv2d, conv2d_biased, dropout, global_avg_pool, linear, max_pool2d, set_step, BatchNorm2d, Conv2d,
+    Dropout, Linear,
 };
 pub use ops::residual::{residual, residual_slow, Addend};
 pub use params::{is_buffer, ParamStore};
 // What a plugin's signatures are made of, so that a plugin needs no crate but this one.
 pub use candle_core::{Error, ModuleT, Result, Tensor};
 pub use candle_nn::VarBuilder;
-pub use layers::set_step;
 pub use units::{conv1x1, conv3x3, stage, unit, ConvSpec, Order, Shortcut, Stage, Unit, UnitSpec};

@@ -202,13 +202,20 @@ impl ConvLayer {
     }
 }
 
+/// A built unit's [`Shortcut`], with the projection's layers for options B/C: the 1×1
+/// convolution, and its BatchNorm where the unit is post-activated.
+enum Skip {
+    None,
+    Identity,
+    SubsamplePad,
+    Projection(ConvLayer),
+}
+
 /// A unit with its tensors, built by [`unit`].
 pub struct Unit {
     layers: Vec<ConvLayer>,
     order: Order,
-    shortcut: Shortcut,
-    /// Options B/C: the 1×1 convolution, with its BatchNorm where the unit is post-activated.
-    projection: Option<ConvLayer>,
+    skip: Skip,
     dropout: Option<Dropout>,
 }
 
@@ -232,7 +239,10 @@ pub fn unit(spec: &UnitSpec, vb: VarBuilder) -> Result<Unit> {
         };
         layers.push(ConvLayer { conv, bn });
     }
-    let projection = match spec.shortcut {
+    let skip = match spec.shortcut {
+        Shortcut::None => Skip::None,
+        Shortcut::Identity => Skip::Identity,
+        Shortcut::SubsamplePad => Skip::SubsamplePad,
         Shortcut::Projection => {
             let vb = vb.pp("shortcut");
             let conv = conv2d(spec.c_in(), spec.c_out(), 1, spec.stride(), 0, vb.pp("0"))?;
@@ -240,9 +250,8 @@ pub fn unit(spec: &UnitSpec, vb: VarBuilder) -> Result<Unit> {
                 true => Some(batch_norm(spec.c_out(), vb.pp("1"))?),
                 false => None,
             };
-            Some(ConvLayer { conv, bn })
+            Skip::Projection(ConvLayer { conv, bn })
         }
-        _ => None,
     };
     let dropout = match spec.dropout > 0.0 && spec.convs.len() > 1 {
         true => Some(dropout(spec.dropout, vb.pp("dropout"))?),
@@ -251,15 +260,14 @@ pub fn unit(spec: &UnitSpec, vb: VarBuilder) -> Result<Unit> {
     Ok(Unit {
         layers,
         order: spec.order,
-        shortcut: spec.shortcut,
-        projection,
+        skip,
         dropout,
     })
 }
 
 impl Unit {
     /// The input of every convolution but the first goes through the dropout.
-    fn drop(&self, h: Tensor, train: bool) -> Result<Tensor> {
+    fn dropped(&self, h: Tensor, train: bool) -> Result<Tensor> {
         match &self.dropout {
             Some(d) => d.forward_t(&h, train),
             None => Ok(h),
@@ -271,18 +279,17 @@ impl Unit {
         let (last, inner) = self.layers.split_last().expect("a unit has a convolution");
         let mut h = x.clone();
         for layer in inner {
-            h = self.drop(layer.post(&h, train, true)?, train)?;
+            h = self.dropped(layer.post(&h, train, true)?, train)?;
         }
-        match (self.shortcut, &self.projection, &last.bn) {
-            (Shortcut::None, _, _) => last.post(&h, train, true),
-            (Shortcut::Identity, _, Some(bn)) => layers::conv_bn_add_relu(&last.conv, bn, &h, x, train),
-            (Shortcut::Identity, _, None) => residual(&last.post(&h, train, false)?, x, Addend::Identity, true),
-            (Shortcut::SubsamplePad, _, _) => residual(&last.post(&h, train, false)?, x, Addend::SubsamplePad, true),
-            (Shortcut::Projection, Some(p), _) => {
+        match (&self.skip, &last.bn) {
+            (Skip::None, _) => last.post(&h, train, true),
+            (Skip::Identity, Some(bn)) => layers::conv_bn_add_relu(&last.conv, bn, &h, x, train),
+            (Skip::Identity, None) => residual(&last.post(&h, train, false)?, x, Addend::Identity, true),
+            (Skip::SubsamplePad, _) => residual(&last.post(&h, train, false)?, x, Addend::SubsamplePad, true),
+            (Skip::Projection(p), _) => {
                 let s = p.post(x, train, false)?;
                 residual(&last.post(&h, train, false)?, &s, Addend::Identity, true)
             }
-            (Shortcut::Projection, None, _) => candle_core::bail!("a projection unit without its projection"),
         }
     }
 
@@ -292,26 +299,25 @@ impl Unit {
         let pre = first.pre(x, train)?;
         let mut h = first.conv.forward(&pre)?;
         for layer in rest {
-            let input = self.drop(h, train)?;
+            let input = self.dropped(h, train)?;
             h = layer.conv.forward(&layer.pre(&input, train)?)?;
         }
-        match (self.shortcut, &self.projection) {
-            (Shortcut::None, _) => Ok(h),
-            (Shortcut::Identity, _) => residual(&h, x, Addend::Identity, false),
-            (Shortcut::SubsamplePad, _) => residual(&h, x, Addend::SubsamplePad, false),
-            (Shortcut::Projection, Some(p)) => residual(&h, &p.conv.forward(&pre)?, Addend::Identity, false),
-            (Shortcut::Projection, None) => candle_core::bail!("a projection unit without its projection"),
+        match &self.skip {
+            Skip::None => Ok(h),
+            Skip::Identity => residual(&h, x, Addend::Identity, false),
+            Skip::SubsamplePad => residual(&h, x, Addend::SubsamplePad, false),
+            Skip::Projection(p) => residual(&h, &p.conv.forward(&pre)?, Addend::Identity, false),
         }
     }
 
     /// Its two conv → BN layers, if it is a basic post-activation unit with BatchNorm, an
     /// identity shortcut and no dropout: such units one after the other run as one op.
     fn basic_identity(&self) -> Option<layers::BasicUnit<'_>> {
-        match (&self.layers[..], self.order, self.shortcut, &self.dropout) {
+        match (&self.layers[..], self.order, &self.skip, &self.dropout) {
             (
                 [ConvLayer { conv: c1, bn: Some(b1) }, ConvLayer { conv: c2, bn: Some(b2) }],
                 Order::PostActivation,
-                Shortcut::Identity,
+                Skip::Identity,
                 None,
             ) => Some(((c1, b1), (c2, b2))),
             _ => None,

@@ -7,7 +7,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::common::reference_ops;
+use super::common::{f32_data, reference_ops};
 use crate::nn::cpu::conv::{self as cpu, ConvGeom, Isa};
 
 #[cfg(test)]
@@ -80,16 +80,13 @@ fn conv2d_with(x: &Tensor, w: &Tensor, stride: usize, padding: usize, isa: Isa) 
     }
 }
 
+/// The `len` f32 values of a contiguous CPU tensor, `what` naming it in a length error.
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str, len: usize) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(d) => d.as_slice(),
-        _ => candle_core::bail!("conv2d: {what} must be f32"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) if b - a == len => Ok(&data[a..b]),
-        Some(_) => candle_core::bail!("conv2d: {what} has {:?}, expected {len} elements", l.shape()),
-        None => candle_core::bail!("conv2d: {what} must be contiguous"),
+    let data = f32_data(s, l, "conv2d")?;
+    if data.len() != len {
+        candle_core::bail!("conv2d: {what} has {:?}, expected {len} elements", l.shape());
     }
+    Ok(data)
 }
 
 /// The forward op on (x, w); its backward runs the two gradient ops below.
