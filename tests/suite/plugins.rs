@@ -81,22 +81,12 @@ fn a_grid_of_wrn_and_resnet_trials_reports_each_ones_own_parameters() {
     d.write("g.toml", &grid(body));
     let r = d.run(&["run", "g.toml"]);
     assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
-    let r = d.run(&["report", "--csv"]);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
-    let out = r.stdout();
-    let mut lines = out.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let (header, rows) = crate::util::csv_rows(&d);
     let cell = |arch: &str, col: &str| {
-        let c = header
-            .iter()
-            .position(|h| *h == col)
-            .unwrap_or_else(|| panic!("no column {col} in {header:?}"));
-        let a = header.iter().position(|h| *h == "arch").unwrap();
-        rows.iter()
-            .find(|r| r[a] == arch)
-            .unwrap_or_else(|| panic!("no {arch} row"))[c]
-            .to_string()
+        let at = |name: &str| header.iter().position(|h| h == name);
+        let c = at(col).unwrap_or_else(|| panic!("no column {col} in {header:?}"));
+        let row = rows.iter().find(|r| at("arch").is_some_and(|a| r[a] == arch));
+        row.unwrap_or_else(|| panic!("no {arch} row"))[c].clone()
     };
     assert_eq!(
         ["depth", "shortcut", "preact", "block", "width", "widen", "dropout"].map(|c| cell("resnet", c)),

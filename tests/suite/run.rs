@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use runner::store::{MetricRow, Store};
 
-use crate::util::Dir;
+use crate::util::{csv_rows, Dir};
 
 /// Two depth-8 nets on 512 synthetic images; a few seconds each.
 fn grid(iterations: u32, lr: &str) -> String {
@@ -35,18 +35,6 @@ fn metrics(dir: &Dir) -> Vec<Vec<(i64, String, String, f64)>> {
         store.close().await;
         all
     })
-}
-
-fn csv_rows(dir: &Dir) -> (Vec<String>, Vec<Vec<String>>) {
-    let r = dir.run(&["report", "--csv"]);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
-    let out = r.stdout();
-    let mut lines = out.lines();
-    let header = lines.next().expect("a header").split(',').map(String::from).collect();
-    (
-        header,
-        lines.map(|l| l.split(',').map(String::from).collect()).collect(),
-    )
 }
 
 #[test]

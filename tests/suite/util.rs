@@ -99,6 +99,19 @@ impl Run {
     }
 }
 
+/// `runner report --csv` in `dir`: its header and rows, split at commas (no cell holds one).
+pub fn csv_rows(dir: &Dir) -> (Vec<String>, Vec<Vec<String>>) {
+    let r = dir.run(&["report", "--csv"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let out = r.stdout();
+    let mut lines = out.lines();
+    let header = lines.next().expect("a header").split(',').map(String::from).collect();
+    (
+        header,
+        lines.map(|l| l.split(',').map(String::from).collect()).collect(),
+    )
+}
+
 /// The repository's own file (e.g. `experiments/quick.toml`).
 pub fn repo_file(rel: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
