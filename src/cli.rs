@@ -5,6 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::store::Location;
+
+/// `--db`, the same for every command.
+const DB_HELP: &str = "The results store: an SQLite file, or a PostgreSQL database that runners on \
+many hosts share (postgres://USER:PASSWORD@HOST:PORT/DATABASE)";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "runner",
@@ -18,6 +24,7 @@ runner run experiments/depth.toml --dry-run   list the planned trials without tr
 runner report --csv                       one row per trial\n  \
 runner bench --arch resnet -p depth=56 -p shortcut=B   time training steps\n  \
 runner list archs                         architectures and their parameters\n  \
+runner db copy --from runs.db --to postgres://me@host/runs   move results between stores\n  \
 sqlite3 runs.db 'select * from trial_summary'"
 )]
 pub struct Cli {
@@ -39,9 +46,55 @@ pub enum Command {
     List(ListArgs),
     /// Time training steps and evaluation batches on random data (images/s)
     Bench(BenchArgs),
+    /// Work on whole stores: copy a grid's results between SQLite and PostgreSQL
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Copy experiments with every trial, metric and checkpoint into another store
+    #[command(after_help = "Examples:
+  runner db copy --from runs.db --to postgres://me@db.example.org/runs
+                     move a grid to PostgreSQL, then run it there from many hosts
+  runner db copy --from postgres://me@db.example.org/runs --to results.db --experiment depth
+                     take one experiment home as a single SQLite file
+
+A half-done grid copies too: a trial that was running is copied as `interrupted`, and the next
+`runner run` on the destination resumes it from its last checkpoint. The copy is one
+transaction on the destination: counts and checkpoint sha256 are checked before it commits,
+and an error leaves the destination as it was. A destination that already holds one of the
+trials is refused.")]
+    Copy(DbCopyArgs),
 }
 
 #[derive(Debug, Args)]
+pub struct DbCopyArgs {
+    /// The store to read: an SQLite file, or postgres://USER:PASSWORD@HOST:PORT/DATABASE
+    #[arg(long, value_name = "DB")]
+    pub from: Location,
+    /// The store to write (an SQLite file is created if missing; a PostgreSQL database must exist)
+    #[arg(long, value_name = "DB")]
+    pub to: Location,
+    /// Only this experiment (default: all of them)
+    #[arg(long)]
+    pub experiment: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  runner run experiments/quick.toml                  train every trial not done yet
+  runner run experiments/depth.toml --dry-run        the planned trials; nothing trained or written
+  runner run experiments/depth.toml --threads 1      several of these in several terminals share the grid
+  RUNNER_DB=postgres://me:secret@db.example.org/runs runner run experiments/depth.toml --worker-host $(hostname)-$SLURM_ARRAY_TASK_ID
+                                                     one worker of many, on any number of hosts
+
+Stopping: Ctrl-C, SIGTERM or SIGUSR1 finish the current step, save a `last` checkpoint and mark
+the trial `interrupted`; the same command continues it later, exactly. A second signal quits at
+once.
+
+Exit status: 0 every claimed trial trained, 1 some trial failed, 2 bad input (nothing written),
+75 stopped by SIGTERM or SIGUSR1 (a cluster's stop: requeue the job), 130 Ctrl-C.")]
 pub struct RunArgs {
     /// The grid file (TOML; see experiments/ for examples)
     pub grid: PathBuf,
@@ -52,9 +105,8 @@ pub struct RunArgs {
     /// architectures, seed, params, mflops, key)
     #[arg(long, requires = "dry_run")]
     pub csv: bool,
-    /// The results database
-    #[arg(long, default_value = "runs.db")]
-    pub db: PathBuf,
+    #[arg(long, env = "RUNNER_DB", default_value = "runs.db", help = DB_HELP)]
+    pub db: Location,
     /// CPU threads for training (default: all cores)
     #[arg(long)]
     pub threads: Option<usize>,
@@ -70,6 +122,11 @@ pub struct RunArgs {
     /// killed runner of this host is noticed at once (its pid is gone), whatever the value.
     #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     pub stale_after: u64,
+    /// The host name this runner records as its worker (`HOST:PID`; default: the machine's).
+    /// Give each pod or task a distinct one where several share a host name. A runner of the
+    /// same host name whose pid is gone is resumed at once; others after --stale-after
+    #[arg(long, value_name = "NAME")]
+    pub worker_host: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -112,9 +169,8 @@ Examples:
                                 a document for a README or a lab notebook"
 )]
 pub struct ReportArgs {
-    /// The results database
-    #[arg(long, default_value = "runs.db")]
-    pub db: PathBuf,
+    #[arg(long, env = "RUNNER_DB", default_value = "runs.db", help = DB_HELP)]
+    pub db: Location,
     /// Only this experiment
     #[arg(long)]
     pub experiment: Option<String>,
@@ -161,8 +217,8 @@ impl ReportArgs {
 pub struct ShowArgs {
     /// Trial id, or a prefix (≥ 6 characters) of its key
     pub trial: String,
-    #[arg(long, default_value = "runs.db")]
-    pub db: PathBuf,
+    #[arg(long, env = "RUNNER_DB", default_value = "runs.db", help = DB_HELP)]
+    pub db: Location,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -182,8 +238,8 @@ pub struct ExportArgs {
     /// Output file (.safetensors)
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value = "runs.db")]
-    pub db: PathBuf,
+    #[arg(long, env = "RUNNER_DB", default_value = "runs.db", help = DB_HELP)]
+    pub db: Location,
 }
 
 #[derive(Debug, Args)]
@@ -214,6 +270,9 @@ pub enum BenchOp {
     ConvPhases,
     /// The fused residual op against the composed Candle ops, per ResNet stage shape
     Residual,
+    /// The store's claims: --workers connections drain --trials empty trials of a throw-away
+    /// experiment in --db (claims/s, and a check that no trial was claimed twice)
+    Claims,
 }
 
 #[derive(Debug, Args)]
@@ -230,7 +289,8 @@ Examples:
   runner bench --arch plain -p width=32 --json
   runner bench --scaling                    ResNet-20/56/110 at batch 32, 64, 128
   runner bench --scaling --depths 20,32 --batches 64,256 --steps 4
-  runner bench --op conv                    our convolution kernels against Candle's"
+  runner bench --op conv                    our convolution kernels against Candle's
+  runner bench --op claims --db postgres://me@host/scratch --workers 8 --trials 1000"
 )]
 pub struct BenchArgs {
     /// What to time
@@ -280,4 +340,13 @@ pub struct BenchArgs {
     /// With --scaling: the batch sizes
     #[arg(long, value_delimiter = ',', default_values_t = [32, 64, 128], requires = "scaling")]
     pub batches: Vec<usize>,
+    /// With --op claims: the store to time (its throw-away experiment is deleted afterwards)
+    #[arg(long, env = "RUNNER_DB", value_name = "DB")]
+    pub db: Option<Location>,
+    /// With --op claims: workers claiming at once, each with a connection of its own
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub workers: u32,
+    /// With --op claims: empty trials to claim
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub trials: u32,
 }

@@ -18,9 +18,10 @@ pub enum Error {
     #[error("{}: {message}", path.display())]
     Data { path: PathBuf, message: String },
 
-    /// A database that cannot be used (not SQLite, a newer schema, unwritable).
-    #[error("database {}: {message}", path.display())]
-    Store { path: PathBuf, message: String },
+    /// A store that cannot be used (not SQLite, a newer schema, unwritable, unreachable). `db`
+    /// is its path, or its URL with the password masked.
+    #[error("database {db}: {message}")]
+    Store { db: String, message: String },
 
     /// Bad input that is not tied to a file (a command-line value, an unknown trial).
     #[error("{0}")]

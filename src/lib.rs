@@ -17,6 +17,8 @@ pub mod nn;
 pub mod report;
 pub mod rng;
 pub mod store;
+#[doc(hidden)]
+pub mod testdb;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! The `runner` binary: parse the command line, run it, print the error chain, pick the exit
-//! code (0 all good, 1 some trial failed, 2 bad input, 130 interrupted).
+//! code (0 all good, 1 some trial failed, 2 bad input, 75 stopped by SIGTERM or SIGUSR1 (requeue),
+//! 130 interrupted).
 
 use clap::Parser;
 

@@ -22,3 +22,6 @@ mod plugins;
 
 #[path = "suite/bench.rs"]
 mod bench;
+
+#[path = "suite/cluster.rs"]
+mod cluster;

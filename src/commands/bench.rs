@@ -47,6 +47,7 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
             print!("{}", crate::nn::bench::residual::report(&device, args.batch)?);
             return Ok(0);
         }
+        BenchOp::Claims => return claims(args),
     }
     let a = plugins::find(&args.arch).ok_or_else(|| {
         Error::Usage(format!(
@@ -368,4 +369,89 @@ fn cpu_model() -> Option<String> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("model name"))?;
     Some(line.split_once(':')?.1.trim().to_string())
+}
+
+/// `--op claims`: registers `--trials` empty trials under a throw-away experiment, lets
+/// `--workers` stores (a connection pool each, as separate processes would have) claim them
+/// all at once, and prints claims per second and how many trials were claimed more than once
+/// (there must be none). The experiment is deleted afterwards, whatever happened.
+fn claims(args: &BenchArgs) -> Result<i32> {
+    use crate::store::{NewTrial, Store};
+    use sha2::{Digest, Sha256};
+
+    let Some(db) = &args.db else {
+        return Err(Error::Usage(
+            "--op claims needs --db (or RUNNER_DB): a scratch store, e.g. postgres://USER@HOST/scratch".into(),
+        )
+        .into());
+    };
+    let experiment = format!("bench-claims-{}", std::process::id());
+    let trials: Vec<NewTrial> = (0..i64::from(args.trials))
+        .map(|i| {
+            let config_json = serde_json::json!({"experiment": experiment, "arch": "none", "trial": i}).to_string();
+            NewTrial {
+                key: hex::encode(Sha256::digest(config_json.as_bytes())),
+                arch: "none".into(),
+                config_json,
+                params: 0,
+                mflops: 0.0,
+                ord: i,
+            }
+        })
+        .collect();
+    let keys: Vec<String> = trials.iter().map(|t| t.key.clone()).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let store = Store::open(db).await?;
+        store.register(&experiment, "", &trials).await?;
+        let started = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..args.workers {
+            let (db, keys) = (db.clone(), keys.clone());
+            tasks.push(tokio::spawn(async move {
+                let store = Store::open(db).await?;
+                let worker = format!("bench:{w}");
+                let mut mine = Vec::new();
+                while let Some(c) = store
+                    .claim(&keys, &worker, false, std::time::Duration::from_secs(3600))
+                    .await?
+                {
+                    mine.push(c.trial_id);
+                }
+                store.close().await;
+                Ok::<_, Error>(mine)
+            }));
+        }
+        let mut claimed = Vec::new();
+        let mut failure = None;
+        for t in tasks {
+            match t.await {
+                Ok(Ok(mine)) => claimed.extend(mine),
+                Ok(Err(e)) => failure = Some(e),
+                Err(e) => failure = Some(Error::Usage(format!("a claiming worker panicked: {e}"))),
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        store.delete_experiment(&experiment).await?;
+        store.close().await;
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        let distinct: std::collections::HashSet<i64> = claimed.iter().copied().collect();
+        let twice = claimed.len() - distinct.len();
+        println!(
+            "claims on {db}: {} workers, {} trials: {} claims in {seconds:.2} s = {:.0} claims/s; \
+             claimed twice: {twice}; never claimed: {}",
+            args.workers,
+            args.trials,
+            claimed.len(),
+            claimed.len() as f64 / seconds,
+            trials.len() - distinct.len()
+        );
+        Ok(if twice == 0 && distinct.len() == trials.len() {
+            0
+        } else {
+            1
+        })
+    })
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::{Context, Result};
 
 use crate::arch::{ParamKind, Value};
-use crate::cli::{Cli, Command, ListWhat, RunArgs};
+use crate::cli::{Cli, Command, DbCommand, ListWhat, RunArgs};
 use crate::{data, grid, plugins, report};
 
 mod bench;
@@ -35,6 +35,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Report(args) => results::report(&args),
         Command::Show(args) => results::show(&args),
         Command::Export(args) => results::export(&args),
+        Command::Db(DbCommand::Copy(args)) => results::copy(&args),
         Command::Bench(args) => {
             set_threads(args.threads)?;
             bench::bench(&args)

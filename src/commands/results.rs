@@ -1,4 +1,4 @@
-//! The read-only commands over a results database: `report`, `show`, `export`.
+//! The commands over a results database: `report`, `show`, `export` (read only) and `db copy`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -6,7 +6,7 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use candle_core::Device;
 
-use crate::cli::{CheckpointArg, ExportArgs, Format, ReportArgs, ShowArgs};
+use crate::cli::{CheckpointArg, DbCopyArgs, ExportArgs, Format, ReportArgs, ShowArgs};
 use crate::grid::TrialConfig;
 use crate::report::{self, paper, plot};
 use crate::store::{CheckpointKind, Store};
@@ -211,5 +211,39 @@ pub fn export(args: &ExportArgs) -> Result<i32> {
         ckpt.step,
         bytes.len()
     );
+    Ok(0)
+}
+
+/// `runner db copy`: experiments, trials, metrics and checkpoints from one store into another.
+pub fn copy(args: &DbCopyArgs) -> Result<i32> {
+    if let Some(e) = crate::store::same_store(&args.from, &args.to) {
+        return Err(e.into());
+    }
+    let rt = runtime()?;
+    let copied = rt.block_on(async {
+        let from = Store::open_existing(&args.from).await?;
+        let to = Store::open(&args.to).await?;
+        let copied = from.copy_to(&to, args.experiment.as_deref()).await;
+        from.close().await;
+        to.close().await;
+        copied
+    })?;
+    println!(
+        "copied {} experiment(s), {} trial(s), {} metric row(s), {} checkpoint(s) ({:.1} MiB, sha256 checked) \
+         from {} to {}",
+        copied.experiments,
+        copied.trials,
+        copied.metrics,
+        copied.checkpoints,
+        copied.checkpoint_bytes as f64 / (1024.0 * 1024.0),
+        args.from,
+        args.to
+    );
+    if copied.were_running > 0 {
+        println!(
+            "{} trial(s) were running in {}: copied as interrupted; `runner run GRID --db {}` resumes them",
+            copied.were_running, args.from, args.to
+        );
+    }
     Ok(0)
 }

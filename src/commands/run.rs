@@ -35,7 +35,15 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 /// A data set in memory for one seed (the validation hold-out depends on it), normalised.
 type Loaded = (u64, Arc<Dataset>, Arc<Normalizer>);
 
-/// Runs the grid; returns the exit code: 0 all trained, 1 some trial failed, 130 interrupted.
+/// The exit status after SIGTERM or SIGUSR1: the cluster stopped this runner (Slurm before a
+/// time limit or preemption, Kubernetes before evicting a pod). 75 is EX_TEMPFAIL, "try again
+/// later": the trial is `interrupted` with its `last` checkpoint, and the job can be requeued.
+pub const EXIT_PREEMPTED: i32 = 75;
+/// The exit status after Ctrl-C (SIGINT), as shells report it.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Runs the grid; returns the exit code: 0 all trained, 1 some trial failed,
+/// [`EXIT_INTERRUPTED`] after Ctrl-C, [`EXIT_PREEMPTED`] after SIGTERM or SIGUSR1.
 pub fn run(args: &RunArgs) -> Result<i32> {
     let stale_after = Duration::from_secs(args.stale_after);
     let beat_every = heartbeat_interval(stale_after);
@@ -72,8 +80,9 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let store = rt.block_on(Store::open(&args.db))?;
     rt.block_on(store.register(&g.name, &g.source, &new_trials))?;
 
-    let stop = install_ctrl_c()?;
-    let host = hostname();
+    let signals = install_signals()?;
+    let stop = signals.stop.clone();
+    let host = args.worker_host.clone().unwrap_or_else(hostname);
     let worker = format!("{host}:{}", std::process::id());
     let keys: Vec<String> = g.trials.iter().map(|t| t.key.clone()).collect();
     let ours: HashSet<&str> = keys.iter().map(String::as_str).collect();
@@ -159,11 +168,22 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let rows = rt.block_on(store.summary(Some(&g.name)))?;
     rt.block_on(store.close());
     if stop.load(Ordering::SeqCst) {
+        let preempted = signals.preempted.load(Ordering::SeqCst);
         eprintln!(
-            "interrupted: progress is saved in {}; run the same command again to continue",
-            args.db.display()
+            "{}: progress is saved in {}; run the same command again to continue{}",
+            if preempted {
+                "stopped by SIGTERM/SIGUSR1"
+            } else {
+                "interrupted"
+            },
+            args.db,
+            if preempted {
+                format!(" (exit status {EXIT_PREEMPTED}: requeue the job)")
+            } else {
+                String::new()
+            }
         );
-        return Ok(130);
+        return Ok(if preempted { EXIT_PREEMPTED } else { EXIT_INTERRUPTED });
     }
     println!("{}", crate::report::table(&rows));
     let pending = rows.iter().filter(|r| r.status != "done").count();
@@ -171,7 +191,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         "{trained} trained, {failed} failed in this run; {} of {} trials done in {}",
         rows.len() - pending,
         rows.len(),
-        args.db.display()
+        args.db
     );
     if !elsewhere.is_empty() {
         let mut workers: Vec<&str> = elsewhere.iter().filter_map(|r| r.worker.as_deref()).collect();
@@ -477,17 +497,34 @@ pub fn parse_device(s: &str) -> crate::Result<Device> {
     Device::new_cuda(n).map_err(|e| Error::Usage(format!("device `{s}`: {e}")))
 }
 
-/// First Ctrl-C: sets the flag (the trainer finishes its step, writes `last`, stops). Second:
-/// exits at once with 130.
-fn install_ctrl_c() -> Result<Arc<AtomicBool>> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+/// Set by the signals that stop a run.
+struct Signals {
+    /// Any of them: the trainer finishes its step, writes `last` and stops.
+    stop: Arc<AtomicBool>,
+    /// SIGTERM or SIGUSR1 (a cluster's stop), rather than Ctrl-C.
+    preempted: Arc<AtomicBool>,
+}
+
+/// First Ctrl-C, SIGTERM or SIGUSR1: sets the flags (the trainer finishes its step, writes
+/// `last`, stops). A second one exits at once, with 130 after Ctrl-C and [`EXIT_PREEMPTED`]
+/// otherwise; the trial is already marked `interrupted` by then.
+fn install_signals() -> Result<Signals> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [SIGINT, SIGTERM] {
+    let preempted = Arc::new(AtomicBool::new(false));
+    for (sig, status) in [
+        (SIGINT, EXIT_INTERRUPTED),
+        (SIGTERM, EXIT_PREEMPTED),
+        (SIGUSR1, EXIT_PREEMPTED),
+    ] {
         // Registered first, so it sees the flag as it was before this signal set it.
-        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())?;
+        signal_hook::flag::register_conditional_shutdown(sig, status, stop.clone())?;
+        if status == EXIT_PREEMPTED {
+            signal_hook::flag::register(sig, preempted.clone())?;
+        }
         signal_hook::flag::register(sig, stop.clone())?;
     }
-    Ok(stop)
+    Ok(Signals { stop, preempted })
 }
 
 fn hostname() -> String {

@@ -1,16 +1,24 @@
-//! The results store: one SQLite file (through sqlx) that holds experiments, trials, their
-//! metrics and checkpoints, and the `trial_summary` view that reports read.
+//! The results store: experiments, trials, their metrics and checkpoints, and the
+//! `trial_summary` view that reports read; in one SQLite file (the default) or in a PostgreSQL
+//! database that runners on many hosts share. Both through sqlx, behind this one API.
 //!
-//! The schema lives in `migrations/` (documented there, for people who query the file with
-//! `sqlite3`); it is embedded in the binary and brought up to date at open. Several runner
-//! processes may share one file: every write is an IMMEDIATE transaction, retried a bounded
-//! number of times on SQLITE_BUSY, so "database is locked" never reaches the user.
+//! The schemas live in `migrations/sqlite/` and `migrations/postgres/` (documented there, for
+//! people who query them with `sqlite3` or `psql`): the same numbering, the same tables, the same
+//! view columns. They are embedded in the binary and brought up to date at open. Several runner
+//! processes may share one store. On SQLite every write is an IMMEDIATE transaction, retried a
+//! bounded number of times on SQLITE_BUSY, so "database is locked" never reaches the user; on
+//! PostgreSQL a claim is one `UPDATE … FOR UPDATE SKIP LOCKED` statement.
+//!
+//! The statements are written once, in SQL both databases accept (`$N` parameters, `ON CONFLICT`
+//! upserts, `IS DISTINCT FROM`), with the few differences ([`Dialect`]) spliced in; `on_db!`
+//! runs one on whichever pool the store has.
 //!
 //! The API is async (sqlx on tokio); the runner owns the runtime and calls it with `block_on`.
 //! Nothing here spawns tasks of its own.
 
 /// Runs `$op` (an expression giving a future of `sqlx::Result`: one statement or one
-/// transaction) again while the database answers SQLITE_BUSY, up to [`BUSY_RETRIES`] times.
+/// transaction) again while the database answers that it is busy (SQLITE_BUSY; a PostgreSQL
+/// deadlock or serialization failure), up to [`BUSY_RETRIES`] times.
 /// A macro rather than a function taking a closure: the closure's borrowed futures would not be
 /// provably `Send`, and callers may run the store inside `tokio::spawn`.
 macro_rules! retry {
@@ -29,12 +37,48 @@ macro_rules! retry {
     }};
 }
 
+/// Expands `$body` once per database: `$pool` is the `&SqlitePool` or the `&PgPool`, and `$d`
+/// (when named) that database's [`Dialect`]. The body's sqlx calls are the same text; the
+/// compiler checks them against each driver.
+macro_rules! each_pool {
+    ($pools:expr, |$pool:ident, $d:ident| $body:expr) => {
+        match $pools {
+            $crate::store::Pool::Sqlite($pool) => {
+                let $d = &$crate::store::SQLITE;
+                $body
+            }
+            $crate::store::Pool::Postgres($pool) => {
+                let $d = &$crate::store::POSTGRES;
+                $body
+            }
+        }
+    };
+    ($pools:expr, |$pool:ident| $body:expr) => {
+        match $pools {
+            $crate::store::Pool::Sqlite($pool) => $body,
+            $crate::store::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// `each_pool!` with `retry!` around the body (a future of `sqlx::Result`), errors in the
+/// user's terms: how every statement of the store runs.
+macro_rules! on_db {
+    ($store:expr, |$pool:ident $(, $d:ident)?| $body:expr) => {
+        each_pool!(&$store.pool, |$pool $(, $d)?| retry!($store, $body))
+    };
+}
+
+mod copy;
+mod postgres;
 mod read;
+mod sqlite;
 mod write;
 
 #[cfg(test)]
 mod tests;
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -42,27 +86,178 @@ use std::time::Duration;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::migrate::{Migrate, MigrateError, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::SqlitePool;
 use sqlx::{FromRow, Row};
+
+pub use copy::{same_store, Copied};
 
 use crate::arch::{Params, Value};
 use crate::{Error, Result};
 
-/// How long SQLite itself waits for another writer's lock before answering SQLITE_BUSY.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Further tries after SQLITE_BUSY got past the busy timeout (heavy contention, or a lock
-/// upgrade SQLite refuses to wait for); with the backoff below this bounds a write to about a minute.
+/// Further tries after the database said it was busy (for SQLite: after its busy timeout, under
+/// heavy contention or a lock upgrade it refuses to wait for); with the backoff below this bounds
+/// a write to about a minute.
 pub(crate) const BUSY_RETRIES: u32 = 8;
 /// The runner calls the store from one thread; a second connection lets a read overlap a write.
 const MAX_CONNECTIONS: u32 = 2;
 
-/// A handle on the results database; cheap to clone (a connection pool and the path).
+/// A handle on the results database; cheap to clone (a connection pool and where it is).
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
-    path: PathBuf,
+    pool: Pool,
+    location: Location,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Where the results are: `--db` and `RUNNER_DB`. A `postgres://` (or `postgresql://`) URL is a
+/// PostgreSQL database; anything else is the path of an SQLite file (`sqlite://PATH` too).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(PathBuf),
+    /// The URL as given, password included: only [`Location`]'s `Display` is shown to anyone.
+    Postgres(String),
+}
+
+impl Location {
+    pub fn parse(s: &str) -> Location {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Location::Postgres(s.to_string())
+        } else {
+            Location::Sqlite(PathBuf::from(s.strip_prefix("sqlite://").unwrap_or(s)))
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Location::Postgres(_))
+    }
+}
+
+impl FromStr for Location {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> std::result::Result<Location, Self::Err> {
+        Ok(Location::parse(s))
+    }
+}
+
+impl From<&Path> for Location {
+    fn from(p: &Path) -> Location {
+        Location::Sqlite(p.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for Location {
+    fn from(p: &PathBuf) -> Location {
+        Location::Sqlite(p.clone())
+    }
+}
+
+impl From<&Location> for Location {
+    fn from(l: &Location) -> Location {
+        l.clone()
+    }
+}
+
+/// The path, or the URL with its password masked: what messages say.
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Sqlite(p) => write!(f, "{}", p.display()),
+            Location::Postgres(url) => f.write_str(&mask_password(url)),
+        }
+    }
+}
+
+// As `Display`, so that a log line never prints a password.
+impl fmt::Debug for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Location({self})")
+    }
+}
+
+/// `postgres://user:secret@host/db?password=x` → `postgres://user:***@host/db?password=***`.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// What the two databases spell differently. Statements are written with `{now}` (the current
+/// UTC time as ISO 8601 text with milliseconds, as every time column holds it) and
+/// `{heartbeat_age_s}` (seconds since a trial's `heartbeat_at`), which [`Dialect::sql`] fills in.
+pub(crate) struct Dialect {
+    /// How a write transaction begins.
+    pub begin: &'static str,
+    now: &'static str,
+    heartbeat_age_s: &'static str,
+    /// One row whose text is non-NULL when the migrations table exists.
+    migrations_table: &'static str,
+    /// Taken inside the migration transaction, so that two runners migrating a new database at
+    /// once run one after the other; `None` where `BEGIN` already does it.
+    migration_lock: Option<&'static str>,
+    migrator: &'static Migrator,
+}
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+pub(crate) static SQLITE: Dialect = Dialect {
+    // Taking the write lock when the transaction begins (not at its first write) means two
+    // writers never both read and then fail to upgrade: the second simply waits.
+    begin: "BEGIN IMMEDIATE",
+    now: "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+    heartbeat_age_s: "((julianday('now') - julianday(heartbeat_at)) * 86400.0)",
+    migrations_table: "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    migration_lock: None,
+    migrator: &SQLITE_MIGRATIONS,
+};
+
+pub(crate) static POSTGRES: Dialect = Dialect {
+    begin: "BEGIN",
+    // The server's clock, for every runner alike: hosts' clocks may disagree.
+    now: "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
+    heartbeat_age_s: "(extract(epoch FROM now() - heartbeat_at::timestamptz)::float8)",
+    migrations_table: "SELECT to_regclass('_sqlx_migrations')::text",
+    // Any constant: the one lock of runner migrations (ASCII "runner").
+    migration_lock: Some("SELECT pg_advisory_xact_lock(125779745564018)"),
+    migrator: &POSTGRES_MIGRATIONS,
+};
+
+impl Dialect {
+    pub(crate) fn sql(&self, template: &str) -> String {
+        template
+            .replace("{now}", self.now)
+            .replace("{heartbeat_age_s}", self.heartbeat_age_s)
+    }
 }
 
 /// A trial to register: one point of an expanded grid.
@@ -192,7 +387,7 @@ pub struct Record {
 /// How a trial ended: the trainer's own outcome, recorded as it is.
 pub use crate::train::Outcome;
 
-/// One row of the `trial_summary` view (see `migrations/0003_arch_params.sql`). Errors are
+/// One row of the `trial_summary` view (see `migrations/sqlite/0003_arch_params.sql`). Errors are
 /// fractions.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SummaryRow {
@@ -227,9 +422,16 @@ impl SummaryRow {
     }
 }
 
-// By hand rather than derived: `arch_params` is JSON text in the view.
-impl<'r> FromRow<'r, SqliteRow> for SummaryRow {
-    fn from_row(row: &'r SqliteRow) -> sqlx::Result<Self> {
+// By hand rather than derived: `arch_params` is JSON text in the view. For the rows of either
+// database.
+impl<'r, R: Row> FromRow<'r, R> for SummaryRow
+where
+    &'r str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> sqlx::Result<Self> {
         let params: Option<String> = row.try_get("arch_params")?;
         Ok(SummaryRow {
             experiment: row.try_get("experiment")?,
@@ -310,130 +512,69 @@ pub struct MetricRow {
 }
 
 impl Store {
-    /// Opens the database at `path`, creating it if missing, and runs the migrations this binary
-    /// carries. Fails with [`Error::Store`] if the file is not an SQLite database, was written by
-    /// a newer runner, or cannot be created or opened.
-    pub async fn open(path: &Path) -> Result<Store> {
-        Store::connect(path, true).await
+    /// Opens the store, creating an SQLite file if missing (a PostgreSQL database must exist;
+    /// its tables are created), and runs the migrations this binary carries. Fails with
+    /// [`Error::Store`] if it is not a database of that kind, was written by a newer runner, or
+    /// cannot be created, reached or logged into; nothing is written then.
+    pub async fn open(location: impl Into<Location>) -> Result<Store> {
+        Store::connect(location.into(), true).await
     }
 
-    /// Opens an existing database, for commands that only read results.
-    pub async fn open_existing(path: &Path) -> Result<Store> {
-        if !path.is_file() {
-            return Err(Error::Store {
-                path: path.to_path_buf(),
-                message: format!("no results database at {}: run `runner run GRID` first", path.display()),
-            });
+    /// Opens an existing store, for commands that only read results.
+    pub async fn open_existing(location: impl Into<Location>) -> Result<Store> {
+        Store::connect(location.into(), false).await
+    }
+
+    async fn connect(location: Location, create: bool) -> Result<Store> {
+        match &location {
+            Location::Sqlite(path) => sqlite::connect(path, create).await,
+            Location::Postgres(url) => postgres::connect(url, &location, create).await,
         }
-        Store::connect(path, false).await
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
-    /// Copies the WAL into the main file and closes every connection, so that `runs.db` alone
-    /// holds every result (to copy or mail it). Call it before exiting.
+    /// Closes every connection; for SQLite after copying the WAL into the main file, so that
+    /// `runs.db` alone holds every result (to copy or mail it). Call it before exiting.
     pub async fn close(&self) {
-        // SQLite checkpoints when its last connection closes, but the pool may still be
-        // returning a connection when it is closed; checkpoint explicitly. Best effort: another
-        // process reading the file can keep part of the WAL alive, and it checkpoints later.
-        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await;
-        self.shut().await;
-    }
-
-    /// Closes every connection before returning, so that SQLite sees its last connection go and
-    /// removes the -wal and -shm files. `Pool::close` alone may return while a connection that
-    /// was on its way back to the pool is still being closed by a background task, which a
-    /// process about to exit never waits for: wait (10 s at most, for a loaded machine) until
-    /// none is left.
-    async fn shut(&self) {
-        self.pool.close().await;
-        for _ in 0..1000 {
-            if self.pool.size() == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        // The pool counts a connection gone before its worker thread has closed the SQLite
-        // handle; SQLite removes the -wal and -shm files at that last close. Give it a moment (a
-        // second at most: another process using the file keeps them, and that is fine).
-        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
-        let side = |ext: &str| self.path.with_file_name(format!("{name}-{ext}"));
-        let (wal, shm) = (side("wal"), side("shm"));
-        for _ in 0..100 {
-            if !wal.exists() && !shm.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        match &self.pool {
+            Pool::Sqlite(pool) => sqlite::close(pool, &self.location).await,
+            Pool::Postgres(pool) => pool.close().await,
         }
     }
 
-    async fn connect(path: &Path, create: bool) -> Result<Store> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(create)
-            // Readers never block the writer and the writer never blocks readers; `report`
-            // works while a run is writing.
-            .journal_mode(SqliteJournalMode::Wal)
-            // In WAL mode NORMAL is durable against a process crash, which is what a killed
-            // training run is; only a power cut may lose the last transactions.
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
-        let mut store = Store {
-            pool: pool(path, create, &options).await?,
-            path: path.to_path_buf(),
-        };
-        match store.migrate().await {
-            Ok(false) => {}
-            // SQLite prepares a statement against the schema its connection read last, and sqlx
-            // takes the result's column names from that preparation: a pooled connection that
-            // read the schema before the migration would report a redefined view's old columns.
-            // Start again with connections that know only the new schema.
-            Ok(true) => {
-                store.pool.close().await;
-                store.pool = pool(path, create, &options).await?;
-            }
-            Err(e) => {
-                // Closed rather than dropped, so that no -wal/-shm file is left beside a
-                // database this binary refused.
-                store.shut().await;
-                return Err(e);
-            }
-        }
-        Ok(store)
-    }
-
-    /// Runs the embedded migrations inside one IMMEDIATE transaction, so that two runners
-    /// opening a new file at the same moment do not both try to create the tables. Says
-    /// whether the schema was out of date (and is now current).
+    /// Brings the schema up to date inside one transaction (IMMEDIATE on SQLite; under an
+    /// advisory lock on PostgreSQL), so that two runners opening a new store at the same moment
+    /// do not both try to create the tables. Says whether the schema was out of date (and is now
+    /// current).
     async fn migrate(&self) -> Result<bool> {
-        let migrator = sqlx::migrate!("./migrations");
-        if self.schema_is_current(&migrator).await? {
+        if self.schema_is_current().await? {
             return Ok(false);
         }
         let mut last = None;
         for attempt in 0..=BUSY_RETRIES {
-            let mut tx = match self.pool.begin_with("BEGIN IMMEDIATE").await {
-                Ok(tx) => tx,
-                Err(e) if is_busy(&e) => {
-                    last = Some(MigrateError::Execute(e));
-                    backoff(attempt).await;
-                    continue;
+            let result = each_pool!(&self.pool, |pool, d| async {
+                let mut tx = pool.begin_with(d.begin).await.map_err(MigrateError::Execute)?;
+                if let Some(lock) = d.migration_lock {
+                    sqlx::query(lock)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(MigrateError::Execute)?;
                 }
-                Err(e) => return Err(self.error(e)),
-            };
-            // `run_direct` is `run` without the `Acquire` bound that makes the future of `open`
-            // fail to be `Send` (sqlx's own workaround, hidden from its docs but public).
-            let result = match migrator.run_direct(&mut *tx).await {
-                Ok(()) => tx.commit().await.map_err(MigrateError::Execute),
-                // Rolled back here rather than on drop, which would leave it to a background task.
-                Err(e) => {
-                    let _ = tx.rollback().await;
-                    Err(e)
+                // `run_direct` is `run` without the `Acquire` bound that makes the future of
+                // `open` fail to be `Send` (sqlx's own workaround, hidden from its docs but public).
+                match d.migrator.run_direct(&mut *tx).await {
+                    Ok(()) => tx.commit().await.map_err(MigrateError::Execute),
+                    // Rolled back here rather than on drop, which would leave it to a background task.
+                    Err(e) => {
+                        let _ = tx.rollback().await;
+                        Err(e)
+                    }
                 }
-            };
+            }
+            .await);
             match result {
                 Ok(()) => return Ok(true),
                 Err(MigrateError::Execute(e)) if is_busy(&e) => {
@@ -446,24 +587,29 @@ impl Store {
         Err(self.migrate_error(last.unwrap_or(MigrateError::Execute(sqlx::Error::PoolTimedOut))))
     }
 
+    /// Whether the store has runner's tables at all.
+    async fn has_schema(&self) -> Result<bool> {
+        let tracked: Option<Option<String>> = on_db!(self, |pool, d| sqlx::query_scalar(d.migrations_table)
+            .fetch_optional(pool))?;
+        Ok(tracked.flatten().is_some())
+    }
+
     /// Whether every migration this binary carries is applied, and nothing else: then opening
     /// needs no write lock, and `runner report` never waits for a running batch's transactions.
-    /// Anything else (a new file, an older or newer schema) goes through the migrator, which
+    /// Anything else (a new store, an older or newer schema) goes through the migrator, which
     /// applies or explains.
-    async fn schema_is_current(&self, migrator: &Migrator) -> Result<bool> {
-        let mut conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
-        let tracked: Option<String> =
-            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(|e| self.error(e))?;
-        if tracked.is_none() {
+    async fn schema_is_current(&self) -> Result<bool> {
+        if !self.has_schema().await? {
             return Ok(false);
         }
-        let applied = conn
-            .list_applied_migrations()
-            .await
-            .map_err(|e| self.migrate_error(e))?;
+        let (applied, migrator) = each_pool!(&self.pool, |pool, d| {
+            let mut conn = pool.acquire().await.map_err(|e| self.error(e))?;
+            let applied = conn
+                .list_applied_migrations()
+                .await
+                .map_err(|e| self.migrate_error(e))?;
+            (applied, d.migrator)
+        });
         let known: Vec<_> = migrator.iter().filter(|m| m.migration_type.is_up_migration()).collect();
         Ok(applied.len() == known.len()
             && applied
@@ -479,43 +625,23 @@ impl Store {
             ),
             MigrateError::VersionMismatch(v) => format!(
                 "schema migration {v} differs from the one this binary carries (a development build \
-                 wrote this file?): use another --db"
+                 wrote this database?): use another --db"
             ),
             MigrateError::Execute(db) | MigrateError::ExecuteMigration(db, _) => describe(db),
             other => other.to_string(),
         };
-        Error::Store {
-            path: self.path.clone(),
-            message,
-        }
+        self.fail(message)
     }
 
-    /// Any other failure of the database, with the path it concerns.
+    /// Any other failure of the database, with the store it concerns.
     fn error(&self, e: sqlx::Error) -> Error {
-        Error::Store {
-            path: self.path.clone(),
-            message: describe(&e),
-        }
+        self.fail(describe(&e))
     }
-}
 
-/// A connection pool on the file. Several runners started together on a new file all switch it
-/// to WAL at once; the losers may be told SQLITE_BUSY before the busy timeout applies.
-async fn pool(path: &Path, create: bool, options: &SqliteConnectOptions) -> Result<SqlitePool> {
-    let mut attempt = 0;
-    loop {
-        match SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .min_connections(0)
-            .connect_with(options.clone())
-            .await
-        {
-            Ok(pool) => return Ok(pool),
-            Err(e) if is_busy(&e) && attempt < BUSY_RETRIES => {
-                backoff(attempt).await;
-                attempt += 1;
-            }
-            Err(e) => return Err(open_error(path, create, e)),
+    fn fail(&self, message: String) -> Error {
+        Error::Store {
+            db: self.location.to_string(),
+            message,
         }
     }
 }
@@ -524,22 +650,10 @@ pub(crate) async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(50 * (1 << attempt.min(6)))).await;
 }
 
-/// The primary SQLite result code of a database error (extended codes are on, so the low byte).
-fn sqlite_code(e: &sqlx::Error) -> Option<i32> {
-    match e {
-        sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff),
-        _ => None,
-    }
-}
-
-const SQLITE_BUSY: i32 = 5;
-const SQLITE_LOCKED: i32 = 6;
-const SQLITE_READONLY: i32 = 8;
-const SQLITE_CANTOPEN: i32 = 14;
-const SQLITE_NOTADB: i32 = 26;
-
+/// Whether the database refused for a moment only: SQLite's BUSY or LOCKED, a PostgreSQL
+/// deadlock or serialization failure. Trying again is then right.
 pub(crate) fn is_busy(e: &sqlx::Error) -> bool {
-    matches!(sqlite_code(e), Some(SQLITE_BUSY | SQLITE_LOCKED))
+    sqlite::is_busy(e) || postgres::is_busy(e)
 }
 
 fn describe(e: &sqlx::Error) -> String {
@@ -548,23 +662,5 @@ fn describe(e: &sqlx::Error) -> String {
         _ if is_busy(e) => "stayed locked by another process for over a minute (database is locked)".to_string(),
         sqlx::Error::Database(db) => db.message().to_string(),
         other => other.to_string(),
-    }
-}
-
-/// Says in the user's terms why the file could not be opened.
-fn open_error(path: &Path, create: bool, e: sqlx::Error) -> Error {
-    let message = match sqlite_code(&e) {
-        Some(SQLITE_NOTADB) => "is not an SQLite database (give another file with --db)".to_string(),
-        Some(SQLITE_CANTOPEN) if create => format!(
-            "cannot be created or opened ({}): is its directory there and writable?",
-            describe(&e)
-        ),
-        Some(SQLITE_CANTOPEN) => format!("cannot be opened ({})", describe(&e)),
-        Some(SQLITE_READONLY) => format!("is read-only ({}): runner needs to write to it", describe(&e)),
-        _ => describe(&e),
-    };
-    Error::Store {
-        path: path.to_path_buf(),
-        message,
     }
 }

@@ -1,8 +1,8 @@
 //! Reading results back: the summary that reports print, one trial in detail, its metrics and
-//! checkpoints. Plain statements; WAL lets them run while a runner is writing.
+//! checkpoints. Plain statements; they run while a runner is writing (SQLite's WAL; PostgreSQL's
+//! snapshots).
 
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::SqliteRow;
 use sqlx::FromRow;
 
 use super::{Checkpoint, CheckpointKind, MetricRow, RunningTrial, Store, SummaryRow, TrialDetail};
@@ -38,21 +38,21 @@ impl Store {
                 };
                 return Err(Error::Usage(format!(
                     "no experiment `{name}` in {} (experiments: {known})",
-                    self.path.display()
+                    self.location
                 )));
             }
         }
-        retry!(self, async {
+        on_db!(self, |pool| async {
             sqlx::query_as::<_, SummaryRow>(
                 r#"
                 SELECT s.* FROM trial_summary s
                 JOIN trials t ON t.id = s.trial
-                WHERE ?1 IS NULL OR s.experiment = ?1
+                WHERE $1 IS NULL OR s.experiment = $1
                 ORDER BY t.experiment_id, s.ord, s.trial
                 "#,
             )
             .bind(experiment)
-            .fetch_all(&self.pool)
+            .fetch_all(pool)
             .await
         })
     }
@@ -74,7 +74,7 @@ impl Store {
             }
             // Digits can also be a key prefix.
             if which.len() < MIN_PREFIX {
-                return Err(Error::Usage(format!("no trial {which} in {}", self.path.display())));
+                return Err(Error::Usage(format!("no trial {which} in {}", self.location)));
             }
         }
         if which.len() < MIN_PREFIX || !which.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -82,16 +82,16 @@ impl Store {
         }
         let prefix = which.to_ascii_lowercase();
         let prefix = prefix.as_str();
-        let matches: Vec<(i64, String)> = retry!(self, async {
-            sqlx::query_as("SELECT id, key FROM trials WHERE substr(key, 1, length(?1)) = ?1 ORDER BY id LIMIT 6")
+        let matches: Vec<(i64, String)> = on_db!(self, |pool| async {
+            sqlx::query_as("SELECT id, key FROM trials WHERE substr(key, 1, length($1)) = $1 ORDER BY id LIMIT 6")
                 .bind(prefix)
-                .fetch_all(&self.pool)
+                .fetch_all(pool)
                 .await
         })?;
         match matches.as_slice() {
             [] => Err(Error::Usage(format!(
                 "no trial with a key starting `{which}` in {}",
-                self.path.display()
+                self.location
             ))),
             [(id, _)] => self.trial_by_id(*id).await?.ok_or_else(|| self.no_trial(*id)),
             several => {
@@ -110,22 +110,21 @@ impl Store {
     }
 
     async fn trial_by_id(&self, id: i64) -> Result<Option<TrialDetail>> {
-        let row: Option<SqliteRow> = retry!(self, async {
-            sqlx::query(
+        let row: Option<(SummaryRow, DetailColumns)> = on_db!(self, |pool| async {
+            let row = sqlx::query(
                 r#"
                     SELECT s.*, t.key AS full_key, t.config_json, t.worker, t.heartbeat_at, t.attempts
                     FROM trial_summary s JOIN trials t ON t.id = s.trial
-                    WHERE s.trial = ?1
+                    WHERE s.trial = $1
                     "#,
             )
             .bind(id)
-            .fetch_optional(&self.pool)
-            .await
+            .fetch_optional(pool)
+            .await?;
+            row.map(|row| Ok((SummaryRow::from_row(&row)?, DetailColumns::from_row(&row)?)))
+                .transpose()
         })?;
-        let Some(row) = row else { return Ok(None) };
-        let (summary, more) = SummaryRow::from_row(&row)
-            .and_then(|s| Ok((s, DetailColumns::from_row(&row)?)))
-            .map_err(|e| self.error(e))?;
+        let Some((summary, more)) = row else { return Ok(None) };
         Ok(Some(TrialDetail {
             summary,
             key: more.full_key,
@@ -141,24 +140,21 @@ impl Store {
 
     /// The trial's checkpoint of this kind, its digest checked.
     pub async fn checkpoint(&self, trial_id: i64, kind: CheckpointKind) -> Result<Option<Checkpoint>> {
-        let row: Option<(i64, String, Vec<u8>)> = retry!(self, async {
-            sqlx::query_as("SELECT step, sha256, bytes FROM checkpoints WHERE trial_id = ?1 AND kind = ?2")
+        let row: Option<(i64, String, Vec<u8>)> = on_db!(self, |pool| async {
+            sqlx::query_as("SELECT step, sha256, bytes FROM checkpoints WHERE trial_id = $1 AND kind = $2")
                 .bind(trial_id)
                 .bind(kind.as_str())
-                .fetch_optional(&self.pool)
+                .fetch_optional(pool)
                 .await
         })?;
         let Some((step, sha256, bytes)) = row else {
             return Ok(None);
         };
         if hex::encode(Sha256::digest(&bytes)) != sha256 {
-            return Err(Error::Store {
-                path: self.path.clone(),
-                message: format!(
-                    "the {} checkpoint of trial {trial_id} is damaged (its sha256 does not match)",
-                    kind.as_str()
-                ),
-            });
+            return Err(self.fail(format!(
+                "the {} checkpoint of trial {trial_id} is damaged (its sha256 does not match)",
+                kind.as_str()
+            )));
         }
         Ok(Some(Checkpoint {
             kind,
@@ -170,12 +166,12 @@ impl Store {
 
     /// Every recorded value of the trial, by step, split and name.
     pub async fn metrics(&self, trial_id: i64) -> Result<Vec<MetricRow>> {
-        retry!(self, async {
+        on_db!(self, |pool| async {
             sqlx::query_as::<_, MetricRow>(
-                "SELECT step, epoch, split, name, value FROM metrics WHERE trial_id = ?1 ORDER BY step, split, name",
+                "SELECT step, epoch, split, name, value FROM metrics WHERE trial_id = $1 ORDER BY step, split, name",
             )
             .bind(trial_id)
-            .fetch_all(&self.pool)
+            .fetch_all(pool)
             .await
         })
     }
@@ -184,14 +180,11 @@ impl Store {
     /// (stale or not): the runner uses it to resume trials whose runner is gone, and to say which
     /// trials other runners are busy with.
     pub async fn running(&self) -> Result<Vec<RunningTrial>> {
-        let rows: Vec<(i64, String, Option<String>, Option<f64>)> = retry!(self, async {
+        let rows: Vec<(i64, String, Option<String>, Option<f64>)> = on_db!(self, |pool, d| async {
             sqlx::query_as(
-                r#"
-                SELECT id, key, worker, (julianday('now') - julianday(heartbeat_at)) * 86400.0
-                FROM trials WHERE status = 'running' ORDER BY id
-                "#,
+                &d.sql("SELECT id, key, worker, {heartbeat_age_s} FROM trials WHERE status = 'running' ORDER BY id"),
             )
-            .fetch_all(&self.pool)
+            .fetch_all(pool)
             .await
         })?;
         Ok(rows
@@ -207,9 +200,9 @@ impl Store {
 
     /// Experiment names, in the order they were first run.
     pub async fn experiments(&self) -> Result<Vec<String>> {
-        retry!(self, async {
+        on_db!(self, |pool| async {
             sqlx::query_scalar::<_, String>("SELECT name FROM experiments ORDER BY id")
-                .fetch_all(&self.pool)
+                .fetch_all(pool)
                 .await
         })
     }

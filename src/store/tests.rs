@@ -1,16 +1,52 @@
-//! Store tests: each on a fresh database in its own temp dir.
+//! Store tests. The shared suite (`on_both!`) runs every test on a fresh SQLite file in its own
+//! temp dir and on a fresh PostgreSQL database of its own (created on the server that
+//! `RUNNER_TEST_PG` names, dropped afterwards); the tests at the end are SQLite's own (WAL,
+//! side files, the file format).
+//!
+//! Without `RUNNER_TEST_PG` when the tests are built, the PostgreSQL half is compiled but
+//! marked ignored, with a reason that says how to run it (`scripts/pg-local.sh` starts a
+//! server). `.ci/run` always sets it.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tempfile::TempDir;
 
 use super::*;
 use crate::arch::Value;
+use crate::testdb::PgTestDb;
 
 const HOUR: Duration = Duration::from_secs(3600);
+
+/// A test of the shared suite: `async fn NAME(db: TestDb) { … }` becomes a module `NAME` with
+/// the tests `sqlite` and `postgres`, each given a fresh database of its kind. Attributes (a
+/// `#[tokio::test(flavor = …)]`) replace the plain `#[tokio::test]` on both.
+macro_rules! on_both {
+    ($(#[$attr:meta])* async fn $name:ident($db:ident: TestDb) $body:block) => {
+        on_both!(@ [$(#[$attr])*] $name $db $body);
+    };
+    (@ [] $name:ident $db:ident $body:block) => {
+        on_both!(@ [#[tokio::test]] $name $db $body);
+    };
+    (@ [$(#[$attr:meta])+] $name:ident $db:ident $body:block) => {
+        mod $name {
+            use super::*;
+
+            async fn body($db: TestDb) $body
+
+            $(#[$attr])+
+            async fn sqlite() {
+                body(TestDb::sqlite()).await
+            }
+
+            $(#[$attr])+
+            #[cfg_attr(not(runner_test_pg), ignore = "PostgreSQL: set RUNNER_TEST_PG=postgres://… (scripts/pg-local.sh) and rebuild")]
+            async fn postgres() {
+                body(TestDb::postgres().await).await
+            }
+        }
+    };
+}
 
 /// The config_json of a trial, shaped like the grid module writes it.
 fn config(experiment: &str, arch: &str, depth: i64, seed: i64) -> String {
@@ -50,7 +86,39 @@ fn keys(trials: &[NewTrial]) -> Vec<String> {
     trials.iter().map(|t| t.key.clone()).collect()
 }
 
-async fn fresh() -> (TempDir, Store) {
+/// A fresh database of one kind for one test of the shared suite.
+enum TestDb {
+    Sqlite(tempfile::TempDir),
+    Postgres(Box<PgTestDb>),
+}
+
+impl TestDb {
+    fn sqlite() -> TestDb {
+        TestDb::Sqlite(tempfile::tempdir().expect("temp dir"))
+    }
+
+    async fn postgres() -> TestDb {
+        let db = PgTestDb::create().await;
+        TestDb::Postgres(Box::new(
+            db.expect("RUNNER_TEST_PG was set when these tests were built: set it to run them"),
+        ))
+    }
+
+    fn location(&self) -> Location {
+        match self {
+            TestDb::Sqlite(dir) => Location::Sqlite(dir.path().join("runs.db")),
+            TestDb::Postgres(db) => Location::Postgres(db.url.clone()),
+        }
+    }
+
+    /// A store on it: every call another one, as another runner process would open.
+    async fn open(&self) -> Store {
+        Store::open(self.location()).await.expect("open")
+    }
+}
+
+/// A fresh SQLite store in a temp dir (for SQLite's own tests).
+async fn fresh() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(&dir.path().join("runs.db")).await.expect("open");
     (dir, store)
@@ -88,30 +156,44 @@ async fn claim_one(store: &Store, keys: &[String], worker: &str) -> Claim {
         .expect("a trial to claim")
 }
 
-#[tokio::test]
-async fn open_sets_wal_foreign_keys_and_busy_timeout() {
-    let (_dir, store) = fresh().await;
-    let mut conn = store.pool.acquire().await.unwrap();
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-    assert_eq!(mode, "wal");
-    assert_eq!(fk, 1);
-    assert_eq!(busy, BUSY_TIMEOUT.as_millis() as i64);
+/// Runs one statement on the store's own pool, whichever database it is (`$N` parameters).
+async fn exec(store: &Store, sql: &str, binds: &[i64]) {
+    each_pool!(&store.pool, |pool| {
+        let mut q = sqlx::query(sql);
+        for b in binds {
+            q = q.bind(*b);
+        }
+        q.execute(pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    })
 }
 
-#[tokio::test]
-async fn register_twice_does_not_duplicate() {
-    let (_dir, store) = fresh().await;
+/// Marks the trial's heartbeat as an hour and more old: its worker died long ago.
+async fn age_heartbeat(store: &Store, trial_id: i64) {
+    exec(
+        store,
+        "UPDATE trials SET heartbeat_at = '2000-01-01T00:00:00.000Z' WHERE id = $1",
+        &[trial_id],
+    )
+    .await
+}
+
+/// Records a migration this binary does not have, as a newer runner would have.
+async fn mark_as_from_a_newer_runner(store: &Store) {
+    each_pool!(&store.pool, |pool| {
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (99990101000000, 'from the future', TRUE, $1, 0)",
+        )
+        .bind(vec![0u8])
+        .execute(pool)
+        .await
+        .unwrap();
+    });
+}
+
+on_both! {
+async fn register_twice_does_not_duplicate(db: TestDb) {
+    let store = db.open().await;
     let trials = grid("depth", 3);
     let id = store.register("depth", "v1", &trials).await.unwrap();
     let first = store.summary(None).await.unwrap();
@@ -131,18 +213,21 @@ async fn register_twice_does_not_duplicate() {
     }
     let status = |t: i64| rows.iter().find(|r| r.trial == t).map(|r| r.status.clone());
     assert_eq!(status(claimed.trial_id).as_deref(), Some("running"));
-    let toml: String = sqlx::query_scalar("SELECT grid_toml FROM experiments WHERE id = ?1")
-        .bind(id)
-        .fetch_one(&store.pool)
-        .await
-        .unwrap();
+    let toml: String = each_pool!(&store.pool, |pool| sqlx::query_scalar(
+        "SELECT grid_toml FROM experiments WHERE id = $1"
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap());
     assert_eq!(toml, "v2");
     assert_eq!(store.experiments().await.unwrap(), vec!["depth".to_string()]);
 }
+}
 
-#[tokio::test]
-async fn summary_lists_trials_in_grid_order_per_experiment() {
-    let (_dir, store) = fresh().await;
+on_both! {
+async fn summary_lists_trials_in_grid_order_per_experiment(db: TestDb) {
+    let store = db.open().await;
     // Inserted in reverse grid order.
     let mut b = grid("b-first", 4);
     b.reverse();
@@ -165,10 +250,11 @@ async fn summary_lists_trials_in_grid_order_per_experiment() {
     assert!(only.iter().all(|r| r.experiment == "a-second"));
     assert!(matches!(store.summary(Some("nope")).await, Err(Error::Usage(_))));
 }
+}
 
-#[tokio::test]
-async fn view_extracts_architecture_columns_from_config() {
-    let (_dir, store) = fresh().await;
+on_both! {
+async fn view_extracts_architecture_columns_from_config(db: TestDb) {
+    let store = db.open().await;
     let resnet = trial("e", 0, "resnet", 20);
     let plain = trial("e", 1, "plain", 20);
     store.register("e", "", &[resnet.clone(), plain.clone()]).await.unwrap();
@@ -194,6 +280,7 @@ async fn view_extracts_architecture_columns_from_config() {
     assert_eq!(p.arch_params, expected(serde_json::json!({"depth": 20, "width": 16})));
     assert_eq!(p.param("shortcut"), None);
 }
+}
 
 /// A trial whose parameters are the registered plugin's defaults, as the grid module resolves them.
 fn default_trial(experiment: &str, ord: i64, arch: &str) -> NewTrial {
@@ -217,46 +304,11 @@ fn default_trial(experiment: &str, ord: i64, arch: &str) -> NewTrial {
     }
 }
 
-#[tokio::test]
-async fn trial_params_has_one_row_per_declared_parameter() {
-    let (_dir, store) = fresh().await;
-    let trials = [default_trial("e", 0, "resnet"), default_trial("e", 1, "plain")];
-    store.register("e", "", &trials).await.unwrap();
-    let ids: Vec<i64> = store.summary(None).await.unwrap().iter().map(|r| r.trial).collect();
-    let rows: Vec<(String, i64, String, String, String, String)> = sqlx::query_as(
-        "SELECT experiment, trial, arch, name, typeof(value), CAST(value AS TEXT) FROM trial_params ORDER BY trial, name",
-    )
-    .fetch_all(&store.pool)
-    .await
-    .unwrap();
-    for (id, arch) in ids.iter().zip(["resnet", "plain"]) {
-        let of: Vec<_> = rows.iter().filter(|r| r.1 == *id).collect();
-        let mut declared: Vec<&str> = crate::plugins::find(arch)
-            .unwrap()
-            .params()
-            .iter()
-            .map(|p| p.name)
-            .collect();
-        declared.sort();
-        let names: Vec<&str> = of.iter().map(|r| r.3.as_str()).collect();
-        assert_eq!(names, declared, "{arch}");
-        assert!(of.iter().all(|r| r.0 == "e" && r.2 == arch), "{of:?}");
-    }
-    let value = |id: i64, name: &str| {
-        let r = rows.iter().find(|r| r.1 == id && r.3 == name).unwrap();
-        (r.4.as_str(), r.5.as_str())
-    };
-    assert_eq!(value(ids[0], "depth"), ("integer", "20"));
-    assert_eq!(value(ids[0], "shortcut"), ("text", "A"));
-    assert_eq!(value(ids[0], "preact"), ("integer", "0"), "booleans read as 1 and 0");
-    assert_eq!(value(ids[1], "width"), ("integer", "16"));
-}
-
-#[tokio::test]
-async fn the_summary_keeps_every_stored_parameter_of_any_architecture() {
+on_both! {
+async fn the_summary_keeps_every_stored_parameter_of_any_architecture(db: TestDb) {
     // A trial of an architecture this build does not know: the summary still has all of its
     // parameters, with their types.
-    let (_dir, store) = fresh().await;
+    let store = db.open().await;
     let mut t = trial("e", 0, "plain", 8);
     t.arch = "alexnet".into();
     t.config_json = serde_json::json!({
@@ -273,15 +325,16 @@ async fn the_summary_keeps_every_stored_parameter_of_any_architecture() {
     assert_eq!(p.get("dropout"), Some(&Value::Float(0.5)));
     assert_eq!(p.get("head"), Some(&Value::Str("fc".into())));
 }
+}
 
-#[tokio::test]
-async fn claims_follow_key_order_and_never_repeat() {
-    let (dir, store) = fresh().await;
+on_both! {
+async fn claims_follow_key_order_and_never_repeat(db: TestDb) {
+    let store = db.open().await;
     let trials = grid("e", 3);
     store.register("e", "", &trials).await.unwrap();
     let order = vec![trials[2].key.clone(), trials[0].key.clone(), trials[1].key.clone()];
 
-    let other = Store::open(&dir.path().join("runs.db")).await.unwrap();
+    let other = db.open().await;
     let first = claim_one(&store, &order, "a").await;
     let second = claim_one(&other, &order, "b").await;
     let third = claim_one(&store, &order, "a").await;
@@ -298,36 +351,32 @@ async fn claims_follow_key_order_and_never_repeat() {
     assert_eq!(detail.attempts, 1);
     assert!(detail.started_at.is_some() && detail.heartbeat_at.is_some());
 }
+}
 
-#[tokio::test]
-async fn claims_only_among_the_given_keys() {
-    let (_dir, store) = fresh().await;
+on_both! {
+async fn claims_only_among_the_given_keys(db: TestDb) {
+    let store = db.open().await;
     let trials = grid("e", 3);
     store.register("e", "", &trials).await.unwrap();
     let only = vec![trials[1].key.clone()];
     assert_eq!(claim_one(&store, &only, "w").await.key, trials[1].key);
     assert!(store.claim(&only, "w", false, HOUR).await.unwrap().is_none());
 }
+}
 
+on_both! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_claims_from_separate_stores_take_each_trial_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let path: PathBuf = dir.path().join("runs.db");
+async fn concurrent_claims_from_separate_stores_take_each_trial_once(db: TestDb) {
     let trials = grid("e", 24);
     let keys = keys(&trials);
-    Store::open(&path)
-        .await
-        .unwrap()
-        .register("e", "", &trials)
-        .await
-        .unwrap();
+    db.open().await.register("e", "", &trials).await.unwrap();
 
     let mut tasks = Vec::new();
     for w in 0..4 {
-        let (path, keys) = (path.clone(), keys.clone());
+        let (location, keys) = (db.location(), keys.clone());
         tasks.push(tokio::spawn(async move {
             // Each worker opens its own store, as separate processes would.
-            let store = Store::open(&path).await.unwrap();
+            let store = Store::open(location).await.unwrap();
             let worker = format!("w{w}");
             let mut mine = Vec::new();
             while let Some(c) = store.claim(&keys, &worker, false, HOUR).await.unwrap() {
@@ -344,10 +393,11 @@ async fn concurrent_claims_from_separate_stores_take_each_trial_once() {
     assert_eq!(all.len(), trials.len(), "claims: {all:?}");
     assert_eq!(unique.len(), trials.len());
 }
+}
 
-#[tokio::test]
-async fn stale_running_trial_is_taken_over() {
-    let (_dir, store) = fresh().await;
+on_both! {
+async fn stale_running_trial_is_taken_over(db: TestDb) {
+    let store = db.open().await;
     let trials = grid("e", 1);
     let keys = keys(&trials);
     store.register("e", "", &trials).await.unwrap();
@@ -355,11 +405,7 @@ async fn stale_running_trial_is_taken_over() {
     // Fresh heartbeat: nobody else may take it.
     assert!(store.claim(&keys, "b", false, HOUR).await.unwrap().is_none());
 
-    sqlx::query("UPDATE trials SET heartbeat_at = '2000-01-01T00:00:00.000Z' WHERE id = ?1")
-        .bind(a.trial_id)
-        .execute(&store.pool)
-        .await
-        .unwrap();
+    age_heartbeat(&store, a.trial_id).await;
     let b = claim_one(&store, &keys, "b").await;
     assert_eq!(b.trial_id, a.trial_id);
     assert_eq!(b.previous_status, "running");
@@ -387,10 +433,11 @@ async fn stale_running_trial_is_taken_over() {
         "running"
     );
 }
+}
 
-#[tokio::test]
-async fn failed_trials_are_claimed_again_only_when_asked() {
-    let (_dir, store) = fresh().await;
+on_both! {
+async fn failed_trials_are_claimed_again_only_when_asked(db: TestDb) {
+    let store = db.open().await;
     let trials = grid("e", 1);
     let keys = keys(&trials);
     store.register("e", "", &trials).await.unwrap();
@@ -418,10 +465,11 @@ async fn failed_trials_are_claimed_again_only_when_asked() {
     let row = &store.summary(None).await.unwrap()[0];
     assert_eq!((row.status.as_str(), row.error.as_deref()), ("running", None));
 }
+}
 
-#[tokio::test]
-async fn resume_keeps_metrics_up_to_the_last_checkpoint() {
-    let (_dir, store) = fresh().await;
+on_both! {
+async fn resume_keeps_metrics_up_to_the_last_checkpoint(db: TestDb) {
+    let store = db.open().await;
     let trials = grid("e", 1);
     let keys = keys(&trials);
     store.register("e", "", &trials).await.unwrap();
@@ -459,10 +507,11 @@ async fn resume_keeps_metrics_up_to_the_last_checkpoint() {
         .collect();
     assert_eq!(val200, vec![0.25]);
 }
+}
 
-#[tokio::test]
-async fn restart_without_checkpoint_drops_earlier_results() {
-    let (_dir, store) = fresh().await;
+on_both! {
+async fn restart_without_checkpoint_drops_earlier_results(db: TestDb) {
+    let store = db.open().await;
     let trials = grid("e", 1);
     let keys = keys(&trials);
     store.register("e", "", &trials).await.unwrap();
@@ -483,10 +532,11 @@ async fn restart_without_checkpoint_drops_earlier_results() {
     let row = &store.summary(None).await.unwrap()[0];
     assert_eq!((row.best_val_error, row.steps), (None, None));
 }
+}
 
-#[tokio::test]
-async fn best_checkpoint_is_replaced_together_with_best_val_error() {
-    let (_dir, store) = fresh().await;
+on_both! {
+async fn best_checkpoint_is_replaced_together_with_best_val_error(db: TestDb) {
+    let store = db.open().await;
     let trials = grid("e", 1);
     store.register("e", "", &trials).await.unwrap();
     let c = claim_one(&store, &keys(&trials), "w").await;
@@ -541,40 +591,46 @@ async fn best_checkpoint_is_replaced_together_with_best_val_error() {
         .unwrap()
         .is_none());
 }
+}
 
-#[tokio::test]
-async fn damaged_checkpoint_is_reported() {
-    let (_dir, store) = fresh().await;
+on_both! {
+async fn damaged_checkpoint_is_reported(db: TestDb) {
+    let store = db.open().await;
     let trials = grid("e", 1);
     store.register("e", "", &trials).await.unwrap();
     let c = claim_one(&store, &keys(&trials), "w").await;
     let mut rec = record(100, 0.4);
     rec.best = Some((0.4, Checkpoint::new(CheckpointKind::Best, 100, vec![1; 10])));
     store.record(c.trial_id, "w", &rec).await.unwrap();
-    sqlx::query("UPDATE checkpoints SET bytes = x'00' WHERE trial_id = ?1")
-        .bind(c.trial_id)
-        .execute(&store.pool)
-        .await
-        .unwrap();
+    each_pool!(&store.pool, |pool| {
+        sqlx::query("UPDATE checkpoints SET bytes = $2 WHERE trial_id = $1")
+            .bind(c.trial_id)
+            .bind(vec![0u8])
+            .execute(pool)
+            .await
+            .unwrap();
+    });
     assert!(matches!(
         store.checkpoint(c.trial_id, CheckpointKind::Best).await,
         Err(Error::Store { .. })
     ));
 }
+}
 
-#[tokio::test]
-async fn record_for_an_unknown_trial_is_an_error() {
-    let (_dir, store) = fresh().await;
+on_both! {
+async fn record_for_an_unknown_trial_is_an_error(db: TestDb) {
+    let store = db.open().await;
     assert!(store.record(99, "w", &record(1, 0.5)).await.is_err());
     let mut rec = record(1, 0.5);
     rec.metrics.clear();
     assert!(store.record(99, "w", &rec).await.is_err());
     assert!(store.finish(99, "w", &Outcome::Interrupted).await.is_err());
 }
+}
 
-#[tokio::test]
-async fn trial_by_id_or_key_prefix() {
-    let (_dir, store) = fresh().await;
+on_both! {
+async fn trial_by_id_or_key_prefix(db: TestDb) {
+    let store = db.open().await;
     let trials = grid("e", 40);
     store.register("e", "", &trials).await.unwrap();
     let rows = store.summary(None).await.unwrap();
@@ -593,10 +649,11 @@ async fn trial_by_id_or_key_prefix() {
     }
     assert!(matches!(store.trial("ffffffffffff0").await, Err(Error::Usage(_))));
 }
+}
 
-#[tokio::test]
-async fn ambiguous_key_prefix_is_a_usage_error() {
-    let (_dir, store) = fresh().await;
+on_both! {
+async fn ambiguous_key_prefix_is_a_usage_error(db: TestDb) {
+    let store = db.open().await;
     let mut a = trial("e", 0, "resnet", 20);
     let mut b = trial("e", 1, "resnet", 32);
     a.key = format!("abcdef0{}", &a.key[7..]);
@@ -607,6 +664,156 @@ async fn ambiguous_key_prefix_is_a_usage_error() {
         other => panic!("expected an ambiguity error, got {other:?}"),
     }
     assert_eq!(store.trial("abcdef0").await.unwrap().key, a.key);
+}
+}
+
+on_both! {
+async fn a_database_from_a_newer_runner_is_refused(db: TestDb) {
+    let store = db.open().await;
+    mark_as_from_a_newer_runner(&store).await;
+    store.close().await;
+
+    match Store::open(db.location()).await {
+        Err(e @ Error::Store { .. }) => assert!(e.to_string().contains("newer runner"), "{e}"),
+        other => panic!("expected Error::Store, got {other:?}"),
+    }
+}
+}
+
+on_both! {
+async fn a_key_registered_by_another_experiment_stays_there(db: TestDb) {
+    let store = db.open().await;
+    let shared = trial("first", 0, "resnet", 20);
+    store
+        .register("first", "", std::slice::from_ref(&shared))
+        .await
+        .unwrap();
+    let mut moved = shared.clone();
+    moved.ord = 7;
+    store.register("second", "", &[moved]).await.unwrap();
+
+    assert_eq!(
+        store.experiments().await.unwrap(),
+        vec!["first".to_string(), "second".to_string()]
+    );
+    assert_eq!(store.summary(Some("first")).await.unwrap().len(), 1);
+    assert!(store.summary(Some("second")).await.unwrap().is_empty());
+    assert_eq!(store.trial(&shared.key[..10]).await.unwrap().ord, 0);
+}
+}
+
+on_both! {
+async fn a_running_trial_without_heartbeats_reads_as_interrupted_in_the_summary(db: TestDb) {
+    let store = db.open().await;
+    let trials = grid("e", 2);
+    let keys = keys(&trials);
+    store.register("e", "", &trials).await.unwrap();
+    let live = claim_one(&store, &keys, "here:1").await;
+    let dead = claim_one(&store, &keys, "there:2").await;
+    age_heartbeat(&store, dead.trial_id).await;
+
+    let status = |rows: &[SummaryRow], id: i64| rows.iter().find(|r| r.trial == id).unwrap().status.clone();
+    let rows = store.summary(None).await.unwrap();
+    assert_eq!(status(&rows, live.trial_id), "running");
+    assert_eq!(status(&rows, dead.trial_id), "interrupted");
+    // The table keeps what runners claim on.
+    let raw: String = each_pool!(&store.pool, |pool| sqlx::query_scalar("SELECT status FROM trials WHERE id = $1")
+        .bind(dead.trial_id)
+        .fetch_one(pool)
+        .await
+        .unwrap());
+    assert_eq!(raw, "running");
+
+    let running = store.running().await.unwrap();
+    assert_eq!(running.len(), 2);
+    let age = |id: i64| {
+        running
+            .iter()
+            .find(|r| r.trial_id == id)
+            .unwrap()
+            .heartbeat_age_s
+            .unwrap()
+    };
+    assert!(age(live.trial_id) < 60.0, "{running:?}");
+    assert!(age(dead.trial_id) > 3000.0, "{running:?}");
+    assert_eq!(
+        running
+            .iter()
+            .find(|r| r.trial_id == dead.trial_id)
+            .unwrap()
+            .worker
+            .as_deref(),
+        Some("there:2")
+    );
+}
+}
+
+// ---- SQLite's own: the file, WAL, side files, its upgrade path ------------------------------
+
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+
+fn sqlite_pool(store: &Store) -> &SqlitePool {
+    match &store.pool {
+        Pool::Sqlite(pool) => pool,
+        Pool::Postgres(_) => panic!("an SQLite store was expected"),
+    }
+}
+
+#[tokio::test]
+async fn open_sets_wal_foreign_keys_and_busy_timeout() {
+    let (_dir, store) = fresh().await;
+    let mut conn = sqlite_pool(&store).acquire().await.unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    assert_eq!(fk, 1);
+    assert_eq!(busy, sqlite::BUSY_TIMEOUT.as_millis() as i64);
+}
+
+#[tokio::test]
+async fn trial_params_has_one_row_per_declared_parameter() {
+    let (_dir, store) = fresh().await;
+    let trials = [default_trial("e", 0, "resnet"), default_trial("e", 1, "plain")];
+    store.register("e", "", &trials).await.unwrap();
+    let ids: Vec<i64> = store.summary(None).await.unwrap().iter().map(|r| r.trial).collect();
+    let rows: Vec<(String, i64, String, String, String, String)> = sqlx::query_as(
+        "SELECT experiment, trial, arch, name, typeof(value), CAST(value AS TEXT) FROM trial_params ORDER BY trial, name",
+    )
+    .fetch_all(sqlite_pool(&store))
+    .await
+    .unwrap();
+    for (id, arch) in ids.iter().zip(["resnet", "plain"]) {
+        let of: Vec<_> = rows.iter().filter(|r| r.1 == *id).collect();
+        let mut declared: Vec<&str> = crate::plugins::find(arch)
+            .unwrap()
+            .params()
+            .iter()
+            .map(|p| p.name)
+            .collect();
+        declared.sort();
+        let names: Vec<&str> = of.iter().map(|r| r.3.as_str()).collect();
+        assert_eq!(names, declared, "{arch}");
+        assert!(of.iter().all(|r| r.0 == "e" && r.2 == arch), "{of:?}");
+    }
+    let value = |id: i64, name: &str| {
+        let r = rows.iter().find(|r| r.1 == id && r.3 == name).unwrap();
+        (r.4.as_str(), r.5.as_str())
+    };
+    assert_eq!(value(ids[0], "depth"), ("integer", "20"));
+    assert_eq!(value(ids[0], "shortcut"), ("text", "A"));
+    assert_eq!(value(ids[0], "preact"), ("integer", "0"), "booleans read as 1 and 0");
+    assert_eq!(value(ids[1], "width"), ("integer", "16"));
 }
 
 #[tokio::test]
@@ -624,31 +831,6 @@ async fn a_file_that_is_not_sqlite_is_a_store_error_naming_it() {
     }
 }
 
-/// Records a migration this binary does not have, as a newer runner would have.
-async fn mark_as_from_a_newer_runner(store: &Store) {
-    sqlx::query(
-        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (99990101000000, 'from the future', TRUE, x'00', 0)",
-    )
-    .execute(&store.pool)
-    .await
-    .unwrap();
-}
-
-#[tokio::test]
-async fn a_database_from_a_newer_runner_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("runs.db");
-    let store = Store::open(&path).await.unwrap();
-    mark_as_from_a_newer_runner(&store).await;
-    store.close().await;
-
-    match Store::open(&path).await {
-        Err(e @ Error::Store { .. }) => assert!(e.to_string().contains("newer runner"), "{e}"),
-        other => panic!("expected Error::Store, got {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn open_existing_does_not_create_a_database() {
     let dir = tempfile::tempdir().unwrap();
@@ -661,7 +843,7 @@ async fn open_existing_does_not_create_a_database() {
 
     Store::open(&path).await.unwrap().close().await;
     let store = Store::open_existing(&path).await.unwrap();
-    assert_eq!(store.path(), path.as_path());
+    assert_eq!(store.location(), &Location::Sqlite(path.clone()));
     assert!(store.summary(None).await.unwrap().is_empty());
 }
 
@@ -695,7 +877,7 @@ async fn opening_an_up_to_date_file_does_not_wait_for_a_writer() {
     let writer = Store::open(&path).await.unwrap();
     writer.register("e", "", &grid("e", 2)).await.unwrap();
     // A batch in the middle of a write transaction.
-    let mut tx = writer.pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let mut tx = sqlite_pool(&writer).begin_with("BEGIN IMMEDIATE").await.unwrap();
     sqlx::query("UPDATE trials SET status = 'running'")
         .execute(&mut *tx)
         .await
@@ -705,76 +887,6 @@ async fn opening_an_up_to_date_file_does_not_wait_for_a_writer() {
     let rows = reader.summary(None).await.unwrap();
     assert!(rows.iter().all(|r| r.status == "pending"));
     tx.rollback().await.unwrap();
-}
-
-#[tokio::test]
-async fn a_key_registered_by_another_experiment_stays_there() {
-    let (_dir, store) = fresh().await;
-    let shared = trial("first", 0, "resnet", 20);
-    store
-        .register("first", "", std::slice::from_ref(&shared))
-        .await
-        .unwrap();
-    let mut moved = shared.clone();
-    moved.ord = 7;
-    store.register("second", "", &[moved]).await.unwrap();
-
-    assert_eq!(
-        store.experiments().await.unwrap(),
-        vec!["first".to_string(), "second".to_string()]
-    );
-    assert_eq!(store.summary(Some("first")).await.unwrap().len(), 1);
-    assert!(store.summary(Some("second")).await.unwrap().is_empty());
-    assert_eq!(store.trial(&shared.key[..10]).await.unwrap().ord, 0);
-}
-
-#[tokio::test]
-async fn a_running_trial_without_heartbeats_reads_as_interrupted_in_the_summary() {
-    let (_dir, store) = fresh().await;
-    let trials = grid("e", 2);
-    let keys = keys(&trials);
-    store.register("e", "", &trials).await.unwrap();
-    let live = claim_one(&store, &keys, "here:1").await;
-    let dead = claim_one(&store, &keys, "there:2").await;
-    sqlx::query("UPDATE trials SET heartbeat_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour') WHERE id = ?1")
-        .bind(dead.trial_id)
-        .execute(&store.pool)
-        .await
-        .unwrap();
-
-    let status = |rows: &[SummaryRow], id: i64| rows.iter().find(|r| r.trial == id).unwrap().status.clone();
-    let rows = store.summary(None).await.unwrap();
-    assert_eq!(status(&rows, live.trial_id), "running");
-    assert_eq!(status(&rows, dead.trial_id), "interrupted");
-    // The table keeps what runners claim on.
-    let raw: String = sqlx::query_scalar("SELECT status FROM trials WHERE id = ?1")
-        .bind(dead.trial_id)
-        .fetch_one(&store.pool)
-        .await
-        .unwrap();
-    assert_eq!(raw, "running");
-
-    let running = store.running().await.unwrap();
-    assert_eq!(running.len(), 2);
-    let age = |id: i64| {
-        running
-            .iter()
-            .find(|r| r.trial_id == id)
-            .unwrap()
-            .heartbeat_age_s
-            .unwrap()
-    };
-    assert!(age(live.trial_id) < 60.0, "{running:?}");
-    assert!(age(dead.trial_id) > 3000.0, "{running:?}");
-    assert_eq!(
-        running
-            .iter()
-            .find(|r| r.trial_id == dead.trial_id)
-            .unwrap()
-            .worker
-            .as_deref(),
-        Some("there:2")
-    );
 }
 
 #[tokio::test]
@@ -844,7 +956,7 @@ async fn a_store_of_the_0002_schema_reads_its_trials_right_after_the_upgrade() {
     let dir = tempfile::tempdir().unwrap();
     let old = dir.path().join("migrations");
     std::fs::create_dir(&old).unwrap();
-    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
     for name in ["0001_initial.sql", "0002_stale_running_is_interrupted.sql"] {
         std::fs::copy(here.join(name), old.join(name)).unwrap();
     }
@@ -870,4 +982,109 @@ async fn a_store_of_the_0002_schema_reads_its_trials_right_after_the_upgrade() {
         assert_eq!(rows[0].param("shortcut"), Some(&Value::Str("B".into())));
         store.close().await;
     }
+}
+
+// ---- PostgreSQL's own: opening, and what goes wrong there ----------------------------------
+
+/// Runs `test` with a fresh PostgreSQL database, or says why it did not.
+async fn with_pg<F: std::future::Future<Output = ()>>(test: impl FnOnce(PgTestDb) -> F) {
+    match PgTestDb::create().await {
+        Some(db) => test(db).await,
+        None => panic!("RUNNER_TEST_PG was set when these tests were built: set it to run them"),
+    }
+}
+
+/// The message of the store error that opening `url` gives.
+async fn refusal(url: &str) -> String {
+    match Store::open(Location::parse(url)).await {
+        Err(e @ Error::Store { .. }) => e.to_string(),
+        other => panic!("expected Error::Store for {url}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(runner_test_pg),
+    ignore = "PostgreSQL: set RUNNER_TEST_PG=postgres://… (scripts/pg-local.sh) and rebuild"
+)]
+async fn postgres_bad_locations_are_store_errors_that_name_the_url_without_its_password() {
+    with_pg(|db| async move {
+        // Wrong password: named, masked.
+        let url = db.url.clone();
+        let (user, host) = url["postgres://".len()..].split_once('@').unwrap();
+        let user = user.split(':').next().unwrap();
+        let wrong = format!("postgres://{user}:not-the-password@{host}");
+        let text = refusal(&wrong).await;
+        assert!(text.contains(&format!("postgres://{user}:***@{host}")), "{text}");
+        assert!(!text.contains("not-the-password"), "{text}");
+        assert!(text.contains("password"), "{text}");
+
+        // No such database.
+        let missing = db.sibling("runner_no_such_database");
+        let text = refusal(&missing).await;
+        assert!(text.contains("does not exist") && text.contains("createdb"), "{text}");
+
+        // Nothing listens there.
+        let text = refusal("postgres://u:secret@127.0.0.1:9/db").await;
+        assert!(
+            text.contains("cannot be reached") && text.contains("u:***@127.0.0.1:9/db"),
+            "{text}"
+        );
+
+        // Not a URL this runner can read.
+        let text = refusal("postgres://u:secret@host:notaport/db").await;
+        assert!(
+            text.contains("not a PostgreSQL URL") && !text.contains("secret"),
+            "{text}"
+        );
+
+        // None of it wrote anything.
+        let store = Store::open(Location::parse(&db.url)).await.unwrap();
+        assert!(store.summary(None).await.unwrap().is_empty());
+    })
+    .await
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(runner_test_pg),
+    ignore = "PostgreSQL: set RUNNER_TEST_PG=postgres://… (scripts/pg-local.sh) and rebuild"
+)]
+async fn postgres_open_existing_does_not_create_the_tables() {
+    with_pg(|db| async move {
+        let location = Location::parse(&db.url);
+        match Store::open_existing(location.clone()).await {
+            Err(e @ Error::Store { .. }) => assert!(e.to_string().contains("runner run GRID"), "{e}"),
+            other => panic!("expected Error::Store, got {other:?}"),
+        }
+        let store = Store::open(location.clone()).await.unwrap();
+        let tables: i64 = each_pool!(&store.pool, |pool| sqlx::query_scalar(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('experiments', 'trials', 'metrics', 'checkpoints')"
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap());
+        assert_eq!(tables, 4);
+        store.close().await;
+        assert!(Store::open_existing(location).await.unwrap().summary(None).await.unwrap().is_empty());
+    })
+    .await
+}
+
+#[test]
+fn a_location_is_a_postgres_url_or_a_path_and_shows_no_password() {
+    let l = Location::parse("postgres://me:s3cret@db.example.org:5433/runs?password=x&sslmode=require");
+    assert!(l.is_postgres());
+    assert_eq!(
+        l.to_string(),
+        "postgres://me:***@db.example.org:5433/runs?password=***&sslmode=require"
+    );
+    assert!(!format!("{l:?}").contains("s3cret"));
+    assert!(Location::parse("postgresql://h/db").is_postgres());
+    assert_eq!(Location::parse("sqlite://runs.db"), Location::Sqlite("runs.db".into()));
+    assert_eq!(
+        Location::parse("results/runs.db"),
+        Location::Sqlite("results/runs.db".into())
+    );
+    assert_eq!(Location::parse("postgres://me@h/db").to_string(), "postgres://me@h/db");
 }

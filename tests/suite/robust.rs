@@ -9,20 +9,7 @@ use runner::store::Store;
 
 use crate::util::{self, Dir};
 
-/// A tiny synthetic grid: the `archs` × `seeds` depth-8 nets, `iterations` steps of 16 of 256
-/// images, an evaluation every 4 steps and a `last` checkpoint every `checkpoint_every`
-/// evaluations.
-fn grid(name: &str, archs: &str, seeds: &str, iterations: u32, checkpoint_every: u32) -> String {
-    format!(
-        "[experiment]\nname = \"{name}\"\n\n\
-         [dataset]\nkind = \"synthetic\"\ntrain = 256\ntest = 64\nvalidation = 64\naugment = [\"pad-crop:4\", \"hflip\"]\n\n\
-         [train]\niterations = {iterations}\nbatch_size = 16\neval_every = {EVAL_EVERY}\ncheckpoint_every = {checkpoint_every}\n\
-         optimizer = {{ kind = \"sgd\", lr = 0.05 }}\n\n\
-         [grid]\narch = [{archs}]\ndepth = [8]\nseed = [{seeds}]\n"
-    )
-}
-
-const EVAL_EVERY: u32 = 4;
+use crate::util::{grid, EVAL_EVERY};
 
 /// The steps at which a trial of `iterations` steps records its metrics.
 fn evaluation_steps(iterations: u32) -> Vec<i64> {
