@@ -15,16 +15,24 @@ die() { say "error: $*"; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root"
 
-if ! command -v pg_lsclusters >/dev/null || [ -z "$(pg_lsclusters -h 2>/dev/null)" ]; then
+if ! command -v pg_lsclusters >/dev/null || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
     say "installing postgresql (apt-get)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >&2
     apt-get install -y -qq --no-install-recommends postgresql >&2
 fi
 
+# The package makes a cluster when it is installed; make one where it did not (an image built
+# with cluster creation turned off).
+if [ -z "$(pg_lsclusters -h 2>/dev/null)" ]; then
+    newest=$(ls /usr/lib/postgresql | sort -n | tail -1)
+    [ -n "$newest" ] || die "no PostgreSQL server under /usr/lib/postgresql"
+    say "creating cluster $newest/main"
+    pg_createcluster "$newest" main >&2
+fi
 # The first cluster of the newest version installed: "VERSION NAME PORT STATUS ...".
 read -r version name port status _ < <(pg_lsclusters -h | sort -k1,1nr | head -1)
-[ -n "${version:-}" ] || die "postgresql is installed but has no cluster (pg_createcluster)"
+[ -n "${version:-}" ] || die "no PostgreSQL cluster to start"
 if [ "$status" != "online" ]; then
     say "starting cluster $version/$name on port $port"
     pg_ctlcluster "$version" "$name" start >&2
