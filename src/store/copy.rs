@@ -265,7 +265,16 @@ impl Store {
     }
 }
 
-/// `runner db copy`'s refusal to copy a store onto itself.
+/// `runner db copy`'s refusal to copy a store onto itself: the same URL, or two paths of one
+/// existing file (`runs.db` and `./runs.db`, a link to it).
 pub fn same_store(from: &super::Location, to: &super::Location) -> Option<Error> {
-    (from == to).then(|| Error::Usage(format!("--from and --to are the same store ({from})")))
+    use super::Location::Sqlite;
+    let same = match (from, to) {
+        (Sqlite(a), Sqlite(b)) => match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a == b,
+        },
+        _ => from == to,
+    };
+    same.then(|| Error::Usage(format!("--from and --to are the same store ({from})")))
 }

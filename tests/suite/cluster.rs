@@ -307,8 +307,11 @@ fn db_copy_to_another_sqlite_file_keeps_every_result_and_refuses_a_second_copy()
         again.stderr()
     );
     assert_eq!(contents(&copied), before);
-    let same = d.run(&["db", "copy", "--from", "runs.db", "--to", "runs.db"]);
-    assert_eq!(same.code(), 2, "{}", same.stderr());
+    for other in ["runs.db", "./runs.db"] {
+        let same = d.run(&["db", "copy", "--from", "runs.db", "--to", other]);
+        assert_eq!(same.code(), 2, "{}", same.stderr());
+        assert!(same.stderr().contains("are the same store"), "{}", same.stderr());
+    }
 
     // The interrupted trial resumes in the copy.
     let r = d.run(&["run", "h.toml", "--db", "copy.db"]);
