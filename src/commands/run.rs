@@ -507,7 +507,8 @@ struct Signals {
 
 /// First Ctrl-C, SIGTERM or SIGUSR1: sets the flags (the trainer finishes its step, writes
 /// `last`, stops). A second one exits at once, with 130 after Ctrl-C and [`EXIT_PREEMPTED`]
-/// otherwise; the trial is already marked `interrupted` by then.
+/// otherwise; a trial not yet released then stays `running` until another runner takes it over
+/// (at once on this host, whose runners see that its pid is gone; elsewhere after --stale-after).
 fn install_signals() -> Result<Signals> {
     use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
     let stop = Arc::new(AtomicBool::new(false));
