@@ -49,6 +49,14 @@ impl PgTestDb {
         Some(PgTestDb { url, name, admin })
     }
 
+    /// [`PgTestDb::create`] for a test that was built to run on PostgreSQL
+    /// (`cfg(runner_test_pg)`): panics, saying so, when `RUNNER_TEST_PG` is not set now.
+    pub async fn required() -> PgTestDb {
+        PgTestDb::create()
+            .await
+            .unwrap_or_else(|| panic!("{VAR} was set when these tests were built: set it to run them"))
+    }
+
     /// The same server and user with another database name (one that may not exist).
     pub fn sibling(&self, database: &str) -> String {
         with_database(&self.url, database)

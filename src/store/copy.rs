@@ -3,6 +3,7 @@
 
 use sha2::{Digest, Sha256};
 
+use super::write::{UPSERT_CHECKPOINT, UPSERT_METRIC};
 use super::{MetricRow, Store};
 use crate::{Error, Result};
 
@@ -182,18 +183,16 @@ impl Store {
 
                     let metrics = self.metrics(t.id).await?;
                     for m in &metrics {
-                        sqlx::query(
-                            "INSERT INTO metrics (trial_id, step, epoch, split, name, value) VALUES ($1, $2, $3, $4, $5, $6)",
-                        )
-                        .bind(trial_id)
-                        .bind(m.step)
-                        .bind(m.epoch)
-                        .bind(&m.split)
-                        .bind(&m.name)
-                        .bind(m.value)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|err| to.error(err))?;
+                        sqlx::query(UPSERT_METRIC)
+                            .bind(trial_id)
+                            .bind(m.step)
+                            .bind(m.epoch)
+                            .bind(&m.split)
+                            .bind(&m.name)
+                            .bind(m.value)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|err| to.error(err))?;
                     }
                     let written: Vec<MetricRow> = sqlx::query_as(
                         "SELECT step, epoch, split, name, value FROM metrics WHERE trial_id = $1 ORDER BY step, split, name",
@@ -220,17 +219,15 @@ impl Store {
                                 c.kind, t.id
                             )));
                         }
-                        sqlx::query(
-                            "INSERT INTO checkpoints (trial_id, kind, step, sha256, bytes) VALUES ($1, $2, $3, $4, $5)",
-                        )
-                        .bind(trial_id)
-                        .bind(&c.kind)
-                        .bind(c.step)
-                        .bind(&c.sha256)
-                        .bind(&c.bytes)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|err| to.error(err))?;
+                        sqlx::query(UPSERT_CHECKPOINT)
+                            .bind(trial_id)
+                            .bind(&c.kind)
+                            .bind(c.step)
+                            .bind(&c.sha256)
+                            .bind(&c.bytes)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|err| to.error(err))?;
                         let back: Vec<u8> =
                             sqlx::query_scalar("SELECT bytes FROM checkpoints WHERE trial_id = $1 AND kind = $2")
                                 .bind(trial_id)

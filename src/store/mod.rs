@@ -132,10 +132,6 @@ impl Location {
             Location::Sqlite(PathBuf::from(s.strip_prefix("sqlite://").unwrap_or(s)))
         }
     }
-
-    pub fn is_postgres(&self) -> bool {
-        matches!(self, Location::Postgres(_))
-    }
 }
 
 impl FromStr for Location {

@@ -98,10 +98,7 @@ impl TestDb {
     }
 
     async fn postgres() -> TestDb {
-        let db = PgTestDb::create().await;
-        TestDb::Postgres(Box::new(
-            db.expect("RUNNER_TEST_PG was set when these tests were built: set it to run them"),
-        ))
+        TestDb::Postgres(Box::new(PgTestDb::required().await))
     }
 
     fn location(&self) -> Location {
@@ -986,14 +983,6 @@ async fn a_store_of_the_0002_schema_reads_its_trials_right_after_the_upgrade() {
 
 // ---- PostgreSQL's own: opening, and what goes wrong there ----------------------------------
 
-/// Runs `test` with a fresh PostgreSQL database, or says why it did not.
-async fn with_pg<F: std::future::Future<Output = ()>>(test: impl FnOnce(PgTestDb) -> F) {
-    match PgTestDb::create().await {
-        Some(db) => test(db).await,
-        None => panic!("RUNNER_TEST_PG was set when these tests were built: set it to run them"),
-    }
-}
-
 /// The message of the store error that opening `url` gives.
 async fn refusal(url: &str) -> String {
     match Store::open(Location::parse(url)).await {
@@ -1008,41 +997,39 @@ async fn refusal(url: &str) -> String {
     ignore = "PostgreSQL: set RUNNER_TEST_PG=postgres://… (scripts/pg-local.sh) and rebuild"
 )]
 async fn postgres_bad_locations_are_store_errors_that_name_the_url_without_its_password() {
-    with_pg(|db| async move {
-        // Wrong password: named, masked.
-        let url = db.url.clone();
-        let (user, host) = url["postgres://".len()..].split_once('@').unwrap();
-        let user = user.split(':').next().unwrap();
-        let wrong = format!("postgres://{user}:not-the-password@{host}");
-        let text = refusal(&wrong).await;
-        assert!(text.contains(&format!("postgres://{user}:***@{host}")), "{text}");
-        assert!(!text.contains("not-the-password"), "{text}");
-        assert!(text.contains("password"), "{text}");
+    let db = PgTestDb::required().await;
+    // Wrong password: named, masked.
+    let url = db.url.clone();
+    let (user, host) = url["postgres://".len()..].split_once('@').unwrap();
+    let user = user.split(':').next().unwrap();
+    let wrong = format!("postgres://{user}:not-the-password@{host}");
+    let text = refusal(&wrong).await;
+    assert!(text.contains(&format!("postgres://{user}:***@{host}")), "{text}");
+    assert!(!text.contains("not-the-password"), "{text}");
+    assert!(text.contains("password"), "{text}");
 
-        // No such database.
-        let missing = db.sibling("runner_no_such_database");
-        let text = refusal(&missing).await;
-        assert!(text.contains("does not exist") && text.contains("createdb"), "{text}");
+    // No such database.
+    let missing = db.sibling("runner_no_such_database");
+    let text = refusal(&missing).await;
+    assert!(text.contains("does not exist") && text.contains("createdb"), "{text}");
 
-        // Nothing listens there.
-        let text = refusal("postgres://u:secret@127.0.0.1:9/db").await;
-        assert!(
-            text.contains("cannot be reached") && text.contains("u:***@127.0.0.1:9/db"),
-            "{text}"
-        );
+    // Nothing listens there.
+    let text = refusal("postgres://u:secret@127.0.0.1:9/db").await;
+    assert!(
+        text.contains("cannot be reached") && text.contains("u:***@127.0.0.1:9/db"),
+        "{text}"
+    );
 
-        // Not a URL this runner can read.
-        let text = refusal("postgres://u:secret@host:notaport/db").await;
-        assert!(
-            text.contains("not a PostgreSQL URL") && !text.contains("secret"),
-            "{text}"
-        );
+    // Not a URL this runner can read.
+    let text = refusal("postgres://u:secret@host:notaport/db").await;
+    assert!(
+        text.contains("not a PostgreSQL URL") && !text.contains("secret"),
+        "{text}"
+    );
 
-        // None of it wrote anything.
-        let store = Store::open(Location::parse(&db.url)).await.unwrap();
-        assert!(store.summary(None).await.unwrap().is_empty());
-    })
-    .await
+    // None of it wrote anything.
+    let store = Store::open(Location::parse(&db.url)).await.unwrap();
+    assert!(store.summary(None).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -1051,36 +1038,42 @@ async fn postgres_bad_locations_are_store_errors_that_name_the_url_without_its_p
     ignore = "PostgreSQL: set RUNNER_TEST_PG=postgres://… (scripts/pg-local.sh) and rebuild"
 )]
 async fn postgres_open_existing_does_not_create_the_tables() {
-    with_pg(|db| async move {
-        let location = Location::parse(&db.url);
-        match Store::open_existing(location.clone()).await {
-            Err(e @ Error::Store { .. }) => assert!(e.to_string().contains("runner run GRID"), "{e}"),
-            other => panic!("expected Error::Store, got {other:?}"),
-        }
-        let store = Store::open(location.clone()).await.unwrap();
-        let tables: i64 = each_pool!(&store.pool, |pool| sqlx::query_scalar(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('experiments', 'trials', 'metrics', 'checkpoints')"
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap());
-        assert_eq!(tables, 4);
-        store.close().await;
-        assert!(Store::open_existing(location).await.unwrap().summary(None).await.unwrap().is_empty());
-    })
+    let db = PgTestDb::required().await;
+    let location = Location::parse(&db.url);
+    match Store::open_existing(location.clone()).await {
+        Err(e @ Error::Store { .. }) => assert!(e.to_string().contains("runner run GRID"), "{e}"),
+        other => panic!("expected Error::Store, got {other:?}"),
+    }
+    let store = Store::open(location.clone()).await.unwrap();
+    let tables: i64 = each_pool!(&store.pool, |pool| {
+        sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('experiments', 'trials', 'metrics', 'checkpoints')"
+    )
+    .fetch_one(pool)
     .await
+    .unwrap()
+    });
+    assert_eq!(tables, 4);
+    store.close().await;
+    assert!(Store::open_existing(location)
+        .await
+        .unwrap()
+        .summary(None)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
 fn a_location_is_a_postgres_url_or_a_path_and_shows_no_password() {
     let l = Location::parse("postgres://me:s3cret@db.example.org:5433/runs?password=x&sslmode=require");
-    assert!(l.is_postgres());
+    assert!(matches!(l, Location::Postgres(_)));
     assert_eq!(
         l.to_string(),
         "postgres://me:***@db.example.org:5433/runs?password=***&sslmode=require"
     );
     assert!(!format!("{l:?}").contains("s3cret"));
-    assert!(Location::parse("postgresql://h/db").is_postgres());
+    assert!(matches!(Location::parse("postgresql://h/db"), Location::Postgres(_)));
     assert_eq!(Location::parse("sqlite://runs.db"), Location::Sqlite("runs.db".into()));
     assert_eq!(
         Location::parse("results/runs.db"),

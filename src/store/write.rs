@@ -15,6 +15,18 @@ use crate::{Error, Result};
 /// Parameter $2 is the writing worker.
 const NOT_TAKEN_OVER: &str = "NOT (status = 'running' AND worker IS DISTINCT FROM $2)";
 
+/// One metric value; a value of the same step, split and name (a resumed trial recording again)
+/// is replaced. Parameters: trial_id, step, epoch, split, name, value.
+pub(super) const UPSERT_METRIC: &str = "INSERT INTO metrics (trial_id, step, epoch, split, name, value) \
+     VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (trial_id, step, split, name) DO UPDATE SET epoch = excluded.epoch, value = excluded.value";
+
+/// A trial's checkpoint of one kind, replacing the one it had. Parameters: trial_id, kind, step,
+/// sha256, bytes.
+pub(super) const UPSERT_CHECKPOINT: &str = "INSERT INTO checkpoints (trial_id, kind, step, sha256, bytes) \
+     VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (trial_id, kind) DO UPDATE SET step = excluded.step, sha256 = excluded.sha256, bytes = excluded.bytes";
+
 /// Which trials may be claimed: parameter `$n` says whether failed ones may, `$n+1` is
 /// `--stale-after` in seconds. A template for [`Dialect::sql`].
 fn claimable(n: usize) -> String {
@@ -26,13 +38,18 @@ fn claimable(n: usize) -> String {
     )
 }
 
-/// What [`Store::claim`] does to the trial once it is this worker's (status `running`, its
-/// worker, heartbeat and attempt count already set): resume from a sound `last` checkpoint,
-/// dropping the metrics past it, or drop everything an earlier attempt recorded. In the claim's
-/// transaction `$tx`; gives the checkpoint to resume from.
-macro_rules! prepare_claimed {
-    ($tx:ident, $d:ident, $trial_id:expr) => {{
-        let trial_id: i64 = $trial_id;
+/// The rest of a claim, in its transaction `$tx`, once `$chosen` (the trial's id, key, previous
+/// status and worker) is this worker's (status `running`, its worker, heartbeat and attempt
+/// count already set) or `None` (nothing to claim: rolled back): resume from a sound `last`
+/// checkpoint, dropping the metrics past it, or drop everything an earlier attempt recorded;
+/// then commit. Evaluates to the function's `sqlx::Result<Option<Claim>>`.
+macro_rules! complete_claim {
+    ($tx:ident, $d:ident, $chosen:expr) => {{
+        let Some((trial_id, key, previous_status, previous_worker)) = $chosen else {
+            $tx.rollback().await?;
+            return Ok(None);
+        };
+        let trial_id: i64 = trial_id;
         let last: Option<(i64, String, Vec<u8>)> =
             sqlx::query_as("SELECT step, sha256, bytes FROM checkpoints WHERE trial_id = $1 AND kind = 'last'")
                 .bind(trial_id)
@@ -87,7 +104,14 @@ macro_rules! prepare_claimed {
             .execute(&mut *$tx)
             .await?;
         }
-        resume
+        $tx.commit().await?;
+        Ok(Some(Claim {
+            trial_id,
+            key,
+            resume,
+            previous_status,
+            previous_worker,
+        }))
     }};
 }
 
@@ -123,22 +147,15 @@ macro_rules! record_tx {
                 return Ok(0);
             }
             for m in &$rec.metrics {
-                sqlx::query(
-                    r#"
-                INSERT INTO metrics (trial_id, step, epoch, split, name, value)
-                VALUES ($1, $2, $3, $4, $5, $6)
-                ON CONFLICT (trial_id, step, split, name) DO UPDATE
-                    SET epoch = excluded.epoch, value = excluded.value
-                "#,
-                )
-                .bind($trial_id)
-                .bind($rec.step)
-                .bind($rec.epoch)
-                .bind(&m.split)
-                .bind(&m.name)
-                .bind(m.value)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(UPSERT_METRIC)
+                    .bind($trial_id)
+                    .bind($rec.step)
+                    .bind($rec.epoch)
+                    .bind(&m.split)
+                    .bind(&m.name)
+                    .bind(m.value)
+                    .execute(&mut *tx)
+                    .await?;
             }
             // The slot decides the kind, whatever the checkpoint says.
             let checkpoints = $rec
@@ -148,21 +165,14 @@ macro_rules! record_tx {
                 .into_iter()
                 .chain($rec.last.as_ref().map(|c| (CheckpointKind::Last, c)));
             for (kind, c) in checkpoints {
-                sqlx::query(
-                    r#"
-                INSERT INTO checkpoints (trial_id, kind, step, sha256, bytes)
-                VALUES ($1, $2, $3, $4, $5)
-                ON CONFLICT (trial_id, kind) DO UPDATE
-                    SET step = excluded.step, sha256 = excluded.sha256, bytes = excluded.bytes
-                "#,
-                )
-                .bind($trial_id)
-                .bind(kind.as_str())
-                .bind(c.step)
-                .bind(&c.sha256)
-                .bind(&c.bytes)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(UPSERT_CHECKPOINT)
+                    .bind($trial_id)
+                    .bind(kind.as_str())
+                    .bind(c.step)
+                    .bind(&c.sha256)
+                    .bind(&c.bytes)
+                    .execute(&mut *tx)
+                    .await?;
             }
             if let Some((val_error, c)) = &$rec.best {
                 sqlx::query("UPDATE trials SET best_val_error = $2, best_step = $3 WHERE id = $1")
@@ -187,10 +197,10 @@ impl Store {
             let mut tx = pool.begin_with(d.begin).await?;
             let (id,): (i64,) = sqlx::query_as(
                 r#"
-            INSERT INTO experiments (name, grid_toml) VALUES ($1, $2)
-            ON CONFLICT (name) DO UPDATE SET grid_toml = excluded.grid_toml
-            RETURNING id
-            "#,
+                INSERT INTO experiments (name, grid_toml) VALUES ($1, $2)
+                ON CONFLICT (name) DO UPDATE SET grid_toml = excluded.grid_toml
+                RETURNING id
+                "#,
             )
             .bind(experiment)
             .bind(grid_toml)
@@ -199,11 +209,11 @@ impl Store {
             for t in trials {
                 sqlx::query(
                     r#"
-                INSERT INTO trials (experiment_id, key, ord, arch, config_json, params, mflops)
-                VALUES ($1, $2, $3, $4, $5, $6, $7)
-                ON CONFLICT (key) DO UPDATE SET ord = excluded.ord
-                    WHERE trials.experiment_id = excluded.experiment_id
-                "#,
+                    INSERT INTO trials (experiment_id, key, ord, arch, config_json, params, mflops)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7)
+                    ON CONFLICT (key) DO UPDATE SET ord = excluded.ord
+                        WHERE trials.experiment_id = excluded.experiment_id
+                    "#,
                 )
                 .bind(id)
                 .bind(&t.key)
@@ -387,26 +397,16 @@ async fn claim_sqlite(
             .get(k.as_str())
             .map(|&(id, status, worker)| (id, k.clone(), status.to_string(), worker.clone()))
     });
-    let Some((trial_id, key, previous_status, previous_worker)) = found else {
-        tx.rollback().await?;
-        return Ok(None);
-    };
-    sqlx::query(&d.sql(
-        "UPDATE trials SET status = 'running', worker = $2, heartbeat_at = {now}, attempts = attempts + 1 WHERE id = $1",
-    ))
-    .bind(trial_id)
-    .bind(worker)
-    .execute(&mut *tx)
-    .await?;
-    let resume = prepare_claimed!(tx, d, trial_id);
-    tx.commit().await?;
-    Ok(Some(Claim {
-        trial_id,
-        key,
-        resume,
-        previous_status,
-        previous_worker,
-    }))
+    if let Some((trial_id, ..)) = &found {
+        sqlx::query(&d.sql(
+            "UPDATE trials SET status = 'running', worker = $2, heartbeat_at = {now}, attempts = attempts + 1 WHERE id = $1",
+        ))
+        .bind(trial_id)
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?;
+    }
+    complete_claim!(tx, d, found)
 }
 
 /// PostgreSQL: the claim is one statement. The trial is chosen and locked by `FOR UPDATE SKIP
@@ -448,17 +448,5 @@ async fn claim_postgres(
     .bind(stale_s)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((trial_id, key, previous_status, previous_worker)) = claimed else {
-        tx.rollback().await?;
-        return Ok(None);
-    };
-    let resume = prepare_claimed!(tx, d, trial_id);
-    tx.commit().await?;
-    Ok(Some(Claim {
-        trial_id,
-        key,
-        resume,
-        previous_status,
-        previous_worker,
-    }))
+    complete_claim!(tx, d, claimed)
 }

@@ -18,9 +18,9 @@ fn grid(name: &str, archs: &str, seeds: &str, iterations: u32) -> String {
     util::grid(name, archs, seeds, iterations, 1)
 }
 
-/// A fresh PostgreSQL database for one test (the test is ignored when none can be had).
+/// A fresh PostgreSQL database for one test (built without RUNNER_TEST_PG, the test is ignored).
 fn pg() -> PgTestDb {
-    util::block_on(PgTestDb::create()).expect("RUNNER_TEST_PG was set when these tests were built: set it to run them")
+    util::block_on(PgTestDb::required())
 }
 
 /// (trial, status, attempts, steps) of every trial, and every metric row by trial, read through
@@ -39,15 +39,6 @@ fn contents(db: &str) -> (Vec<(i64, String, i64, Option<i64>)>, Vec<(i64, Vec<Me
         store.close().await;
         (trials, metrics)
     })
-}
-
-/// The lines of all outputs that start trial `id` ("[i/n] trial ID: …").
-fn starts(outputs: &[Vec<String>], id: i64) -> usize {
-    outputs
-        .iter()
-        .flatten()
-        .filter(|l| l.starts_with('[') && l.contains(&format!("] trial {id}: ")))
-        .count()
 }
 
 #[test]
@@ -87,7 +78,7 @@ fn three_workers_of_three_hosts_drain_a_six_trial_grid_on_postgres_each_trial_on
     assert_eq!(trials.len(), 6);
     for (id, status, attempts, steps) in &trials {
         assert_eq!((status.as_str(), *attempts, *steps), ("done", 1, Some(8)), "trial {id}");
-        assert_eq!(starts(&outputs, *id), 1, "trial {id} was started more than once");
+        assert_eq!(util::starts(&outputs, *id), 1, "trial {id} was started more than once");
     }
     // Two evaluations per trial, each with the same metric names, none twice.
     for (id, rows) in &metrics {
@@ -122,10 +113,7 @@ fn three_workers_of_three_hosts_drain_a_six_trial_grid_on_postgres_each_trial_on
 fn a_worker_killed_on_one_host_is_taken_over_by_another_after_stale_after_with_the_same_metrics() {
     const ITERATIONS: u32 = 24;
     let text = grid("cut", "\"resnet\"", "1", ITERATIONS);
-    let whole = Dir::new();
-    whole.write("g.toml", &text);
-    let r = whole.run(&["run", "g.toml"]);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let whole = util::uninterrupted(&text);
 
     let db = pg();
     let d = Dir::new();
@@ -186,10 +174,7 @@ fn a_worker_killed_on_one_host_is_taken_over_by_another_after_stale_after_with_t
 fn stopped_by(signal: libc::c_int, db: Option<&str>) {
     const ITERATIONS: u32 = 24;
     let text = grid("stop", "\"resnet\"", "1", ITERATIONS);
-    let whole = Dir::new();
-    whole.write("g.toml", &text);
-    let r = whole.run(&["run", "g.toml"]);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let whole = util::uninterrupted(&text);
 
     let d = Dir::new();
     d.write("g.toml", &text);
@@ -245,13 +230,6 @@ fn sigterm_on_postgres_interrupts_with_a_checkpoint_and_resumes_exactly() {
     stopped_by(libc::SIGTERM, Some(&db.url));
 }
 
-/// `runner report --csv` of a store, in full.
-fn report_csv(d: &Dir, db: &str) -> String {
-    let r = d.run(&["report", "--csv", "--db", db]);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
-    r.stdout()
-}
-
 /// The path of `name` in `d`, as a `--db` value.
 fn at(d: &Dir, name: &str) -> String {
     d.path().join(name).to_string_lossy().into_owned()
@@ -285,7 +263,10 @@ fn db_copy_to_another_sqlite_file_keeps_every_result_and_refuses_a_second_copy()
     let out = copy(&d, "runs.db", "copy.db");
     assert!(out.contains("copied 2 experiment(s), 3 trial(s)"), "{out}");
     assert!(out.contains("sha256 checked"), "{out}");
-    assert_eq!(report_csv(&d, "copy.db"), report_csv(&d, "runs.db"));
+    assert_eq!(
+        util::report_csv(&d, &["--db", "copy.db"]),
+        util::report_csv(&d, &["--db", "runs.db"])
+    );
     assert_eq!(contents(&copied), contents(&runs));
     // Checkpoints came along: the best weights export the same from both.
     for db in ["runs.db", "copy.db"] {
@@ -336,9 +317,9 @@ fn db_copy_round_trip_sqlite_postgres_sqlite_gives_the_same_report() {
     );
     let back = copy(&d, &db.url, "back.db");
     assert!(back.contains("copied 2 experiment(s), 3 trial(s)"), "{back}");
-    let original = report_csv(&d, "runs.db");
-    assert_eq!(report_csv(&d, &db.url), original);
-    assert_eq!(report_csv(&d, "back.db"), original);
+    let original = util::report_csv(&d, &["--db", "runs.db"]);
+    assert_eq!(util::report_csv(&d, &["--db", &db.url]), original);
+    assert_eq!(util::report_csv(&d, &["--db", "back.db"]), original);
     let stored = contents(&at(&d, "runs.db"));
     assert_eq!(contents(&at(&d, "back.db")), stored);
     assert_eq!(contents(&db.url), stored);

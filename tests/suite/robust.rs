@@ -59,14 +59,11 @@ fn three_runners_on_one_grid_train_each_of_six_trials_once() {
     let db = d.path().join("runs.db");
     let trials: Vec<(i64, String, i64)> = util::query(&db, "SELECT id, status, attempts FROM trials ORDER BY id");
     assert_eq!(trials.len(), 6);
+    let outputs: Vec<Vec<String>> = ends.iter().map(|(_, out, _)| out.clone()).collect();
     for (id, status, attempts) in &trials {
         assert_eq!((status.as_str(), *attempts), ("done", 1), "trial {id}");
         // Started by exactly one runner: one "[i/6] trial N: ..." line in all outputs together.
-        let starts = ends
-            .iter()
-            .flat_map(|(_, out, _)| out.iter())
-            .filter(|l| l.starts_with('[') && l.contains(&format!("] trial {id}: ")))
-            .count();
+        let starts = util::starts(&outputs, *id);
         assert_eq!(starts, 1, "trial {id} was started {starts} times");
     }
     // Every trial has its evaluations, each once, and the same metrics at each.
@@ -91,10 +88,7 @@ fn a_runner_killed_at_any_moment_leaves_a_trial_that_resumes_to_the_same_metrics
     const ITERATIONS: u32 = 24;
     // A `last` checkpoint every other evaluation: metrics can run ahead of the checkpoint.
     let text = grid("cut", "\"resnet\"", "1", ITERATIONS, 2);
-    let whole = Dir::new();
-    whole.write("g.toml", &text);
-    let r = whole.run(&["run", "g.toml"]);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let whole = util::uninterrupted(&text);
 
     let d = Dir::new();
     d.write("g.toml", &text);

@@ -99,11 +99,16 @@ impl Run {
     }
 }
 
+/// The text of `runner report --csv ARGS` in `dir`.
+pub fn report_csv(dir: &Dir, args: &[&str]) -> String {
+    let r = dir.run(&[&["report", "--csv"], args].concat());
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    r.stdout()
+}
+
 /// `runner report --csv` in `dir`: its header and rows, split at commas (no cell holds one).
 pub fn csv_rows(dir: &Dir) -> (Vec<String>, Vec<Vec<String>>) {
-    let r = dir.run(&["report", "--csv"]);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
-    let out = r.stdout();
+    let out = report_csv(dir, &[]);
     let mut lines = out.lines();
     let header = lines.next().expect("a header").split(',').map(String::from).collect();
     (
@@ -250,4 +255,23 @@ pub fn grid(name: &str, archs: &str, seeds: &str, iterations: u32, checkpoint_ev
          optimizer = {{ kind = \"sgd\", lr = 0.05 }}\n\n\
          [grid]\narch = [{archs}]\ndepth = [8]\nseed = [{seeds}]\n"
     )
+}
+
+/// A directory where `grid_text` (as `g.toml`) was trained without interruption: the reference
+/// that interrupted, killed or taken-over runs of the same grid must match.
+pub fn uninterrupted(grid_text: &str) -> Dir {
+    let whole = Dir::new();
+    whole.write("g.toml", grid_text);
+    let r = whole.run(&["run", "g.toml"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    whole
+}
+
+/// How many lines of all `outputs` start trial `id` ("[i/n] trial ID: …").
+pub fn starts(outputs: &[Vec<String>], id: i64) -> usize {
+    outputs
+        .iter()
+        .flatten()
+        .filter(|l| l.starts_with('[') && l.contains(&format!("] trial {id}: ")))
+        .count()
 }
