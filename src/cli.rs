@@ -258,7 +258,9 @@ pub enum ListWhat {
 pub enum BenchOp {
     /// Whole training steps and evaluation batches of a model (--arch, --param NAME=VALUE)
     Model,
-    /// Our convolution kernels against Candle's, per ResNet layer shape
+    /// Our convolution kernels against Candle's, per ResNet layer shape; with --device cuda:N,
+    /// cuDNN's checked against the CPU (values and gradients, FAIL flagged) and timed against
+    /// Candle's CUDA convolution
     Conv,
     /// Tuning aid: our convolution kernels on one thread and on all (--threads), per shape
     /// and pass
@@ -268,6 +270,10 @@ pub enum BenchOp {
     ConvTune,
     /// Tuning aid: the time of the stride-2 convolutions' phase-plane split and its inverse
     ConvPhases,
+    /// Batch normalisation (train and eval, with and without ReLU) checked against Candle's on
+    /// the CPU (values, gradients, running statistics; FAIL flagged) and timed against Candle's
+    /// on --device
+    Batchnorm,
     /// The fused residual op against the composed Candle ops, per ResNet stage shape
     Residual,
     /// The store's claims: --workers connections drain --trials empty trials of a throw-away
@@ -290,6 +296,8 @@ Examples:
   runner bench --scaling                    ResNet-20/56/110 at batch 32, 64, 128
   runner bench --scaling --depths 20,32 --batches 64,256 --steps 4
   runner bench --op conv                    our convolution kernels against Candle's
+  runner bench --op conv --device cuda:0    cuDNN's, checked against the CPU, against Candle's
+  runner bench --op batchnorm --device cuda:0
   runner bench --op claims --db postgres://me@host/scratch --workers 8 --trials 1000"
 )]
 pub struct BenchArgs {

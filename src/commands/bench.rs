@@ -29,8 +29,15 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
     let device = parse_device(&args.device)?;
     match args.op {
         BenchOp::Model => {}
-        BenchOp::Conv | BenchOp::ConvThreads | BenchOp::ConvTune | BenchOp::ConvPhases if !device.is_cpu() => {
-            return Err(Error::Usage("--op conv* times the CPU kernels: use --device cpu".into()).into())
+        BenchOp::Conv if !device.is_cpu() => {
+            print!("{}", crate::nn::bench::device::conv_report(&device, args.batch)?);
+            return Ok(0);
+        }
+        BenchOp::ConvThreads | BenchOp::ConvTune | BenchOp::ConvPhases if !device.is_cpu() => {
+            return Err(Error::Usage(
+                "--op conv-threads, conv-tune and conv-phases time the CPU kernels: use --device cpu".into(),
+            )
+            .into())
         }
         BenchOp::Conv | BenchOp::ConvThreads | BenchOp::ConvTune | BenchOp::ConvPhases => {
             let (batch, only) = (args.batch, args.shapes.as_str());
@@ -41,6 +48,10 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
                 _ => conv::report(batch, only)?,
             };
             print!("{table}");
+            return Ok(0);
+        }
+        BenchOp::Batchnorm => {
+            print!("{}", crate::nn::bench::device::batchnorm_report(&device, args.batch)?);
             return Ok(0);
         }
         BenchOp::Residual => {

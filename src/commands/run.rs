@@ -491,10 +491,18 @@ pub fn parse_device(s: &str) -> crate::Result<Device> {
     };
     if !candle_core::utils::cuda_is_available() {
         return Err(Error::Usage(format!(
-            "device `{s}`: this runner was built without CUDA support; build it with `--features cuda` (see README)"
+            "device `{s}`: this runner was built without CUDA support; build one with \
+             `scripts/build-cuda.sh` (no GPU needed to build; it writes dist/runner-cuda, see README)"
         )));
     }
-    Device::new_cuda(n).map_err(|e| Error::Usage(format!("device `{s}`: {e}")))
+    // Candle appends a backtrace to driver errors; the first line is the user's part.
+    Device::new_cuda(n).map_err(|e| {
+        let e = e.to_string();
+        Error::Usage(format!(
+            "device `{s}`: cannot open it ({}); is there a GPU `nvidia-smi` lists, with its driver?",
+            e.lines().next().unwrap_or_default().trim()
+        ))
+    })
 }
 
 /// Set by the signals that stop a run.

@@ -12,11 +12,14 @@
 //!
 //! Inside, each layer imports only from the ones below it: `units` (the fused paths chosen
 //! from a unit's description) over `layers` over `ops` (the Candle ops, each with its `*_slow`
-//! oracle built from Candle's own) over `cpu` (the kernels, on plain slices). [`bench`] times
+//! oracle built from Candle's own) over `cpu` (the kernels, on plain slices) and, with the
+//! `cuda` feature, `cuda` (cuDNN and our kernels, on Candle's device buffers). [`bench`] times
 //! ops and kernels for `runner bench`.
 
 pub mod bench;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod flops;
 mod layers;
 mod ops;

@@ -54,3 +54,23 @@ fn scaling_times_every_depth_and_batch_in_a_process_of_its_own() {
         bad.stderr()
     );
 }
+
+/// A CPU-only build asked for a GPU says so, and how to get a CUDA build, before any work.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_cpu_build_refuses_a_cuda_device_and_names_the_cuda_build() {
+    let d = Dir::new();
+    for args in [
+        &["bench", "--device", "cuda:0"][..],
+        &["bench", "--op", "conv", "--device", "cuda:0"],
+    ] {
+        let r = d.run(args);
+        assert_eq!(r.code(), 2, "{}", r.stderr());
+        assert!(
+            r.stderr().contains("built without CUDA support") && r.stderr().contains("scripts/build-cuda.sh"),
+            "{}",
+            r.stderr()
+        );
+        assert!(r.stdout().is_empty(), "{}", r.stdout());
+    }
+}

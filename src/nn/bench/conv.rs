@@ -23,16 +23,16 @@ use crate::nn::ops::conv::{conv2d, ConvOp, InputGradOp, WeightGradOp};
 use crate::Result;
 
 /// One shape to time: `cin` → `cout` channels on `h`×`h` maps.
-struct Case {
-    name: &'static str,
-    cin: usize,
-    cout: usize,
-    h: usize,
-    k: usize,
-    stride: usize,
+pub(super) struct Case {
+    pub(super) name: &'static str,
+    pub(super) cin: usize,
+    pub(super) cout: usize,
+    pub(super) h: usize,
+    pub(super) k: usize,
+    pub(super) stride: usize,
 }
 
-const CASES: [Case; 7] = [
+pub(super) const CASES: [Case; 7] = [
     Case {
         name: "3x3 16->16 @32",
         cin: 16,

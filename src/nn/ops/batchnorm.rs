@@ -50,6 +50,15 @@ pub fn batch_norm(
             );
         }
     }
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda()
+        && !reference_ops()
+        && [x, weight, bias].iter().all(|t| t.dtype() == DType::F32)
+        && [running_mean, running_var].iter().all(|v| v.dtype() == DType::F32)
+    {
+        let planes = Planes { n, c, plane: h * w };
+        return cuda::batch_norm(x, weight, bias, running_mean, running_var, train, relu, planes);
+    }
     let fusable = x.device().is_cpu()
         && [x, weight, bias]
             .iter()
@@ -90,13 +99,19 @@ pub fn batch_norm(
 }
 
 /// Eval-mode batch norm as y = scale·x + shift per channel: scale = γ/√(var + ε) and
-/// shift = β − mean·scale from the running statistics (computed in f64).
+/// shift = β − mean·scale from the running statistics (computed in f64 on the CPU; on a GPU
+/// in f32 on the device, so that an evaluation batch never waits for the host).
 pub fn eval_scale_shift(
     weight: &Tensor,
     bias: &Tensor,
     running_mean: &Var,
     running_var: &Var,
 ) -> Result<(Tensor, Tensor)> {
+    if !weight.device().is_cpu() {
+        let scale = (weight / (running_var.as_tensor().detach() + EPS)?.sqrt()?)?;
+        let shift = (bias - (running_mean.as_tensor().detach() * &scale)?)?;
+        return Ok((scale, shift));
+    }
     let [g, b, m, v] = [weight, bias, running_mean.as_tensor(), running_var.as_tensor()]
         .map(|t| t.to_dtype(DType::F64).and_then(|t| t.to_vec1::<f64>()));
     let (g, b, m, v) = (g?, b?, m?, v?);
@@ -271,6 +286,165 @@ impl CustomOp3 for BatchNormBackward {
         let out = backward(f, &self.gamma, grad, x, y, self.keep_masked);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// The same op on a CUDA device: [`crate::nn::cuda::batchnorm`]'s kernels. The statistics stay
+/// on the device (the running ones are updated there too), so a training step never waits for
+/// the host here.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, Var};
+
+    use super::{Planes, EPS, MOMENTUM};
+    use crate::nn::cuda::{batchnorm as gpu, f32_view};
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn batch_norm(
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        running_mean: &Var,
+        running_var: &Var,
+        train: bool,
+        relu: bool,
+        planes: Planes,
+    ) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        let c = planes.c;
+        let stats = if train {
+            let count = planes.count();
+            if count < 2 {
+                candle_core::bail!(
+                    "batch_norm: train mode needs more than one value per channel, input {:?}",
+                    x.dims()
+                );
+            }
+            let s = x.apply_op1_no_bwd(&Stats(planes))?;
+            let unbias = count as f64 / (count as f64 - 1.0);
+            let moved =
+                |r: &Var, s: Tensor, k: f64| (r.as_tensor().detach() * (1.0 - MOMENTUM))? + (s * (MOMENTUM * k))?;
+            running_mean.set(&moved(running_mean, s.narrow(0, 0, c)?, 1.0)?)?;
+            running_var.set(&moved(running_var, s.narrow(0, c, c)?, unbias)?)?;
+            s
+        } else {
+            Tensor::cat(
+                &[running_mean.as_tensor().detach(), running_var.as_tensor().detach()],
+                0,
+            )?
+        };
+        let params = Tensor::cat(&[&stats, weight, bias], 0)?;
+        x.apply_op2(&params, Normalize { planes, relu, train })
+    }
+
+    fn on_cpu(op: &str) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("{op}: the CUDA op was given CPU tensors")
+    }
+
+    /// x → `[mean | biased variance]` per channel.
+    struct Stats(Planes);
+
+    impl CustomOp1 for Stats {
+        fn name(&self) -> &'static str {
+            "batch-norm-stats-cuda"
+        }
+
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            on_cpu(self.name())
+        }
+
+        fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+            let out = gpu::stats(&s.device, &self.0, &f32_view(s, l, "batch_norm")?)?;
+            Ok((
+                CudaStorage::wrap_cuda_slice(out, s.device.clone()),
+                Shape::from(2 * self.0.c),
+            ))
+        }
+    }
+
+    /// (x, `[mean | var | γ | β]`) → y; its backward is [`NormalizeBackward`].
+    #[derive(Clone, Copy)]
+    struct Normalize {
+        planes: Planes,
+        relu: bool,
+        /// The statistics are the batch's: their share of the gradient goes into dx.
+        train: bool,
+    }
+
+    impl CustomOp2 for Normalize {
+        fn name(&self) -> &'static str {
+            "batch-norm-cuda"
+        }
+
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            on_cpu(self.name())
+        }
+
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let (x, p) = (f32_view(s1, l1, "batch_norm")?, f32_view(s2, l2, "batch_norm")?);
+            let y = gpu::forward(&s1.device, &self.planes, &x, &p, EPS as f32, self.relu)?;
+            Ok((CudaStorage::wrap_cuda_slice(y, s1.device.clone()), l1.shape().clone()))
+        }
+
+        fn bwd(
+            &self,
+            x: &Tensor,
+            params: &Tensor,
+            _y: &Tensor,
+            dy: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+            let d = dy
+                .contiguous()?
+                .apply_op3_no_bwd(x, params, &NormalizeBackward(*self))?;
+            let len = self.planes.len();
+            let dx = d.narrow(0, 0, len)?.reshape(x.shape())?;
+            let dparams = d.narrow(0, len, 4 * self.planes.c)?;
+            Ok((Some(dx), Some(dparams)))
+        }
+    }
+
+    /// (dy, x, params) → `[dx | 0 | 0 | dγ | dβ]`.
+    struct NormalizeBackward(Normalize);
+
+    impl CustomOp3 for NormalizeBackward {
+        fn name(&self) -> &'static str {
+            "batch-norm-backward-cuda"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            on_cpu(self.name())
+        }
+
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+            s3: &CudaStorage,
+            l3: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let f = &self.0;
+            let view = |s, l| f32_view(s, l, "batch_norm backward");
+            let (dy, x, p) = (view(s1, l1)?, view(s2, l2)?, view(s3, l3)?);
+            let out = gpu::backward(&s1.device, &f.planes, &dy, &x, &p, EPS as f32, f.relu, f.train)?;
+            let len = out.len();
+            Ok((CudaStorage::wrap_cuda_slice(out, s1.device.clone()), Shape::from(len)))
+        }
     }
 }
 

@@ -2,22 +2,27 @@
 //! (inference with a folded BatchNorm, a shortcut and a ReLU), [`conv2d_slow`] (Candle's own,
 //! the oracle the tests compare against), and the custom ops behind them ([`ConvOp`],
 //! `BiasConvOp`, [`InputGradOp`], [`WeightGradOp`]). The arithmetic is
-//! [`cpu::conv`](crate::nn::cpu::conv)'s, on slices; this file checks shapes and layouts and
-//! hands the slices over. Shapes the kernels do not take go to Candle's own `conv2d`.
+//! [`cpu::conv`](crate::nn::cpu::conv)'s, on slices, and on a CUDA device (with the `cuda`
+//! feature) cuDNN's, through `nn::cuda::conv`; this file checks shapes and layouts and hands
+//! the buffers over. Shapes the kernels do not take go to Candle's own `conv2d`.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use super::common::{f32_data, reference_ops};
 use crate::nn::cpu::conv::{self as cpu, ConvGeom, Isa};
+#[cfg(feature = "cuda")]
+use crate::nn::cuda::{conv as gpu, f32_view};
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 
 #[cfg(test)]
 mod tests;
 
 /// `conv2d(x, w)` with no bias: x (N, C_in, H, W), w (C_out, C_in, k, k) → (N, C_out, H', W').
 ///
-/// The fast op handles f32 tensors on the CPU with 3×3 kernels and padding 1, or 1×1 kernels
-/// and padding 0, at stride 1 or 2; anything else is passed to Candle's `conv2d` (the same
-/// values, more slowly).
+/// The fast op handles f32 tensors on the CPU or a CUDA device with 3×3 kernels and padding
+/// 1, or 1×1 kernels and padding 0, at stride 1 or 2; anything else is passed to Candle's
+/// `conv2d` (the same values, more slowly).
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     if reference_ops() {
         return conv2d_slow(x, w, stride, padding);
@@ -52,9 +57,11 @@ pub fn conv2d_bias(
         true => None,
         false => ConvOp::for_input(x, w, stride, padding, Isa::detect())?,
     };
-    let fast = fast.filter(|op| add.is_none_or(|a| f32_cpu(a) && a.dims4().ok() == Some(op.out_dims())));
+    let fast = fast
+        .filter(|op| x.device().is_cpu() && add.is_none_or(|a| f32_cpu(a) && a.dims4().ok() == Some(op.out_dims())));
     let Some(conv) = fast else {
-        let mut y = conv2d_slow(x, w, stride, padding)?.broadcast_add(&bias.reshape((1, cout, 1, 1))?)?;
+        // on a GPU: the convolution on cuDNN, the rest as Candle's ops
+        let mut y = conv2d(x, w, stride, padding)?.broadcast_add(&bias.reshape((1, cout, 1, 1))?)?;
         if let Some(a) = add {
             y = (y + a)?;
         }
@@ -97,14 +104,14 @@ pub struct ConvOp {
 }
 
 impl ConvOp {
-    /// The fast op for `conv2d(x, w)` with the kernels of `isa`, or None where Candle's
-    /// `conv2d` must run instead.
+    /// The fast op for `conv2d(x, w)` with the kernels of `isa` (on the CPU; cuDNN's on a CUDA
+    /// device), or None where Candle's `conv2d` must run instead.
     fn for_input(x: &Tensor, w: &Tensor, stride: usize, padding: usize, isa: Isa) -> Result<Option<ConvOp>> {
         let op = Self::for_dims(x.dims4()?, w, stride, padding, isa)?;
-        Ok(op.filter(|_| x.device().is_cpu() && x.dtype() == DType::F32))
+        Ok(op.filter(|_| x.device().same_device(w.device()) && x.dtype() == DType::F32))
     }
 
-    /// [`ConvOp::for_input`] for an f32 CPU input of dimensions `x`.
+    /// [`ConvOp::for_input`] for an f32 input of dimensions `x` on `w`'s device.
     pub fn for_dims(
         x: (usize, usize, usize, usize),
         w: &Tensor,
@@ -122,7 +129,8 @@ impl ConvOp {
         }
         let fast_shape =
             k == kw && ((k == 3 && padding == 1) || (k == 1 && padding == 0)) && (stride == 1 || stride == 2);
-        let fast = fast_shape && w.device().is_cpu() && w.dtype() == DType::F32 && n * cin * h * wd * cout > 0;
+        let device = w.device().is_cpu() || (cfg!(feature = "cuda") && w.device().is_cuda());
+        let fast = fast_shape && device && w.dtype() == DType::F32 && n * cin * h * wd * cout > 0;
         Ok(fast.then(|| ConvOp {
             g: ConvGeom::new(n, cin, cout, h, wd, k, stride),
             isa,
@@ -174,6 +182,16 @@ impl CustomOp2 for ConvOp {
         let g = &self.g;
         let y = cpu::forward(g, self.isa, x, w, None, None, false);
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (x, w) = (f32_view(s1, l1, "conv2d")?, f32_view(s2, l2, "conv2d")?);
+        let y = gpu::forward(&s1.device, &self.g, &x, &w)?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(y, s1.device.clone()),
+            Shape::from(self.out_dims()),
+        ))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -262,6 +280,25 @@ impl InputGradOp {
         let dx = cpu::input_grad(g, op.isa, dy, w, add);
         Ok((CpuStorage::F32(dx), Shape::from((g.n, g.cin, g.h, g.w))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn run_cuda(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        add: Option<(&CudaStorage, &Layout)>,
+    ) -> Result<(CudaStorage, Shape)> {
+        let g = &self.0.g;
+        let (dy, w) = (f32_view(s1, l1, "conv2d")?, f32_view(s2, l2, "conv2d")?);
+        let add = add.map(|(s, l)| f32_view(s, l, "conv2d")).transpose()?;
+        let dx = gpu::input_grad(&s1.device, g, &dy, &w, add.as_ref())?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(dx, s1.device.clone()),
+            Shape::from((g.n, g.cin, g.h, g.w)),
+        ))
+    }
 }
 
 impl CustomOp2 for InputGradOp {
@@ -271,6 +308,11 @@ impl CustomOp2 for InputGradOp {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         self.run(s1, l1, s2, l2, None)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        self.run_cuda(s1, l1, s2, l2, None)
     }
 }
 
@@ -291,6 +333,19 @@ impl CustomOp3 for InputGradOp {
         let add = contiguous(s3, l3, "added gradient", self.0.x_len())?;
         self.run(s1, l1, s2, l2, Some(add))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.run_cuda(s1, l1, s2, l2, Some((s3, l3)))
+    }
 }
 
 /// (x, dy) → dw.
@@ -308,5 +363,16 @@ impl CustomOp2 for WeightGradOp {
         let g = &op.g;
         let dw = cpu::weight_grad(g, op.isa, x, dy);
         Ok((CpuStorage::F32(dw), Shape::from((g.cout, g.cin, g.k, g.k))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        let g = &self.0.g;
+        let (x, dy) = (f32_view(s1, l1, "conv2d")?, f32_view(s2, l2, "conv2d")?);
+        let dw = gpu::weight_grad(&s1.device, g, &x, &dy)?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(dw, s1.device.clone()),
+            Shape::from(self.0.w_dims()),
+        ))
     }
 }

@@ -160,49 +160,25 @@ impl CustomOp2 for ResidualBackward {
     }
 }
 
-/// The CUDA side of the fused op: the kernels of `src/nn/kernels/residual.cu`, compiled with NVRTC the
-/// first time they are needed and launched on Candle's own stream, so they are ordered with every
-/// other op on the device without extra synchronisation.
+/// The CUDA side of the fused op: the kernels of `src/nn/kernels/residual.cu` (see
+/// [`Kernels`](crate::nn::cuda::Kernels)), launched on Candle's own stream, so they are ordered
+/// with every other op on the device without extra synchronisation.
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::{Addend, Residual, ResidualShape};
-    use candle_core::cuda_backend::cudarc::driver::{
-        CudaFunction, CudaSlice, CudaView, DevicePtr, LaunchConfig, PushKernelArg,
-    };
+    use crate::nn::cuda::{f32_view, grid_stride, int, Kernels};
+    use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaView, DevicePtr, PushKernelArg};
     use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
     use candle_core::{Layout, Result};
-    use std::sync::OnceLock;
 
-    const SOURCE: &str = include_str!("../kernels/residual.cu");
-    /// The name Candle caches the loaded module under, per device.
-    const MODULE: &str = "runner_residual";
-    const BLOCK: u32 = 256;
-    /// More blocks than this only queue up; the kernels' grid-stride loops cover the rest.
-    const MAX_BLOCKS: usize = 1 << 16;
-
-    /// The PTX, compiled once per process (NVRTC takes tens of milliseconds; loading it into a
-    /// device is cached by Candle).
-    fn ptx() -> Result<&'static str> {
-        static PTX: OnceLock<String> = OnceLock::new();
-        if let Some(p) = PTX.get() {
-            return Ok(p);
-        }
-        let compiled = candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SOURCE)
-            .w()?
-            .to_src();
-        Ok(PTX.get_or_init(|| compiled))
-    }
+    static KERNELS: Kernels = Kernels::new("runner_residual", include_str!("../kernels/residual.cu"));
 
     fn func(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
-        Ok(dev.get_or_load_custom_func(name, MODULE, ptx()?)?.into_cuda_function())
+        KERNELS.func(dev, name)
     }
 
     fn view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
-        let data = s.as_cuda_slice::<f32>()?;
-        match l.contiguous_offsets() {
-            Some((a, b)) => Ok(data.slice(a..b)),
-            None => candle_core::bail!("residual: expected contiguous data"),
-        }
+        f32_view(s, l, "residual")
     }
 
     /// float4 loads need every pointer 16-byte aligned and whole groups of four.
@@ -215,20 +191,11 @@ mod cuda {
             })
     }
 
-    fn launch_config(items: usize) -> LaunchConfig {
-        let blocks = items.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS) as u32;
-        LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        }
-    }
-
     /// The kernels' int arguments: c_out, h_out, w_out, c_in, h, w.
     fn dims(g: &ResidualShape) -> Result<[i32; 6]> {
         let mut out = [0; 6];
         for (o, v) in out.iter_mut().zip([g.c_out, g.h_out, g.w_out, g.c_in, g.h, g.w]) {
-            *o = i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("residual: dimension {v} too large")))?;
+            *o = int(v, "residual")?;
         }
         Ok(out)
     }
@@ -273,7 +240,7 @@ mod cuda {
         args.arg(&relu);
         // SAFETY: the argument list matches the kernel's signature (src/nn/kernels/residual.cu), and
         // `residual` checked the sizes: dst holds the output (forward) or d_branch then d_x.
-        unsafe { args.launch(launch_config(items)) }.w()?;
+        unsafe { args.launch(grid_stride(items)) }.w()?;
         Ok(())
     }
 

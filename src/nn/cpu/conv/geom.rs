@@ -4,7 +4,7 @@
 
 /// The shape of one convolution. Every kernel works on planes of the output's size
 /// (`ho` × `wo`): for stride 1 the input itself, for stride 2 its phase planes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConvGeom {
     pub n: usize,
     pub cin: usize,

@@ -1,0 +1,83 @@
+//! The GPU side of the ops, on Candle's CUDA buffers (built with the `cuda` feature): what
+//! [`super::cpu`] is for the CPU. Everything here runs on Candle's own stream of the device, so
+//! it is ordered with every other op without extra synchronisation.
+//!
+//! - [`conv`]: cuDNN convolutions (forward, input gradient, weight gradient), with descriptors,
+//!   algorithms and workspace kept per shape and device;
+//! - [`batchnorm`]: batch statistics, normalisation (+ReLU) and the backward pass, our kernels
+//!   of `src/nn/kernels/batchnorm.cu`;
+//! - [`Kernels`]: a kernel file compiled with NVRTC once per process and loaded once per device.
+//!
+//! The residual addition's kernels (`src/nn/kernels/residual.cu`) are launched from
+//! [`super::ops::residual`].
+
+pub mod batchnorm;
+pub mod conv;
+
+use std::sync::OnceLock;
+
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaView, LaunchConfig};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
+use candle_core::{Layout, Result};
+
+/// The f32 values of a contiguous CUDA tensor as a custom op receives it; `op` names the op in
+/// the error otherwise.
+pub fn f32_view<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, f32>> {
+    let data = s.as_cuda_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(data.slice(a..b)),
+        None => candle_core::bail!("{op}: expected contiguous data"),
+    }
+}
+
+/// One kernel file: its source, compiled to PTX with NVRTC the first time a kernel of it is
+/// needed (tens of milliseconds, once per process), and loaded into each device once, under
+/// `module` (Candle caches loaded modules by name).
+pub struct Kernels {
+    module: &'static str,
+    source: &'static str,
+    ptx: OnceLock<String>,
+}
+
+impl Kernels {
+    pub const fn new(module: &'static str, source: &'static str) -> Kernels {
+        Kernels {
+            module,
+            source,
+            ptx: OnceLock::new(),
+        }
+    }
+
+    /// The kernel `name` of this file on `dev`.
+    pub fn func(&'static self, dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
+        let ptx = match self.ptx.get() {
+            Some(p) => p,
+            None => {
+                let compiled = candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(self.source).w()?;
+                self.ptx.get_or_init(|| compiled.to_src())
+            }
+        };
+        Ok(dev
+            .get_or_load_custom_func(name, self.module, ptx)?
+            .into_cuda_function())
+    }
+}
+
+/// Threads per block of the element-wise kernels.
+pub const BLOCK: u32 = 256;
+
+/// A 1-D launch over `items` work items for a grid-stride kernel: more blocks than 2^16 only
+/// queue up, the loops cover the rest.
+pub fn grid_stride(items: usize) -> LaunchConfig {
+    let blocks = items.div_ceil(BLOCK as usize).clamp(1, 1 << 16) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `v` as a kernel's int argument, or an error naming `what`.
+pub fn int(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what}: dimension {v} too large for the kernels")))
+}
