@@ -86,6 +86,8 @@ pub struct DbCopyArgs {
   runner run experiments/quick.toml                  train every trial not done yet
   runner run experiments/depth.toml --dry-run        the planned trials; nothing trained or written
   runner run experiments/depth.toml --threads 1      several of these in several terminals share the grid
+  runner run experiments/quick.toml --device cuda:0 --jobs 4
+                                                     four trials at a time on one GPU
   RUNNER_DB=postgres://me:secret@db.example.org/runs runner run experiments/depth.toml --worker-host $(hostname)-$SLURM_ARRAY_TASK_ID
                                                      one worker of many, on any number of hosts
 
@@ -110,9 +112,15 @@ pub struct RunArgs {
     /// CPU threads for training (default: all cores)
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Where to train: cpu, or cuda:N with the cuda build
+    /// Where to train: cpu, or cuda:N with the cuda build; a list (cuda:0,cuda:1) spreads
+    /// the --jobs over those devices
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Trials trained side by side in this runner, each on a thread (and a CUDA stream) of its
+    /// own, sharing the device (one small net leaves most of a GPU idle). A trial's numbers do
+    /// not depend on what trains beside it
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
     /// Also re-run trials that failed before
     #[arg(long)]
     pub retry_failed: bool,

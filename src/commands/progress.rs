@@ -1,6 +1,8 @@
-//! Progress of `runner run`: two bars (the grid, the current trial) on a terminal; one plain
-//! line per event worth keeping otherwise, so logs of unattended runs stay readable.
+//! Progress of `runner run`: bars on a terminal (the grid's, and one per job for its current
+//! trial); one plain line per event worth keeping otherwise, so logs of unattended runs stay
+//! readable. With several jobs, each line about a trial names it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -8,45 +10,43 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::grid::{Grid, TrialSpec};
 use crate::train::{Evaluation, Outcome};
 
+/// The display of one `runner run`: the grid's bar and the lines that stay. Shared by the
+/// run's jobs (`--jobs`), each of which shows its trial through a [`TrialProgress`].
 pub struct Progress {
     bars: Option<Bars>,
     trials: usize,
-    index: usize,
-    batch_size: usize,
-    total: u64,
-    /// The first step of this attempt and when it started, for the live images/s.
-    first: Option<(u64, Instant)>,
-    last_val_error: Option<f64>,
+    /// Trials started so far in this run, by any job.
+    started: AtomicUsize,
+    jobs: usize,
 }
 
 struct Bars {
     multi: MultiProgress,
     grid: ProgressBar,
-    trial: ProgressBar,
 }
 
 impl Progress {
-    pub fn new(g: &Grid, terminal: bool) -> Progress {
+    pub fn new(g: &Grid, terminal: bool, jobs: usize) -> Progress {
         let bars = terminal.then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
             let grid = multi.add(ProgressBar::new(g.trials.len() as u64));
             grid.set_style(style("{prefix} [{bar:25}] {pos}/{len} trials  {msg}"));
             grid.set_prefix(g.name.clone());
-            let trial = multi.add(ProgressBar::new(1));
-            trial.set_style(style("  [{bar:25}] {pos}/{len} steps  {msg}  ETA {eta}"));
-            Bars { multi, grid, trial }
+            Bars { multi, grid }
         });
         if !terminal {
-            println!("experiment {}: {} trials", g.name, g.trials.len());
+            let jobs = if jobs > 1 {
+                format!(", {jobs} at a time")
+            } else {
+                String::new()
+            };
+            println!("experiment {}: {} trials{jobs}", g.name, g.trials.len());
         }
         Progress {
             bars,
             trials: g.trials.len(),
-            index: 0,
-            batch_size: 0,
-            total: 0,
-            first: None,
-            last_val_error: None,
+            started: AtomicUsize::new(0),
+            jobs,
         }
     }
 
@@ -58,14 +58,67 @@ impl Progress {
         }
     }
 
+    /// The display of job `job`'s trials: a bar of its own under the grid's.
+    pub fn job(&self, job: usize) -> TrialProgress<'_> {
+        let bar = self.bars.as_ref().map(|b| {
+            let bar = b.multi.add(ProgressBar::new(1));
+            let prefix = if self.jobs > 1 {
+                format!("job {job} ")
+            } else {
+                String::new()
+            };
+            bar.set_style(style("  {prefix}[{bar:25}] {pos}/{len} steps  {msg}  ETA {eta}"));
+            bar.set_prefix(prefix);
+            bar
+        });
+        TrialProgress {
+            run: self,
+            bar,
+            id: 0,
+            batch_size: 0,
+            total: 0,
+            first: None,
+            last_val_error: None,
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bars {
+            b.grid.finish_and_clear();
+        }
+    }
+}
+
+/// One job's trial as it trains: its bar, and its lines among the run's.
+pub struct TrialProgress<'a> {
+    run: &'a Progress,
+    bar: Option<ProgressBar>,
+    id: i64,
+    batch_size: usize,
+    total: u64,
+    /// The first step of this attempt and when it started, for the live images/s.
+    first: Option<(u64, Instant)>,
+    last_val_error: Option<f64>,
+}
+
+impl TrialProgress<'_> {
+    /// A line about the current trial; with several jobs, indented lines name their trial.
+    pub fn note(&self, line: &str) {
+        match line.strip_prefix("  ") {
+            Some(rest) if self.run.jobs > 1 => self.run.note(&format!("  trial {}: {rest}", self.id)),
+            _ => self.run.note(line),
+        }
+    }
+
     pub fn start_trial(&mut self, spec: &TrialSpec, id: i64, resuming: bool) {
-        self.index += 1;
+        let index = self.run.started.fetch_add(1, Ordering::SeqCst) + 1;
+        self.id = id;
         self.batch_size = spec.train.batch_size;
         self.first = None;
         self.last_val_error = None;
         let resume = if resuming { " (resuming)" } else { "" };
-        let line = format!("[{}/{}] trial {id}: {}{resume}", self.index, self.trials, spec.label());
-        if let Some(b) = &self.bars {
+        let line = format!("[{index}/{}] trial {id}: {}{resume}", self.run.trials, spec.label());
+        if let (Some(b), 1) = (&self.run.bars, self.run.jobs) {
             b.grid.set_message(line.clone());
         }
         self.note(&line);
@@ -74,17 +127,20 @@ impl Progress {
     pub fn started(&mut self, step: u64, total: u64) {
         self.total = total;
         self.first = Some((step, Instant::now()));
-        if let Some(b) = &self.bars {
-            b.trial.set_length(total);
-            b.trial.set_position(step);
-            b.trial.reset_eta();
+        if let Some(b) = &self.bar {
+            b.set_length(total);
+            b.set_position(step);
+            b.reset_eta();
         }
     }
 
     pub fn step(&mut self, step: u64, loss: f64, lr: f64) {
-        let Some(b) = &self.bars else { return };
-        b.trial.set_position(step);
+        let Some(b) = &self.bar else { return };
+        b.set_position(step);
         let mut msg = format!("loss {loss:.3}  lr {lr:.3}");
+        if self.run.jobs > 1 {
+            msg = format!("trial {}  {msg}", self.id);
+        }
         if let Some(e) = self.last_val_error {
             msg.push_str(&format!("  val err {:.2}%", e * 100.0));
         }
@@ -97,7 +153,7 @@ impl Progress {
                 ));
             }
         }
-        b.trial.set_message(msg);
+        b.set_message(msg);
     }
 
     pub fn record(&mut self, ev: &Evaluation) {
@@ -148,15 +204,16 @@ impl Progress {
             Outcome::Interrupted => "  interrupted: a resumable checkpoint is saved".to_string(),
         };
         self.note(&line);
-        if let Some(b) = &self.bars {
+        if let Some(b) = &self.run.bars {
             b.grid.inc(1);
         }
     }
+}
 
-    pub fn finish(&self) {
-        if let Some(b) = &self.bars {
-            b.trial.finish_and_clear();
-            b.grid.finish_and_clear();
+impl Drop for TrialProgress<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
         }
     }
 }

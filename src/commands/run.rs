@@ -1,8 +1,10 @@
-//! `runner run GRID`: register the grid's trials in the store, then claim and train them one by
-//! one until none is left, recording every event as it comes.
+//! `runner run GRID`: register the grid's trials in the store, then claim and train them until
+//! none is left, recording every event as it comes; `--jobs N` trains N at a time.
 //!
-//! Threads: the trainer runs on a thread of its own; this thread owns the store (sqlx on a
-//! small tokio runtime), the progress display, the heartbeat and the Ctrl-C handling.
+//! Threads: each job (one by default) claims trials on a thread of its own, and each trial
+//! trains on a trainer thread of its own; the job's thread talks to the store (sqlx on a small
+//! tokio runtime shared by the jobs), keeps the heartbeat, and watches for Ctrl-C. The jobs
+//! share the progress display.
 //!
 //! Any number of runners may share one grid and one database: each claim is one short write
 //! transaction, so each takes a different trial. A trial whose runner is gone is resumed from
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use candle_core::Device;
 
-use super::progress::Progress;
+use super::progress::{Progress, TrialProgress};
 use crate::cli::RunArgs;
 use crate::data::{self, Dataset, Normalizer};
 use crate::grid::{self, TrialSpec};
@@ -49,7 +51,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let beat_every = heartbeat_interval(stale_after);
     let g = grid::load(&args.grid)?;
     let base = grid_dir(&g.path);
-    let device = parse_device(&args.device)?;
+    let devices = parse_devices(&args.device)?;
     // Every dataset problem is reported before anything is written or trained.
     let (shape, classes) = data::check(&g.trials[0].dataset, &base)?;
     let new_trials = g
@@ -69,12 +71,13 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut progress = Progress::new(&g, std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    let jobs = usize::from(args.jobs);
+    let progress = Progress::new(&g, std::io::IsTerminal::is_terminal(&std::io::stdout()), jobs);
     // Loaded now rather than after the first claim: what the header check cannot see (a label
     // out of range, an image that does not decode) is bad input too, found before the database
     // is touched. Trials are usually all on the first trial's seed, so this is no extra work.
     progress.note(&loading_note(&g.trials[0]));
-    let mut cache: Option<Loaded> = Some(load_data(&g.trials[0], &base)?);
+    let first = load_data(&g.trials[0], &base)?;
 
     let rt = super::results::runtime()?;
     let store = rt.block_on(Store::open(&args.db))?;
@@ -83,87 +86,79 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let signals = install_signals()?;
     let stop = signals.stop.clone();
     let host = args.worker_host.clone().unwrap_or_else(hostname);
-    let worker = format!("{host}:{}", std::process::id());
+    let me = format!("{host}:{}", std::process::id());
     let keys: Vec<String> = g.trials.iter().map(|t| t.key.clone()).collect();
     let ours: HashSet<&str> = keys.iter().map(String::as_str).collect();
-    let (mut trained, mut failed) = (0usize, 0usize);
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        rt.block_on(release_gone(&store, &ours, &host, &progress))?;
-        let Some(claim) = rt.block_on(store.claim(&keys, &worker, args.retry_failed, stale_after))? else {
-            break;
-        };
-        if claim.previous_status == "running" {
-            progress.note(&format!(
-                "trial {}: its runner {} sent no heartbeat for over {} s; resuming",
-                claim.trial_id,
-                claim.previous_worker.as_deref().unwrap_or("(unknown)"),
-                stale_after.as_secs()
-            ));
-        }
-        let spec = g
-            .trials
-            .iter()
-            .find(|t| t.key == claim.key)
-            .context("the store handed out a trial this grid does not have")?;
-        let seed = spec.train.seed;
-        let loaded = match cache.take() {
-            Some(c) if c.0 == seed => Ok(c),
-            // The previous set is dropped before the next one is read: one in memory at a time.
-            _ => {
-                progress.note(&loading_note(spec));
-                with_heartbeat(&rt, &store, claim.trial_id, &worker, beat_every, || {
-                    load_data(spec, &base)
-                })
-            }
-        };
-        let (data, norm) = match loaded {
-            Ok(c) => {
-                let pair = (c.1.clone(), c.2.clone());
-                cache = Some(c);
-                pair
-            }
-            // Files that changed since the start, or a seed whose hold-out cannot work: this
-            // trial fails with the reason, the others go on.
-            Err(e) => {
-                let outcome = Outcome::Failed {
-                    error: format!("loading its data: {e}"),
-                    wall_s: 0.0,
+    let run = Jobs {
+        rt: &rt,
+        store: &store,
+        grid: &g,
+        base: &base,
+        keys: &keys,
+        ours: &ours,
+        host: &host,
+        retry_failed: args.retry_failed,
+        stale_after,
+        beat_every,
+        halt: Halt {
+            signal: stop.clone(),
+            error: AtomicBool::new(false),
+        },
+        progress: &progress,
+    };
+    // One job trains on this thread's device; more train side by side, each on a device of
+    // its own (a CUDA device per job: its own stream), spread over the devices given.
+    let results: Vec<Result<Tally>> = std::thread::scope(|s| {
+        let run = &run;
+        let handles: Vec<_> = (0..jobs)
+            .map(|j| {
+                let worker = if jobs == 1 {
+                    me.clone()
+                } else {
+                    format!("{me}/{}", j + 1)
                 };
-                progress.start_trial(spec, claim.trial_id, claim.resume.is_some());
-                rt.block_on(store.finish(claim.trial_id, &worker, &outcome))?;
-                progress.end_trial(&outcome);
-                failed += 1;
-                continue;
+                let device = devices[j % devices.len()].clone();
+                let first = first.clone();
+                std::thread::Builder::new()
+                    .name(format!("job {}", j + 1))
+                    .spawn_scoped(s, move || {
+                        let r = run.job(j + 1, &worker, &device, Some(first));
+                        if r.is_err() {
+                            run.halt.error.store(true, Ordering::SeqCst);
+                        }
+                        r
+                    })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h.context("starting a job's thread")?.join() {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    });
+    let (mut trained, mut failed) = (0usize, 0usize);
+    let mut error = None;
+    for r in results {
+        match r {
+            Ok(t) => {
+                trained += t.trained;
+                failed += t.failed;
             }
-        };
-        let outcome = run_trial(
-            &rt,
-            &store,
-            &worker,
-            &claim,
-            spec,
-            data,
-            norm,
-            &device,
-            &stop,
-            beat_every,
-            &mut progress,
-        )?;
-        match outcome {
-            Some(Outcome::Done { .. }) => trained += 1,
-            Some(Outcome::Failed { .. }) => failed += 1,
-            Some(Outcome::Interrupted) => break,
-            None => {}
+            Err(e) => {
+                error.get_or_insert(e);
+            }
         }
     }
     progress.finish();
+    if let Some(e) = error {
+        return Err(e);
+    }
     let elsewhere: Vec<store::RunningTrial> = rt
         .block_on(store.running())?
         .into_iter()
-        .filter(|r| ours.contains(r.key.as_str()) && r.worker.as_deref() != Some(worker.as_str()))
+        .filter(|r| ours.contains(r.key.as_str()) && !r.worker.as_deref().is_some_and(|w| is_job_of(w, &me)))
         .collect();
     let rows = rt.block_on(store.summary(Some(&g.name)))?;
     rt.block_on(store.close());
@@ -215,6 +210,134 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
+/// What a run's jobs share: the store, the grid, the display and when to stop.
+struct Jobs<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    store: &'a Store,
+    grid: &'a grid::Grid,
+    base: &'a Path,
+    keys: &'a [String],
+    ours: &'a HashSet<&'a str>,
+    host: &'a str,
+    retry_failed: bool,
+    stale_after: Duration,
+    beat_every: Duration,
+    halt: Halt,
+    progress: &'a Progress,
+}
+
+/// When the jobs stop: a signal (Ctrl-C, SIGTERM, SIGUSR1), or an error in one of them (the
+/// others finish their step, save a checkpoint and leave their trials `interrupted`).
+struct Halt {
+    signal: Arc<AtomicBool>,
+    error: AtomicBool,
+}
+
+impl Halt {
+    fn now(&self) -> bool {
+        self.signal.load(Ordering::SeqCst) || self.error.load(Ordering::SeqCst)
+    }
+}
+
+/// Trials one job trained and saw fail.
+#[derive(Default)]
+struct Tally {
+    trained: usize,
+    failed: usize,
+}
+
+impl Jobs<'_> {
+    /// Job `job`: claims and trains trials as `worker` on `device` until none is left or the
+    /// run halts. `cache` is the data set already loaded for the first trial's seed.
+    fn job(&self, job: usize, worker: &str, device: &str, mut cache: Option<Loaded>) -> Result<Tally> {
+        let (rt, store) = (self.rt, self.store);
+        let device = parse_device(device)?;
+        let mut progress = self.progress.job(job);
+        let mut tally = Tally::default();
+        loop {
+            if self.halt.now() {
+                break;
+            }
+            rt.block_on(release_gone(store, self.ours, self.host, self.progress))?;
+            let Some(claim) = rt.block_on(store.claim(self.keys, worker, self.retry_failed, self.stale_after))? else {
+                break;
+            };
+            if claim.previous_status == "running" {
+                progress.note(&format!(
+                    "trial {}: its runner {} sent no heartbeat for over {} s; resuming",
+                    claim.trial_id,
+                    claim.previous_worker.as_deref().unwrap_or("(unknown)"),
+                    self.stale_after.as_secs()
+                ));
+            }
+            let spec = self
+                .grid
+                .trials
+                .iter()
+                .find(|t| t.key == claim.key)
+                .context("the store handed out a trial this grid does not have")?;
+            let seed = spec.train.seed;
+            let loaded = match cache.take() {
+                Some(c) if c.0 == seed => Ok(c),
+                // The previous set is dropped before the next one is read: one in memory at a
+                // time per job.
+                _ => {
+                    progress.note(&loading_note(spec));
+                    with_heartbeat(rt, store, claim.trial_id, worker, self.beat_every, || {
+                        load_data(spec, self.base)
+                    })
+                }
+            };
+            let (data, norm) = match loaded {
+                Ok(c) => {
+                    let pair = (c.1.clone(), c.2.clone());
+                    cache = Some(c);
+                    pair
+                }
+                // Files that changed since the start, or a seed whose hold-out cannot work:
+                // this trial fails with the reason, the others go on.
+                Err(e) => {
+                    let outcome = Outcome::Failed {
+                        error: format!("loading its data: {e}"),
+                        wall_s: 0.0,
+                    };
+                    progress.start_trial(spec, claim.trial_id, claim.resume.is_some());
+                    rt.block_on(store.finish(claim.trial_id, worker, &outcome))?;
+                    progress.end_trial(&outcome);
+                    tally.failed += 1;
+                    continue;
+                }
+            };
+            let trial = Claimed {
+                claim: &claim,
+                spec,
+                worker,
+            };
+            match self.run_trial(&trial, data, norm, &device, &mut progress)? {
+                Some(Outcome::Done { .. }) => tally.trained += 1,
+                Some(Outcome::Failed { .. }) => tally.failed += 1,
+                Some(Outcome::Interrupted) => break,
+                None => {}
+            }
+        }
+        Ok(tally)
+    }
+}
+
+/// A trial a job has claimed.
+struct Claimed<'a> {
+    claim: &'a Claim,
+    spec: &'a TrialSpec,
+    worker: &'a str,
+}
+
+/// Whether `worker` is this process (`me`, `HOST:PID`) or one of its jobs (`HOST:PID/J`).
+fn is_job_of(worker: &str, me: &str) -> bool {
+    worker
+        .strip_prefix(me)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 fn loading_note(spec: &TrialSpec) -> String {
     format!("loading {:?} data (seed {})", spec.dataset.kind, spec.train.seed).to_lowercase()
 }
@@ -246,9 +369,11 @@ async fn release_gone(store: &Store, ours: &HashSet<&str>, host: &str, progress:
     Ok(())
 }
 
-/// The pid of `worker` (`host:pid`) when it names a runner of this host, other than this
-/// process, that `alive` says is gone. Unknown liveness (`None`) counts as alive.
+/// The pid of `worker` (`host:pid`, or `host:pid/job` for one of a runner's `--jobs`) when it
+/// names a runner of this host, other than this process, that `alive` says is gone. Unknown
+/// liveness (`None`) counts as alive.
 fn gone_pid(worker: &str, host: &str, own_pid: u32, alive: impl Fn(u32) -> Option<bool>) -> Option<u32> {
+    let worker = worker.split_once('/').map_or(worker, |(w, _job)| w);
     let (h, pid) = worker.rsplit_once(':')?;
     let pid: u32 = pid.parse().ok()?;
     (h == host && pid != own_pid && alive(pid) == Some(false)).then_some(pid)
@@ -307,123 +432,124 @@ fn with_heartbeat<T: Send>(
     })
 }
 
-/// Trains one claimed trial, recording its events; returns how it ended, or `None` when
-/// another runner took the trial over (this one's heartbeat was late) and it was left to them.
-#[allow(clippy::too_many_arguments)]
-fn run_trial(
-    rt: &tokio::runtime::Runtime,
-    store: &Store,
-    worker: &str,
-    claim: &Claim,
-    spec: &TrialSpec,
-    data: Arc<Dataset>,
-    norm: Arc<Normalizer>,
-    device: &Device,
-    stop: &Arc<AtomicBool>,
-    beat_every: Duration,
-    progress: &mut Progress,
-) -> Result<Option<Outcome>> {
-    let id = claim.trial_id;
-    progress.start_trial(spec, id, claim.resume.is_some());
-    let resume = match &claim.resume {
-        Some(last) => match rt.block_on(store.checkpoint(id, CheckpointKind::Best)) {
-            Ok(best) => Some(train::Resume {
-                last: last.bytes.clone(),
-                best: best.map(|c| c.bytes),
-            }),
-            // A damaged checkpoint concerns this trial alone.
-            Err(e @ Error::Store { .. }) => {
-                let outcome = Outcome::Failed {
-                    error: format!("cannot resume: {e}"),
-                    wall_s: 0.0,
-                };
-                rt.block_on(store.finish(id, worker, &outcome))?;
-                progress.end_trial(&outcome);
-                return Ok(Some(outcome));
-            }
-            Err(e) => return Err(e.into()),
-        },
-        None => None,
-    };
-    // Set on Ctrl-C, when another runner has taken the trial over, or when the store fails.
-    let trial_stop = Arc::new(AtomicBool::new(false));
-    let trial = train::Trial {
-        spec,
-        data,
-        norm,
-        device: device.clone(),
-        resume,
-        stop: trial_stop.clone(),
-    };
-    let (tx, rx) = mpsc::channel();
-    std::thread::scope(|s| -> Result<Option<Outcome>> {
-        let trainer = std::thread::Builder::new()
-            .name("trainer".into())
-            .spawn_scoped(s, move || train::train(trial, &tx))
-            .context("starting the trainer thread")?;
-        let mut beat = Instant::now();
-        let mut released = false;
-        let mut lost = false;
-        // A write that failed even after the retries: the trainer is stopped (it would
-        // otherwise train to the end for nothing) and the error reported once it has.
-        let mut broken: Option<Error> = None;
-        let outcome = loop {
-            match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(Event::Started { step, total }) => progress.started(step, total),
-                Ok(Event::Step { step, loss, lr }) => progress.step(step, loss, lr),
-                Ok(Event::Record(_)) if lost || broken.is_some() => {}
-                Ok(Event::Record(ev)) => {
-                    progress.record(&ev);
-                    let written = rt.block_on(store.record(id, worker, &to_record(ev)));
-                    if written.is_ok() {
-                        beat = Instant::now();
-                    }
-                    lost |= write_failed(written, &trial_stop, &mut broken, progress);
-                }
-                Ok(Event::Finished(outcome)) => break outcome,
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    break Outcome::Failed {
-                        error: "the trainer stopped without a result (it panicked)".into(),
+impl Jobs<'_> {
+    /// Trains one claimed trial, recording its events; returns how it ended, or `None` when
+    /// another runner took the trial over (this one's heartbeat was late) and it was left to them.
+    fn run_trial(
+        &self,
+        trial: &Claimed,
+        data: Arc<Dataset>,
+        norm: Arc<Normalizer>,
+        device: &Device,
+        progress: &mut TrialProgress,
+    ) -> Result<Option<Outcome>> {
+        let (rt, store, beat_every) = (self.rt, self.store, self.beat_every);
+        let Claimed { claim, spec, worker } = *trial;
+        let id = claim.trial_id;
+        progress.start_trial(spec, id, claim.resume.is_some());
+        let resume = match &claim.resume {
+            Some(last) => match rt.block_on(store.checkpoint(id, CheckpointKind::Best)) {
+                Ok(best) => Some(train::Resume {
+                    last: last.bytes.clone(),
+                    best: best.map(|c| c.bytes),
+                }),
+                // A damaged checkpoint concerns this trial alone.
+                Err(e @ Error::Store { .. }) => {
+                    let outcome = Outcome::Failed {
+                        error: format!("cannot resume: {e}"),
                         wall_s: 0.0,
+                    };
+                    rt.block_on(store.finish(id, worker, &outcome))?;
+                    progress.end_trial(&outcome);
+                    return Ok(Some(outcome));
+                }
+                Err(e) => return Err(e.into()),
+            },
+            None => None,
+        };
+        // Set on Ctrl-C, when another runner has taken the trial over, or when the store fails.
+        let trial_stop = Arc::new(AtomicBool::new(false));
+        let trial = train::Trial {
+            spec,
+            data,
+            norm,
+            device: device.clone(),
+            resume,
+            stop: trial_stop.clone(),
+        };
+        let (tx, rx) = mpsc::channel();
+        std::thread::scope(|s| -> Result<Option<Outcome>> {
+            let trainer = std::thread::Builder::new()
+                .name("trainer".into())
+                .spawn_scoped(s, move || train::train(trial, &tx))
+                .context("starting the trainer thread")?;
+            let mut beat = Instant::now();
+            let mut released = false;
+            let mut lost = false;
+            // A write that failed even after the retries: the trainer is stopped (it would
+            // otherwise train to the end for nothing) and the error reported once it has.
+            let mut broken: Option<Error> = None;
+            let outcome = loop {
+                match rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(Event::Started { step, total }) => progress.started(step, total),
+                    Ok(Event::Step { step, loss, lr }) => progress.step(step, loss, lr),
+                    Ok(Event::Record(_)) if lost || broken.is_some() => {}
+                    Ok(Event::Record(ev)) => {
+                        progress.record(&ev);
+                        let written = rt.block_on(store.record(id, worker, &to_record(ev)));
+                        if written.is_ok() {
+                            beat = Instant::now();
+                        }
+                        lost |= write_failed(written, &trial_stop, &mut broken, progress);
+                    }
+                    Ok(Event::Finished(outcome)) => break outcome,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        break Outcome::Failed {
+                            error: "the trainer stopped without a result (it panicked)".into(),
+                            wall_s: 0.0,
+                        }
                     }
                 }
+                let active = !released && !lost && broken.is_none();
+                if self.halt.now() && active {
+                    trial_stop.store(true, Ordering::SeqCst);
+                    // Marked at once, so a second Ctrl-C that exits on the spot leaves the trial
+                    // `interrupted` with its previous `last` checkpoint.
+                    rt.block_on(store.release(id, worker))?;
+                    released = true;
+                    progress.note(match self.halt.signal.load(Ordering::SeqCst) {
+                        true => "  stopping after this step (Ctrl-C again to quit at once)",
+                        false => "  stopping after this step: another job failed",
+                    });
+                }
+                if beat.elapsed() >= beat_every && active {
+                    let written = rt.block_on(store.heartbeat(id, worker));
+                    lost |= write_failed(written, &trial_stop, &mut broken, progress);
+                    beat = Instant::now();
+                }
+            };
+            let _ = trainer.join();
+            if let Some(e) = broken {
+                // Best effort: the next run resumes the trial at once rather than after a timeout.
+                let _ = rt.block_on(store.release(id, worker));
+                return Err(e.into());
             }
-            let active = !released && !lost && broken.is_none();
-            if stop.load(Ordering::SeqCst) && active {
-                trial_stop.store(true, Ordering::SeqCst);
-                // Marked at once, so a second Ctrl-C that exits on the spot leaves the trial
-                // `interrupted` with its previous `last` checkpoint.
-                rt.block_on(store.release(id, worker))?;
-                released = true;
-                progress.note("stopping after this step (Ctrl-C again to quit at once)");
-            }
-            if beat.elapsed() >= beat_every && active {
-                let written = rt.block_on(store.heartbeat(id, worker));
-                lost |= write_failed(written, &trial_stop, &mut broken, progress);
-                beat = Instant::now();
-            }
-        };
-        let _ = trainer.join();
-        if let Some(e) = broken {
-            // Best effort: the next run resumes the trial at once rather than after a timeout.
-            let _ = rt.block_on(store.release(id, worker));
-            return Err(e.into());
-        }
-        if lost {
-            return Ok(None);
-        }
-        // A runner that lost the trial between two heartbeats does not get the last word.
-        match rt.block_on(store.finish(id, worker, &outcome)) {
-            Err(e @ Error::TakenOver { .. }) => {
-                progress.note(&format!("  {e}: its result is left to that runner"));
+            if lost {
                 return Ok(None);
             }
-            r => r?,
-        }
-        progress.end_trial(&outcome);
-        Ok(Some(outcome))
-    })
+            // A runner that lost the trial between two heartbeats does not get the last word.
+            match rt.block_on(store.finish(id, worker, &outcome)) {
+                Err(e @ Error::TakenOver { .. }) => {
+                    progress.note(&format!("  {e}: its result is left to that runner"));
+                    return Ok(None);
+                }
+                r => r?,
+            }
+            progress.end_trial(&outcome);
+            Ok(Some(outcome))
+        })
+    }
 }
 
 /// After a write for a running trial: on any failure the trainer is stopped. Returns whether
@@ -433,7 +559,7 @@ fn write_failed(
     written: crate::Result<()>,
     trial_stop: &AtomicBool,
     broken: &mut Option<Error>,
-    progress: &Progress,
+    progress: &TrialProgress,
 ) -> bool {
     let Err(e) = written else { return false };
     trial_stop.store(true, Ordering::SeqCst);
@@ -477,6 +603,16 @@ fn to_record(ev: train::Evaluation) -> store::Record {
 /// Relative dataset paths in a grid file are relative to the file's folder.
 pub fn grid_dir(grid: &Path) -> PathBuf {
     grid.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// `--device` of `runner run`: one device, or a comma-separated list that `--jobs` spreads its
+/// jobs over; each is checked here (a CUDA device is opened once).
+fn parse_devices(s: &str) -> crate::Result<Vec<String>> {
+    let list: Vec<String> = s.split(',').map(|d| d.trim().to_string()).collect();
+    for d in &list {
+        parse_device(d)?;
+    }
+    Ok(list)
 }
 
 /// `cpu`, or `cuda:N` in a build with the `cuda` feature.
@@ -562,6 +698,18 @@ mod tests {
         assert_eq!(gone_pid("box:x", "box", 7, dead), None);
         // Host names with colons (an IPv6 literal) keep everything before the last one.
         assert_eq!(gone_pid("fe80::1:41", "fe80::1", 7, dead), Some(41));
+        // a job of a runner (`--jobs`): the runner's pid
+        assert_eq!(gone_pid("box:41/3", "box", 7, dead), Some(41));
+        assert_eq!(gone_pid("box:7/2", "box", 7, dead), None);
+    }
+
+    #[test]
+    fn a_runner_knows_its_own_jobs() {
+        assert!(is_job_of("box:7", "box:7"));
+        assert!(is_job_of("box:7/2", "box:7"));
+        assert!(!is_job_of("box:71", "box:7"));
+        assert!(!is_job_of("box:71/2", "box:7"));
+        assert!(!is_job_of("other:7/2", "box:7"));
     }
 
     #[test]

@@ -137,3 +137,50 @@ fn diverging_trials_fail_one_by_one_and_the_grid_goes_on() {
     let show = d.run(&["show", "2"]);
     assert!(show.stdout().contains("diverged at step"), "{}", show.stdout());
 }
+
+/// `--jobs 3` trains the grid's trials side by side in one runner, each under a worker name of
+/// its own, and every trial ends with exactly the metrics of a one-at-a-time run.
+#[test]
+fn jobs_train_side_by_side_to_the_numbers_of_one_at_a_time() {
+    let text = crate::util::grid("jobs", "\"plain\", \"resnet\"", "1, 2", 8, 1);
+    let one = crate::util::uninterrupted(&text);
+    let three = Dir::new();
+    three.write("g.toml", &text);
+    let r = three.run(&["run", "g.toml", "--jobs", "3"]);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    let out = r.stdout();
+    assert!(out.contains("4 trials, 3 at a time"), "{out}");
+    assert!(out.contains("4 trained, 0 failed"), "{out}");
+    // with several jobs, each trial's lines name it
+    for id in 1..=4 {
+        assert!(out.contains(&format!("  trial {id}: done in")), "{out}");
+    }
+    assert_eq!(
+        metrics(&three),
+        metrics(&one),
+        "a trial's metrics depend on what trained beside it"
+    );
+
+    let workers: Vec<String> = crate::util::block_on(async {
+        let store = Store::open_existing(&three.path().join("runs.db")).await.unwrap();
+        let mut w = Vec::new();
+        for id in 1..=4 {
+            w.push(store.trial(&id.to_string()).await.unwrap().worker.unwrap_or_default());
+        }
+        store.close().await;
+        w
+    });
+    let pid_of = |w: &str| {
+        w.rsplit_once(':')
+            .map(|(_, p)| p.split('/').next().unwrap_or("").to_string())
+    };
+    assert!(workers.iter().all(|w| w.contains('/')), "{workers:?}");
+    assert!(
+        workers.windows(2).all(|p| pid_of(&p[0]) == pid_of(&p[1])),
+        "one process: {workers:?}"
+    );
+    let mut jobs: Vec<&str> = workers.iter().filter_map(|w| w.rsplit_once('/').map(|j| j.1)).collect();
+    jobs.sort_unstable();
+    jobs.dedup();
+    assert!(jobs.len() >= 2, "the trials all went to one job: {workers:?}");
+}
