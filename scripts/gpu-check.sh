@@ -3,9 +3,10 @@
 # Run from the repository root with dist/runner-cuda present (built by scripts/build-cuda.sh):
 #   scripts/gpu-check.sh
 # It runs, under one total time limit of 270 s:
-#   1. the fused residual op: correctness against the CPU reference (FAIL is flagged) and timings;
+#   1. the GPU ops against their CPU oracles (values and gradients; FAIL is flagged) and timed
+#      against Candle's CUDA ops: cuDNN's convolutions, our batch norm, our residual addition;
 #   2. a ResNet-20 and a ResNet-56 training benchmark of 30 steps.
-# The CUDA libraries (libcublas.so.13, libnvrtc.so.13, ...) are looked for in a CUDA 13 toolkit
+# The CUDA libraries (libcublas.so.13, libnvrtc.so.13, libcudnn.so.9, ...) are looked for in a CUDA 13 toolkit
 # or in pip wheels (torch cu130 -> nvidia/cu13/lib), as /work/shared/cuda/run-on-gpu.sh does;
 # CUDA_LIBS=DIR adds a directory of your own.
 set -uo pipefail
@@ -26,12 +27,12 @@ for d in "${CUDA_HOME:-/nonexistent}"/lib64 "${CUDA_HOME:-/nonexistent}"/lib /us
 done
 for py in python3 python; do
   command -v "$py" >/dev/null || continue
-  while read -r d; do [ -e "$d/libcublas.so.13" ] && dirs+=("$d"); done < <("$py" - <<'PY' 2>/dev/null
+  while read -r d; do [ -d "$d" ] && dirs+=("$d"); done < <("$py" - <<'PY' 2>/dev/null
 import os
 try:
     import nvidia
     for p in nvidia.__path__:
-        for sub in ("cu13/lib", "cublas/lib", "cuda_nvrtc/lib", "cuda_runtime/lib", "curand/lib"):
+        for sub in ("cu13/lib", "cublas/lib", "cuda_nvrtc/lib", "cuda_runtime/lib", "curand/lib", "cudnn/lib"):
             print(os.path.join(p, sub))
 except Exception: pass
 PY
@@ -63,6 +64,8 @@ run() {
   [ "$rc" -eq 0 ] || failed=1
 }
 
+run "cuDNN convolutions (correctness vs CPU, vs Candle's CUDA conv2d)" bench --op conv --device cuda:0
+run "batch norm kernels (correctness vs CPU, vs Candle's BatchNorm)" bench --op batchnorm --device cuda:0
 run "fused residual op (correctness vs CPU, fused vs composed)" bench --op residual --device cuda:0
 run "ResNet-20, 30 steps" bench --arch resnet --depth 20 --device cuda:0 --steps 30
 run "ResNet-56, 30 steps" bench --arch resnet --depth 56 --device cuda:0 --steps 30
