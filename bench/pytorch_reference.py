@@ -9,6 +9,13 @@ linear classifier. Training step: forward in train mode, cross-entropy, backward
 0.9, weight decay 1e-4, lr 0.01), then reading the loss; evaluation: forward in eval mode under
 no_grad. Default fp32 NCHW, as a user running PyTorch on a CPU gets it.
 
+On a GPU (--device cuda): cudnn.benchmark on, the device synchronised before each clock reading,
+peak GPU memory reported as peak_gpu_mib. PyTorch lets cuDNN round fp32 convolutions to TF32 by
+default; --no-tf32 makes them strict fp32 as runner's are. --cuda-graph captures the whole
+training step (forward, loss, backward, SGD) and the evaluation batch as CUDA graphs and replays
+them (PyTorch's whole-network capture recipe: warm-up on a side stream, static input and target,
+gradients zeroed in place).
+
 PyTorch is a benchmark tool here, not a dependency of the runner or its tests:
     python3 -m venv torchenv && torchenv/bin/pip install torch numpy
     torchenv/bin/python bench/pytorch_reference.py --depth 20 --batch 128 --threads 2
@@ -113,42 +120,96 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (often PyTorch's faster CPU mode)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--cuda-graph", action="store_true", help="replay the training step and the evaluation as CUDA graphs")
+    p.add_argument("--no-tf32", action="store_true", help="strict fp32 convolutions on the GPU (PyTorch allows TF32)")
     a = p.parse_args()
+    if a.cuda_graph and a.device != "cuda":
+        p.error("--cuda-graph needs --device cuda")
     if (a.depth - 2) % 6 != 0:
         p.error("--depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...)")
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(7)
 
-    model = Net(a.depth, None if a.arch == "plain" else a.shortcut, a.preact)
+    dev = torch.device(a.device)
+    gpu = a.device == "cuda"
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = not a.no_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+    model = Net(a.depth, None if a.arch == "plain" else a.shortcut, a.preact).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(a.batch, 3, 32, 32)
+    x = torch.randn(a.batch, 3, 32, 32, device=dev)
     if a.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (a.batch,))
+    y = torch.randint(0, 10, (a.batch,), device=dev)
 
-    def train_step():
-        model.train()
-        opt.zero_grad(set_to_none=True)
+    def train_body():
+        opt.zero_grad(set_to_none=not a.cuda_graph)
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-        loss.item()
+        return loss
 
-    def eval_step():
-        model.eval()
+    def eval_body():
         with torch.no_grad():
-            model(x).sum().item()
+            return model(x).sum()
+
+    if a.cuda_graph:
+        # warm-up on a side stream (cuDNN's benchmark, the allocator), then one capture each
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            model.train()
+            for _ in range(3):
+                train_body()
+            model.eval()
+            for _ in range(3):
+                eval_body()
+        torch.cuda.current_stream().wait_stream(side)
+        model.train()
+        train_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(train_graph):
+            train_loss = train_body()
+        model.eval()
+        eval_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(eval_graph):
+            eval_out = eval_body()
+
+        def train_step():
+            train_graph.replay()
+            train_loss.item()
+
+        def eval_step():
+            eval_graph.replay()
+            eval_out.item()
+    else:
+
+        def train_step():
+            model.train()
+            train_body().item()
+
+        def eval_step():
+            model.eval()
+            eval_body().item()
 
     def timed(f):
         times = []
         for i in range(a.warmup + a.steps):
+            if gpu:
+                torch.cuda.synchronize()
             t0 = time.perf_counter()
             f()
+            if gpu:
+                torch.cuda.synchronize()
             if i >= a.warmup:
                 times.append(time.perf_counter() - t0)
         return statistics.median(times)
+
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
 
     step = timed(train_step)
     ev = timed(eval_step)
@@ -156,7 +217,11 @@ def main():
     print(
         json.dumps(
             {
-                "impl": "pytorch",
+                "impl": "pytorch-graph" if a.cuda_graph else "pytorch",
+                "device": a.device,
+                "gpu": torch.cuda.get_device_name() if gpu else None,
+                "tf32": gpu and not a.no_tf32,
+                "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
                 "memory_format": "channels_last" if a.channels_last else "nchw",
                 "torch": torch.__version__,
                 "arch": a.arch,

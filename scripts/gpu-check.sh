@@ -19,29 +19,9 @@ echo "== gpu-check: $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(hostname)"
 nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader 2>/dev/null \
   || echo "nvidia-smi: not available"
 
-dirs=()
-[ -n "${CUDA_LIBS:-}" ] && dirs+=("$CUDA_LIBS")
-for d in "${CUDA_HOME:-/nonexistent}"/lib64 "${CUDA_HOME:-/nonexistent}"/lib /usr/local/cuda/lib64 \
-         /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13*/targets/x86_64-linux/lib; do
-  [ -e "$d/libcublas.so.13" ] && dirs+=("$d")
-done
-for py in python3 python; do
-  command -v "$py" >/dev/null || continue
-  while read -r d; do [ -d "$d" ] && dirs+=("$d"); done < <("$py" - <<'PY' 2>/dev/null
-import os
-try:
-    import nvidia
-    for p in nvidia.__path__:
-        for sub in ("cu13/lib", "cublas/lib", "cuda_nvrtc/lib", "cuda_runtime/lib", "curand/lib", "cudnn/lib"):
-            print(os.path.join(p, sub))
-except Exception: pass
-PY
-)
-done
-LD=$(printf '%s\n' "${dirs[@]}" "$(cd "$(dirname "$BIN")" && pwd)/cuda-libs" | awk 'NF && !seen[$0]++' | paste -sd:)
-export LD_LIBRARY_PATH="${LD}:${LD_LIBRARY_PATH:-}"   # dist/cuda-libs/: optional carried .so files
-echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-if ldd "$BIN" | grep 'not found'; then echo "gpu-check: missing shared libraries (see above)"; exit 127; fi
+# shellcheck source=scripts/cuda-libs.sh
+. "$(dirname "${BASH_SOURCE[0]}")/cuda-libs.sh"
+cuda_libs_missing "$BIN" && { echo "gpu-check: missing shared libraries (see above)"; exit 127; }
 
 failed=0
 LOG=$(mktemp)
