@@ -83,7 +83,7 @@ for title, key in [("training images/s", "train_images_per_s"), ("evaluation ima
     for d, b in sorted({(d, b) for d, b, _ in runs}):
         row = [med(key, d, b, s) for s in sides]
         print(f"{f'resnet-{d}, {b}':<16}" + "".join(f"{v:15.0f}" for v in row) + f"{row[0] / row[1]:11.2f}x")
-print("\npeak GPU memory, MiB (PyTorch: max_memory_allocated; runner: not measured by bench yet)")
+print("\npeak GPU memory, MiB (PyTorch: max_memory_allocated; runner: the CUDA memory pool's high-water mark)")
 for d, b in sorted({(d, b) for d, b, _ in runs}):
     print(f"{f'resnet-{d}, {b}':<16}" + "".join(f"{med('peak_gpu_mib', d, b, s):15.0f}" for s in sides))
 EOF

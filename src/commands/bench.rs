@@ -137,6 +137,7 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
     let reference = args.compare.then(|| (median(&mut train_s[1]), median(&mut eval_s[1])));
     let b = args.batch as f64;
     let rss = peak_rss_mib();
+    let gpu = crate::nn::device_memory_peak(&device).map(|b| b as f64 / (1 << 20) as f64);
     if args.json {
         let mut line = serde_json::json!({
             "arch": a.name(),
@@ -152,6 +153,7 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
             "eval_batch_ms": eval * 1e3,
             "eval_images_per_s": b / eval,
             "peak_rss_mib": rss,
+            "peak_gpu_mib": gpu,
             "cpu": cpu_model(),
         });
         if let Some((rs, re)) = reference {
@@ -178,6 +180,9 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
         }
         if let Some(r) = rss {
             println!("peak resident memory {r:.0} MiB");
+        }
+        if let Some(g) = gpu {
+            println!("peak GPU memory {g:.0} MiB (the device's allocation pool)");
         }
         if let Some(c) = cpu_model() {
             println!("cpu: {c}");

@@ -34,6 +34,18 @@ pub fn use_reference_ops(on: bool) {
     ops::set_reference_ops(on);
 }
 
+/// The most memory `device` has had in use for this process's tensors so far, in bytes: on a
+/// CUDA device its allocation pool's high-water mark; None on the CPU (see the process's peak
+/// resident memory there) and where the device cannot say.
+pub fn device_memory_peak(device: &candle_core::Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(d) = device {
+        return cuda::pool_peak_bytes(d).ok().flatten();
+    }
+    let _ = device;
+    None
+}
+
 pub use layers::{
     batch_norm, conv2d, conv2d_biased, dropout, global_avg_pool, linear, max_pool2d, set_step, BatchNorm2d, Conv2d,
     Dropout, Linear,

@@ -81,3 +81,26 @@ pub fn grid_stride(items: usize) -> LaunchConfig {
 pub fn int(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what}: dimension {v} too large for the kernels")))
 }
+
+/// The most memory the device's default pool has had in use since the process started, in
+/// bytes: Candle's buffers and ours are allocated stream-ordered from it (cuBLAS's and cuDNN's
+/// own handles aside). None where the device has no such pool.
+pub fn pool_peak_bytes(dev: &CudaDevice) -> Result<Option<u64>> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let ctx = dev.cuda_stream().context().clone();
+    if !ctx.has_async_alloc() {
+        return Ok(None);
+    }
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: out-pointers to live locals; the device handle is the context's own.
+    unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }
+        .result()
+        .w()?;
+    let mut high: u64 = 0;
+    let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
+    // SAFETY: USED_MEM_HIGH is a cuuint64_t, written into `high`.
+    unsafe { sys::cuMemPoolGetAttribute(pool, attr, (&mut high as *mut u64).cast()) }
+        .result()
+        .w()?;
+    Ok(Some(high))
+}
