@@ -44,8 +44,12 @@ impl Isa {
     /// The policy, as a pure function: the widest family, except on a CPU that splits 512-bit
     /// operations into two 256-bit halves (AMD Zen 4), where the AVX2 family, with its
     /// maskless bordered copies and Winograd's kernels, trained a ResNet-20 1.17× and a
-    /// ResNet-56 1.21× faster than the AVX-512 one (2 threads, batch 128). `forced` names a
-    /// family the CPU has (an unknown or unsupported name is ignored).
+    /// ResNet-56 1.21× faster than the AVX-512 one (2 threads, batch 128). On an Intel Xeon
+    /// with full-width units (Sapphire Rapids) it is the other way round: the AVX2 family
+    /// trained a ResNet-20 at 0.79× and a ResNet-56 at 0.77× of the AVX-512 one's speed, and
+    /// the AVX-512 kernels were faster pass by pass on every CIFAR shape, Winograd's 32- and
+    /// 64-channel ones included, so no per-pass mix would help there. `forced` names a family
+    /// the CPU has (an unknown or unsupported name is ignored).
     pub fn preferred(avx512: bool, avx2: bool, splits_512: bool, forced: Option<&str>) -> Isa {
         match forced {
             Some("avx512") if avx512 => return Isa::Avx512,
