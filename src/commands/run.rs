@@ -106,8 +106,8 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         },
         progress: &progress,
     };
-    // One job trains on this thread's device; more train side by side, each on a device of
-    // its own (a CUDA device per job: its own stream), spread over the devices given.
+    // Each job claims and trains on a thread of its own, with a device handle of its own (on a
+    // GPU its own CUDA stream), the jobs spread over the devices given.
     let results: Vec<Result<Tally>> = std::thread::scope(|s| {
         let run = &run;
         let handles: Vec<_> = (0..jobs)
