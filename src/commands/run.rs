@@ -246,84 +246,6 @@ struct Tally {
     failed: usize,
 }
 
-impl Jobs<'_> {
-    /// Job `job`: claims and trains trials as `worker` on `device` until none is left or the
-    /// run halts. `cache` is the data set already loaded for the first trial's seed.
-    fn job(&self, job: usize, worker: &str, device: &str, mut cache: Option<Loaded>) -> Result<Tally> {
-        let (rt, store) = (self.rt, self.store);
-        let device = parse_device(device)?;
-        let mut progress = self.progress.job(job);
-        let mut tally = Tally::default();
-        loop {
-            if self.halt.now() {
-                break;
-            }
-            rt.block_on(release_gone(store, self.ours, self.host, self.progress))?;
-            let Some(claim) = rt.block_on(store.claim(self.keys, worker, self.retry_failed, self.stale_after))? else {
-                break;
-            };
-            if claim.previous_status == "running" {
-                progress.note(&format!(
-                    "trial {}: its runner {} sent no heartbeat for over {} s; resuming",
-                    claim.trial_id,
-                    claim.previous_worker.as_deref().unwrap_or("(unknown)"),
-                    self.stale_after.as_secs()
-                ));
-            }
-            let spec = self
-                .grid
-                .trials
-                .iter()
-                .find(|t| t.key == claim.key)
-                .context("the store handed out a trial this grid does not have")?;
-            let seed = spec.train.seed;
-            let loaded = match cache.take() {
-                Some(c) if c.0 == seed => Ok(c),
-                // The previous set is dropped before the next one is read: one in memory at a
-                // time per job.
-                _ => {
-                    progress.note(&loading_note(spec));
-                    with_heartbeat(rt, store, claim.trial_id, worker, self.beat_every, || {
-                        load_data(spec, self.base)
-                    })
-                }
-            };
-            let (data, norm) = match loaded {
-                Ok(c) => {
-                    let pair = (c.1.clone(), c.2.clone());
-                    cache = Some(c);
-                    pair
-                }
-                // Files that changed since the start, or a seed whose hold-out cannot work:
-                // this trial fails with the reason, the others go on.
-                Err(e) => {
-                    let outcome = Outcome::Failed {
-                        error: format!("loading its data: {e}"),
-                        wall_s: 0.0,
-                    };
-                    progress.start_trial(spec, claim.trial_id, claim.resume.is_some());
-                    rt.block_on(store.finish(claim.trial_id, worker, &outcome))?;
-                    progress.end_trial(&outcome);
-                    tally.failed += 1;
-                    continue;
-                }
-            };
-            let trial = Claimed {
-                claim: &claim,
-                spec,
-                worker,
-            };
-            match self.run_trial(&trial, data, norm, &device, &mut progress)? {
-                Some(Outcome::Done { .. }) => tally.trained += 1,
-                Some(Outcome::Failed { .. }) => tally.failed += 1,
-                Some(Outcome::Interrupted) => break,
-                None => {}
-            }
-        }
-        Ok(tally)
-    }
-}
-
 /// A trial a job has claimed.
 struct Claimed<'a> {
     claim: &'a Claim,
@@ -433,6 +355,82 @@ fn with_heartbeat<T: Send>(
 }
 
 impl Jobs<'_> {
+    /// Job `job`: claims and trains trials as `worker` on `device` until none is left or the
+    /// run halts. `cache` is the data set already loaded for the first trial's seed.
+    fn job(&self, job: usize, worker: &str, device: &str, mut cache: Option<Loaded>) -> Result<Tally> {
+        let (rt, store) = (self.rt, self.store);
+        let device = parse_device(device)?;
+        let mut progress = self.progress.job(job);
+        let mut tally = Tally::default();
+        loop {
+            if self.halt.now() {
+                break;
+            }
+            rt.block_on(release_gone(store, self.ours, self.host, self.progress))?;
+            let Some(claim) = rt.block_on(store.claim(self.keys, worker, self.retry_failed, self.stale_after))? else {
+                break;
+            };
+            if claim.previous_status == "running" {
+                progress.note(&format!(
+                    "trial {}: its runner {} sent no heartbeat for over {} s; resuming",
+                    claim.trial_id,
+                    claim.previous_worker.as_deref().unwrap_or("(unknown)"),
+                    self.stale_after.as_secs()
+                ));
+            }
+            let spec = self
+                .grid
+                .trials
+                .iter()
+                .find(|t| t.key == claim.key)
+                .context("the store handed out a trial this grid does not have")?;
+            let seed = spec.train.seed;
+            let loaded = match cache.take() {
+                Some(c) if c.0 == seed => Ok(c),
+                // The previous set is dropped before the next one is read: one in memory at a
+                // time per job.
+                _ => {
+                    progress.note(&loading_note(spec));
+                    with_heartbeat(rt, store, claim.trial_id, worker, self.beat_every, || {
+                        load_data(spec, self.base)
+                    })
+                }
+            };
+            let (data, norm) = match loaded {
+                Ok(c) => {
+                    let pair = (c.1.clone(), c.2.clone());
+                    cache = Some(c);
+                    pair
+                }
+                // Files that changed since the start, or a seed whose hold-out cannot work:
+                // this trial fails with the reason, the others go on.
+                Err(e) => {
+                    let outcome = Outcome::Failed {
+                        error: format!("loading its data: {e}"),
+                        wall_s: 0.0,
+                    };
+                    progress.start_trial(spec, claim.trial_id, claim.resume.is_some());
+                    rt.block_on(store.finish(claim.trial_id, worker, &outcome))?;
+                    progress.end_trial(&outcome);
+                    tally.failed += 1;
+                    continue;
+                }
+            };
+            let trial = Claimed {
+                claim: &claim,
+                spec,
+                worker,
+            };
+            match self.run_trial(&trial, data, norm, &device, &mut progress)? {
+                Some(Outcome::Done { .. }) => tally.trained += 1,
+                Some(Outcome::Failed { .. }) => tally.failed += 1,
+                Some(Outcome::Interrupted) => break,
+                None => {}
+            }
+        }
+        Ok(tally)
+    }
+
     /// Trains one claimed trial, recording its events; returns how it ended, or `None` when
     /// another runner took the trial over (this one's heartbeat was late) and it was left to them.
     fn run_trial(

@@ -117,7 +117,7 @@ pub fn batchnorm_report(device: &Device, batch: usize) -> Result<String> {
 
 /// y and the gradients of `inputs` (flattened, on the CPU) of L = Σ y · r, with r_i = sin(i):
 /// the same on every device, no random state shared between the two runs.
-fn values_and_grads(y: &Tensor, inputs: &[&Var]) -> Result<Vec<Tensor>> {
+pub(super) fn values_and_grads(y: &Tensor, inputs: &[&Var]) -> Result<Vec<Tensor>> {
     let n = y.elem_count();
     let r = Tensor::arange(0u32, n as u32, &Device::Cpu)?
         .to_dtype(DType::F32)?

@@ -6,6 +6,7 @@
 
 use candle_core::{Device, Result, Tensor, Var};
 
+use super::device::values_and_grads;
 use super::timing::{alternate, median};
 use crate::nn::ops::residual::{residual, residual_slow, Addend};
 
@@ -59,7 +60,7 @@ type Op = fn(&Tensor, &Tensor, Addend, bool) -> Result<Tensor>;
 ///
 /// Conventions, also printed with the table:
 /// - error: max over out, d_branch and d_x of |a − e| / max(1, |e|), the op on `device` (a) against
-///   [`residual_slow`] on the CPU (e), upstream gradient random;
+///   [`residual_slow`] on the CPU (e), upstream gradient r_i = sin(i);
 /// - times: median of [`RUNS`] in ms, the fused and the composed op alternating, the device
 ///   synchronised before each clock reading;
 ///   "fwd+bwd" is the forward plus `backward()` from the output (upstream gradient ones);
@@ -142,18 +143,19 @@ fn measure(device: &Device, batch: usize, case: &Case, relu: bool) -> Result<Row
     let x_shape = (batch, c_in, h, w);
     let b = Tensor::randn(0f32, 1., b_shape, &Device::Cpu)?;
     let x = Tensor::randn(0f32, 1., x_shape, &Device::Cpu)?;
-    let r = Tensor::randn(0f32, 1., b_shape, &Device::Cpu)?;
 
-    let expected = values_and_grads(residual_slow, &b, &x, &r, case.shortcut, relu)?;
+    // out, d_branch and d_x of L = Σ op(b, x) · r, on `dev`
+    let values = |op: Op, dev: &Device| {
+        let (bv, xv) = (
+            Var::from_tensor(&b.to_device(dev)?)?,
+            Var::from_tensor(&x.to_device(dev)?)?,
+        );
+        let y = op(bv.as_tensor(), xv.as_tensor(), case.shortcut, relu)?;
+        values_and_grads(&y, &[&bv, &xv])
+    };
+    let expected = values(residual_slow, &Device::Cpu)?;
     let on_device = |t: &Tensor| t.to_device(device);
-    let actual = values_and_grads(
-        residual,
-        &on_device(&b)?,
-        &on_device(&x)?,
-        &on_device(&r)?,
-        case.shortcut,
-        relu,
-    )?;
+    let actual = values(residual, device)?;
     let mut error = 0f32;
     for (a, e) in actual.iter().zip(&expected) {
         error = error.max(relative_error(a, e)?);
@@ -196,18 +198,6 @@ fn measure(device: &Device, batch: usize, case: &Case, relu: bool) -> Result<Row
         fwd_bytes: f32_bytes(out_len + x_used + out_len),
         bwd_bytes: f32_bytes(bwd_len),
     })
-}
-
-/// out, d_branch and d_x (flattened, on the CPU) of L = Σ op(b, x) · r.
-fn values_and_grads(op: Op, b: &Tensor, x: &Tensor, r: &Tensor, shortcut: Addend, relu: bool) -> Result<[Tensor; 3]> {
-    let (bv, xv) = (Var::from_tensor(b)?, Var::from_tensor(x)?);
-    let y = op(bv.as_tensor(), xv.as_tensor(), shortcut, relu)?;
-    let grads = (&y * r)?.sum_all()?.backward()?;
-    let grad = |v: &Var| match grads.get(v.as_tensor()) {
-        Some(g) => g.flatten_all()?.to_device(&Device::Cpu),
-        None => candle_core::bail!("residual bench: no gradient reached an input"),
-    };
-    Ok([y.flatten_all()?.to_device(&Device::Cpu)?, grad(&bv)?, grad(&xv)?])
 }
 
 /// max |a − e| / max(1, |e|): relative for large values, absolute near zero where a relative

@@ -48,14 +48,9 @@ fn reduce(d: &Dims) -> LaunchConfig {
     }
 }
 
-/// Checks that each (what, length, expected length) matches.
+/// The lengths against `p` (see [`super::check_lens`]).
 fn check(p: &Planes, lens: &[(&str, usize, usize)]) -> Result<()> {
-    for &(what, len, want) in lens {
-        if len != want {
-            candle_core::bail!("batch_norm (CUDA): {what} has {len} values, {p:?} needs {want}");
-        }
-    }
-    Ok(())
+    super::check_lens("batch_norm (CUDA)", p, lens)
 }
 
 /// `[mean | biased variance]` (2C) of `x` per channel.

@@ -123,14 +123,9 @@ fn y_len(g: &ConvGeom) -> usize {
     g.n * g.cout * g.hw()
 }
 
-/// Each (what, length, expected length) must match.
+/// The lengths against `g` (see [`super::check_lens`]).
 fn check(g: &ConvGeom, lens: &[(&str, usize, usize)]) -> Result<()> {
-    for &(what, len, want) in lens {
-        if len != want {
-            candle_core::bail!("conv2d (cuDNN): {what} has {len} values, {g:?} needs {want}");
-        }
-    }
-    Ok(())
+    super::check_lens("conv2d (cuDNN)", g, lens)
 }
 
 fn err(pass: &str, g: &ConvGeom, e: CudnnError) -> candle_core::Error {

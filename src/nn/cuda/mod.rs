@@ -14,10 +14,10 @@
 pub mod batchnorm;
 pub mod conv;
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaView, LaunchConfig};
-use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage, DeviceId, WrapErr};
 use candle_core::{Layout, Result};
 
 /// The f32 values of a contiguous CUDA tensor as a custom op receives it; `op` names the op in
@@ -31,12 +31,15 @@ pub fn f32_view<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView
 }
 
 /// One kernel file: its source, compiled to PTX with NVRTC the first time a kernel of it is
-/// needed (tens of milliseconds, once per process), and loaded into each device once, under
-/// `module` (Candle caches loaded modules by name).
+/// needed (tens of milliseconds, once per process), loaded into each device once, under
+/// `module` (Candle caches loaded modules by name), and each kernel looked up once per device:
+/// a launch then costs no driver lookup and no allocation.
 pub struct Kernels {
     module: &'static str,
     source: &'static str,
     ptx: OnceLock<String>,
+    /// The kernels looked up so far, by device and name (a handful per device).
+    funcs: Mutex<Vec<(DeviceId, &'static str, CudaFunction)>>,
 }
 
 impl Kernels {
@@ -45,11 +48,16 @@ impl Kernels {
             module,
             source,
             ptx: OnceLock::new(),
+            funcs: Mutex::new(Vec::new()),
         }
     }
 
     /// The kernel `name` of this file on `dev`.
-    pub fn func(&'static self, dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
+    pub fn func(&'static self, dev: &CudaDevice, name: &'static str) -> Result<CudaFunction> {
+        let mut funcs = self.funcs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, f)) = funcs.iter().find(|(d, n, _)| *d == dev.id() && *n == name) {
+            return Ok(f.clone());
+        }
         let ptx = match self.ptx.get() {
             Some(p) => p,
             None => {
@@ -57,10 +65,23 @@ impl Kernels {
                 self.ptx.get_or_init(|| compiled.to_src())
             }
         };
-        Ok(dev
+        let f = dev
             .get_or_load_custom_func(name, self.module, ptx)?
-            .into_cuda_function())
+            .into_cuda_function();
+        funcs.push((dev.id(), name, f.clone()));
+        Ok(f)
     }
+}
+
+/// Each (what, length, expected length) of `op`'s buffers must match; the error names the
+/// buffer and the `shape` that sets the expectation.
+pub fn check_lens(op: &str, shape: &dyn std::fmt::Debug, lens: &[(&str, usize, usize)]) -> Result<()> {
+    for &(what, len, want) in lens {
+        if len != want {
+            candle_core::bail!("{op}: {what} has {len} values, {shape:?} needs {want}");
+        }
+    }
+    Ok(())
 }
 
 /// Threads per block of the element-wise kernels.

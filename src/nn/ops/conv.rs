@@ -129,7 +129,8 @@ impl ConvOp {
         }
         let fast_shape =
             k == kw && ((k == 3 && padding == 1) || (k == 1 && padding == 0)) && (stride == 1 || stride == 2);
-        let device = w.device().is_cpu() || (cfg!(feature = "cuda") && w.device().is_cuda());
+        // a CUDA device exists only in the `cuda` build, whose ops have their `cuda_fwd`
+        let device = w.device().is_cpu() || w.device().is_cuda();
         let fast = fast_shape && device && w.dtype() == DType::F32 && n * cin * h * wd * cout > 0;
         Ok(fast.then(|| ConvOp {
             g: ConvGeom::new(n, cin, cout, h, wd, k, stride),

@@ -167,15 +167,25 @@ impl CustomOp2 for ResidualBackward {
 mod cuda {
     use super::{Addend, Residual, ResidualShape};
     use crate::nn::cuda::{f32_view, grid_stride, int, Kernels};
-    use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaView, DevicePtr, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DevicePtr, PushKernelArg};
     use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
     use candle_core::{Layout, Result};
 
     static KERNELS: Kernels = Kernels::new("runner_residual", include_str!("../kernels/residual.cu"));
 
-    fn func(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
-        KERNELS.func(dev, name)
-    }
+    /// The kernels' names: [forward, backward] × [identity_vec4, identity, option_a].
+    const NAMES: [[&str; 3]; 2] = [
+        [
+            "residual_fwd_identity_vec4",
+            "residual_fwd_identity",
+            "residual_fwd_option_a",
+        ],
+        [
+            "residual_bwd_identity_vec4",
+            "residual_bwd_identity",
+            "residual_bwd_option_a",
+        ],
+    ];
 
     fn view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
         f32_view(s, l, "residual")
@@ -204,12 +214,12 @@ mod cuda {
         i64::try_from(v).map_err(|_| candle_core::Error::Msg(format!("residual: {v} elements too many")))
     }
 
-    /// One launch of `residual_{pass}_{identity[_vec4] | option_a}(dst, a, b, total, [dims,] relu)`:
+    /// One launch of `residual_{fwd | bwd}_{identity[_vec4] | option_a}(dst, a, b, total, [dims,] relu)`:
     /// the forward (dst = out; a, b = branch, x) and the backward (dst = [d_branch | d_x];
     /// a, b = grad, out) take the same arguments. `total` is the output's element count.
     fn launch(
         dev: &CudaDevice,
-        pass: &str,
+        backward: bool,
         op: &Residual,
         total: usize,
         dst: &mut CudaSlice<f32>,
@@ -218,11 +228,11 @@ mod cuda {
     ) -> Result<()> {
         let relu = i32::from(op.relu);
         let (kernel, items) = match op.shortcut {
-            Addend::Identity if vec4_fits(dev, total, &[a, b, &dst.slice(..)]) => ("identity_vec4", total / 4),
-            Addend::Identity => ("identity", total),
-            Addend::SubsamplePad => ("option_a", total),
+            Addend::Identity if vec4_fits(dev, total, &[a, b, &dst.slice(..)]) => (0, total / 4),
+            Addend::Identity => (1, total),
+            Addend::SubsamplePad => (2, total),
         };
-        let f = func(dev, &format!("residual_{pass}_{kernel}"))?;
+        let f = KERNELS.func(dev, NAMES[usize::from(backward)][kernel])?;
         let n = count(items)?;
         let dims = match op.shortcut {
             Addend::SubsamplePad => dims(&op.geom)?,
@@ -258,7 +268,7 @@ mod cuda {
         let total = g.n * g.out_image();
         // SAFETY: every element is written by the kernel below before anyone reads it.
         let mut out = unsafe { dev.alloc::<f32>(total)? };
-        launch(dev, "fwd", op, total, &mut out, &branch, &x)?;
+        launch(dev, false, op, total, &mut out, &branch, &x)?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
 
@@ -277,7 +287,7 @@ mod cuda {
         // SAFETY: the kernels write all of d_branch and all of d_x (option A: every x position
         // belongs to exactly one output element's 2×2 block).
         let mut d = unsafe { dev.alloc::<f32>(total + op.d_x_len())? };
-        launch(dev, "bwd", op, total, &mut d, &grad, &out)?;
+        launch(dev, true, op, total, &mut d, &grad, &out)?;
         Ok(CudaStorage::wrap_cuda_slice(d, dev.clone()))
     }
 }
