@@ -1,6 +1,7 @@
 //! Batch normalisation (+ReLU) on a CUDA device: the kernels of `src/nn/kernels/batchnorm.cu`,
 //! whose header says what each computes, the layout and the launch shape. Three launches
-//! forward in train mode (two for the statistics, one for the normalisation) and three
+//! forward in train mode (two for the statistics and the running statistics' update, one for
+//! the normalisation) and three
 //! backward (two for dγ and dβ, one for dx); the sums are deterministic.
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
@@ -53,15 +54,29 @@ fn check(p: &Planes, lens: &[(&str, usize, usize)]) -> Result<()> {
     super::check_lens("batch_norm (CUDA)", p, lens)
 }
 
-/// `[mean | biased variance]` (2C) of `x` per channel.
-pub fn stats(dev: &CudaDevice, p: &Planes, x: &CudaView<'_, f32>) -> Result<CudaSlice<f32>> {
-    check(p, &[("input", x.len(), p.len())])?;
+/// `[mean | biased variance | running mean | running variance]` (4C): `x`'s per channel, and
+/// the running statistics `rm`, `rv` moved towards them by `momentum` (unbiased variance).
+pub fn stats(
+    dev: &CudaDevice,
+    p: &Planes,
+    x: &CudaView<'_, f32>,
+    (rm, rv): (&CudaView<'_, f32>, &CudaView<'_, f32>),
+    momentum: f64,
+) -> Result<CudaSlice<f32>> {
+    check(
+        p,
+        &[
+            ("input", x.len(), p.len()),
+            ("running mean", rm.len(), p.c),
+            ("running variance", rv.len(), p.c),
+        ],
+    )?;
     let d = dims(p)?;
     let stream = dev.cuda_stream();
     // SAFETY: each (channel, part) block writes its own two partial sums; the finish kernel
     // writes every channel's mean and variance.
     let mut part = unsafe { dev.alloc::<f64>(p.c * d.s as usize * 2)? };
-    let mut out = unsafe { dev.alloc::<f32>(2 * p.c)? };
+    let mut out = unsafe { dev.alloc::<f32>(4 * p.c)? };
     let f = KERNELS.func(dev, "bn_stats_partial")?;
     let mut a = stream.launch_builder(&f);
     a.arg(x).arg(&mut part).arg(&d.n).arg(&d.c).arg(&d.hw).arg(&d.s);
@@ -69,13 +84,8 @@ pub fn stats(dev: &CudaDevice, p: &Planes, x: &CudaView<'_, f32>) -> Result<Cuda
     unsafe { a.launch(reduce(&d)) }.w()?;
     let f = KERNELS.func(dev, "bn_stats_finish")?;
     let mut a = stream.launch_builder(&f);
-    a.arg(x)
-        .arg(&part)
-        .arg(&mut out)
-        .arg(&d.n)
-        .arg(&d.c)
-        .arg(&d.hw)
-        .arg(&d.s);
+    a.arg(x).arg(&part).arg(rm).arg(rv).arg(&mut out);
+    a.arg(&d.n).arg(&d.c).arg(&d.hw).arg(&d.s).arg(&momentum);
     // SAFETY: as above, for bn_stats_finish.
     unsafe { a.launch(grid_stride(p.c)) }.w()?;
     Ok(out)

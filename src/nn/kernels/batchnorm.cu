@@ -20,7 +20,10 @@
 //
 // Layout: contiguous NCHW float32, pointers already offset to the first element.
 //   x, y, dy, dx: (N, C, HW), channel of element i = (i / HW) % C;
-//   stats: [mean (C) | var (C)] float, what bn_stats_* write;
+//   stats: [mean (C) | var (C) | running mean (C) | running var (C)] float, what bn_stats_*
+//   write: the batch's mean and biased variance, and the running statistics rm, rv (C each)
+//   moved towards them, r <- (1 - momentum) * r + momentum * s with the unbiased variance
+//   (PyTorch's rule);
 //   p: [mean (C) | var (C) | gamma (C) | beta (C)] float, the normalisation's parameters;
 //   part: (C, S, 2) double, the partial sums;
 //   the backward's output: [dx (N·C·HW) | dp (4C)], dp = [0 | 0 | dgamma | dbeta] (the
@@ -89,9 +92,11 @@ extern "C" __global__ void bn_stats_partial(const float* __restrict__ x, double*
     }
 }
 
-// stats = [mean | biased var] from the partial sums of bn_stats_partial.
+// stats = [mean | biased var | moved rm | moved rv] from the partial sums of bn_stats_partial.
 extern "C" __global__ void bn_stats_finish(const float* __restrict__ x, const double* __restrict__ part,
-                                           float* __restrict__ stats, int n, int c, int hw, int S) {
+                                           const float* __restrict__ rm, const float* __restrict__ rv,
+                                           float* __restrict__ stats, int n, int c, int hw, int S,
+                                           double momentum) {
     GRID_STRIDE(ch, c) {
         double a = 0.0, b = 0.0;
         for (int s = 0; s < S; s++) {
@@ -101,8 +106,12 @@ extern "C" __global__ void bn_stats_finish(const float* __restrict__ x, const do
         double m = (double)n * hw;
         double d = a / m;
         double var = b / m - d * d;
-        stats[ch] = (float)((double)x[ch * hw] + d);
-        stats[c + ch] = (float)(var > 0.0 ? var : 0.0);
+        double mean = (double)x[ch * hw] + d;
+        var = var > 0.0 ? var : 0.0;
+        stats[ch] = (float)mean;
+        stats[c + ch] = (float)var;
+        stats[2 * c + ch] = (float)((1.0 - momentum) * rm[ch] + momentum * mean);
+        stats[3 * c + ch] = (float)((1.0 - momentum) * rv[ch] + momentum * var * m / (m - 1.0));
     }
 }
 

@@ -294,7 +294,7 @@ impl CustomOp3 for BatchNormBackward {
 /// the host here.
 #[cfg(feature = "cuda")]
 mod cuda {
-    use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, Var};
+    use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, Var};
 
     use super::{Planes, EPS, MOMENTUM};
     use crate::nn::cuda::{batchnorm as gpu, f32_view};
@@ -320,13 +320,12 @@ mod cuda {
                     x.dims()
                 );
             }
-            let s = x.apply_op1_no_bwd(&Stats(planes))?;
-            let unbias = count as f64 / (count as f64 - 1.0);
-            let moved =
-                |r: &Var, s: Tensor, k: f64| (r.as_tensor().detach() * (1.0 - MOMENTUM))? + (s * (MOMENTUM * k))?;
-            running_mean.set(&moved(running_mean, s.narrow(0, 0, c)?, 1.0)?)?;
-            running_var.set(&moved(running_var, s.narrow(0, c, c)?, unbias)?)?;
-            s
+            // [mean | var | running mean | running var], the running ones already moved: one
+            // kernel, then two copies into the variables
+            let s = x.apply_op3_no_bwd(running_mean.as_tensor(), running_var.as_tensor(), &Stats(planes))?;
+            running_mean.set(&s.narrow(0, 2 * c, c)?)?;
+            running_var.set(&s.narrow(0, 3 * c, c)?)?;
+            s.narrow(0, 0, 2 * c)?
         } else {
             Tensor::cat(
                 &[running_mean.as_tensor().detach(), running_var.as_tensor().detach()],
@@ -341,23 +340,42 @@ mod cuda {
         candle_core::bail!("{op}: the CUDA op was given CPU tensors")
     }
 
-    /// x → `[mean | biased variance]` per channel.
+    /// (x, running mean, running variance) → `[mean | biased variance | running mean | running
+    /// variance]` per channel, the running ones moved towards the batch's.
     struct Stats(Planes);
 
-    impl CustomOp1 for Stats {
+    impl CustomOp3 for Stats {
         fn name(&self) -> &'static str {
             "batch-norm-stats-cuda"
         }
 
-        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
             on_cpu(self.name())
         }
 
-        fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-            let out = gpu::stats(&s.device, &self.0, &f32_view(s, l, "batch_norm")?)?;
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+            s3: &CudaStorage,
+            l3: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let view = |s, l| f32_view(s, l, "batch_norm");
+            let running = (&view(s2, l2)?, &view(s3, l3)?);
+            let out = gpu::stats(&s1.device, &self.0, &view(s1, l1)?, running, MOMENTUM)?;
             Ok((
-                CudaStorage::wrap_cuda_slice(out, s.device.clone()),
-                Shape::from(2 * self.0.c),
+                CudaStorage::wrap_cuda_slice(out, s1.device.clone()),
+                Shape::from(4 * self.0.c),
             ))
         }
     }
