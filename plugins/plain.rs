@@ -23,13 +23,19 @@ pub struct Plain;
 const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "depth",
-        kind: ParamKind::Int { min: 8 },
+        kind: ParamKind::Int {
+            min: 8,
+            max: super::resnet::MAX_DEPTH,
+        },
         default: DefaultValue::Int(20),
         doc: "weighted layers: 6n+2",
     },
     ParamSpec {
         name: "width",
-        kind: ParamKind::Int { min: 1 },
+        kind: ParamKind::Int {
+            min: 1,
+            max: super::resnet::MAX_WIDTH,
+        },
         default: DefaultValue::Int(16),
         doc: "filters in the first stage (doubled in each later stage)",
     },

@@ -28,19 +28,22 @@ pub struct Vgg;
 const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "depth",
-        kind: ParamKind::Int { min: 11 },
+        kind: ParamKind::Int { min: 11, max: 19 },
         default: DefaultValue::Int(16),
         doc: "the configuration: 11 (A), 13 (B), 16 (D) or 19 (E) weighted layers of five stages",
     },
     ParamSpec {
         name: "stages",
-        kind: ParamKind::Int { min: 1 },
+        kind: ParamKind::Int { min: 1, max: 5 },
         default: DefaultValue::Int(5),
         doc: "how many of the five stages to keep (each halves the map): 1 to 5",
     },
     ParamSpec {
         name: "width",
-        kind: ParamKind::Int { min: 1 },
+        kind: ParamKind::Int {
+            min: 1,
+            max: super::resnet::MAX_WIDTH,
+        },
         default: DefaultValue::Int(64),
         doc: "filters in the first stage (doubled in each later stage, at most 8×)",
     },

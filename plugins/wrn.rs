@@ -30,13 +30,16 @@ pub struct Wrn;
 const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "depth",
-        kind: ParamKind::Int { min: 10 },
+        kind: ParamKind::Int {
+            min: 10,
+            max: super::resnet::MAX_DEPTH,
+        },
         default: DefaultValue::Int(16),
         doc: "weighted layers d: 6N+4 (16, 22, 28, 40)",
     },
     ParamSpec {
         name: "widen",
-        kind: ParamKind::Int { min: 1 },
+        kind: ParamKind::Int { min: 1, max: 4096 },
         default: DefaultValue::Int(4),
         doc: "widening factor k: stages of 16k, 32k, 64k filters (WRN-d-k)",
     },

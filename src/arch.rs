@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use candle_core::{Result, Tensor};
+use candle_core::Result;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -40,9 +40,13 @@ impl fmt::Display for InputShape {
 /// The type of a plugin parameter, with the values it allows.
 #[derive(Debug, Clone, Copy)]
 pub enum ParamKind {
-    /// An integer; `min` is the smallest allowed value. Further rules go in `Architecture::check`.
+    /// An integer from `min` to `max`. The bound keeps every size the plugin derives from it
+    /// (channels × channels × taps, a count of layers) far from overflowing, so that an absurd
+    /// value is an error at its line of the grid, never a panic. Further rules go in
+    /// `Architecture::check`.
     Int {
         min: i64,
+        max: i64,
     },
     Bool,
     /// A number in `min..=max` (a grid may write it as an integer: `dropout = 0`).
@@ -158,7 +162,7 @@ impl ParamSpec {
     /// A short description of the values this parameter allows, for help and error messages.
     pub fn allowed(&self) -> String {
         match self.kind {
-            ParamKind::Int { min } => format!("an integer ≥ {min}"),
+            ParamKind::Int { min, max } => format!("an integer from {min} to {max}"),
             ParamKind::Bool => "true or false".to_string(),
             ParamKind::Float { min, max } => format!("a number from {min} to {max}"),
             ParamKind::Choice(c) => c.join(", "),
@@ -204,7 +208,7 @@ impl ParamSpec {
     /// Checks that `v` has this parameter's type and is one of its allowed values.
     pub fn check(&self, v: &Value) -> std::result::Result<(), String> {
         match (self.kind, v) {
-            (ParamKind::Int { min }, Value::Int(i)) if *i >= min => Ok(()),
+            (ParamKind::Int { min, max }, Value::Int(i)) if (min..=max).contains(i) => Ok(()),
             (ParamKind::Bool, Value::Bool(_)) => Ok(()),
             (ParamKind::Float { min, max }, Value::Float(x)) if (min..=max).contains(x) => Ok(()),
             (ParamKind::Choice(c), Value::Str(s)) if c.contains(&s.as_str()) => Ok(()),
@@ -350,24 +354,23 @@ pub fn units_per_stage(p: &Params, step: i64, fixed: i64, what: &str) -> std::re
     ))
 }
 
-/// What a model costs: trainable parameters and forward MFLOPs per image (multiply-adds × 2 / 10⁶).
+/// What a model costs: trainable parameters, forward MFLOPs per image (multiply-adds × 2 /
+/// 10⁶), and what one image's training forward pass keeps for the backward pass.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Cost {
     pub params: usize,
     pub mflops: f64,
+    pub footprint: crate::nn::trace::Footprint,
 }
 
-/// Builds the model on the CPU and measures its [`Cost`] with one forward pass of a zero image.
+/// Measures a model's [`Cost`] from its shapes alone: built on a [`crate::nn::ShapeStore`]
+/// and run as a [`crate::nn::trace`] on one placeholder image, so a net of any depth costs
+/// milliseconds and a few bytes per layer, never its weights' memory.
 pub fn cost(arch: &dyn Architecture, p: &Params, input: InputShape, classes: usize) -> Result<Cost> {
-    let store = crate::nn::ParamStore::new(0);
-    let dev = candle_core::Device::Cpu;
-    let model = arch.build(p, input, classes, store.var_builder(&dev))?;
-    let x = Tensor::zeros(
-        (1, input.channels, input.height, input.width),
-        candle_core::DType::F32,
-        &dev,
-    )?;
-    let (y, macs) = crate::nn::flops::count(|| model.forward_t(&x, false));
+    let store = crate::nn::ShapeStore::new();
+    let model = arch.build(p, input, classes, store.var_builder())?;
+    let x = crate::nn::trace::placeholder((1, input.channels, input.height, input.width))?;
+    let ((y, footprint), macs) = crate::nn::flops::count(|| crate::nn::trace::footprint(|| model.forward_t(&x, true)));
     let y = y?;
     if y.dims() != [1, classes] {
         candle_core::bail!(
@@ -376,9 +379,11 @@ pub fn cost(arch: &dyn Architecture, p: &Params, input: InputShape, classes: usi
             y.dims()
         );
     }
+    let params = store.trainable_count()?;
     Ok(Cost {
-        params: store.trainable_count(),
+        params: usize::try_from(params).map_err(|e| candle_core::Error::Msg(format!("{params} parameters: {e}")))?,
         mflops: macs as f64 * 2.0 / 1e6,
+        footprint,
     })
 }
 

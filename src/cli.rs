@@ -124,6 +124,12 @@ pub struct RunArgs {
     /// Also re-run trials that failed before
     #[arg(long)]
     pub retry_failed: bool,
+    /// Train trials whose estimated peak memory is more than this process may use (its
+    /// cgroup's limit, else the machine's available memory). Without it such a trial fails
+    /// before it starts, with the estimate and the setting to lower, and the grid goes on; a
+    /// grid whose first trial does not fit exits with status 2 before anything is written
+    #[arg(long)]
+    pub ignore_memory_limit: bool,
     /// Take over a `running` trial whose runner has sent no heartbeat for this many seconds
     /// (killed, or its container lost). Runners send one every 10 s; raise this if a loaded
     /// machine can stall a runner for longer, and give every runner of a file the same value. A

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod data;
 pub mod error;
 pub mod grid;
+pub mod memory;
 pub mod nn;
 pub mod report;
 pub mod rng;

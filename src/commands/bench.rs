@@ -21,8 +21,11 @@ use crate::train::optim::Sgd;
 use crate::{plugins, Error};
 
 const CLASSES: usize = 10;
+/// Bytes in a MiB, for the memory figures.
+const MIB: f64 = (1u64 << 20) as f64;
 
 pub fn bench(args: &BenchArgs) -> Result<i32> {
+    let process = crate::memory::resident_bytes().unwrap_or(0) as f64;
     if args.steps == 0 || args.batch == 0 {
         return Err(Error::Usage("--steps and --batch must be at least 1".into()).into());
     }
@@ -73,6 +76,8 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
     let params = model_params(a, args.depth, &args.params)?;
     let shape = InputShape::CIFAR;
     let cost = arch::cost(a, &params, shape, CLASSES)?;
+    // no data set: one batch, counted as the input
+    let estimate = crate::memory::Estimate::new(&cost, shape, args.batch, 0, process);
 
     let store = ParamStore::new(1);
     let model = a.build(&params, shape, CLASSES, store.var_builder(&device))?;
@@ -153,6 +158,7 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
             "eval_batch_ms": eval * 1e3,
             "eval_images_per_s": b / eval,
             "peak_rss_mib": rss,
+            "estimated_peak_mib": estimate.total() / MIB,
             "peak_gpu_mib": gpu,
             "cpu": cpu_model(),
         });
@@ -179,7 +185,10 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
             );
         }
         if let Some(r) = rss {
-            println!("peak resident memory {r:.0} MiB");
+            println!(
+                "peak resident memory {r:.0} MiB (estimated before the model was built: {:.0} MiB)",
+                estimate.total() / MIB
+            );
         }
         if let Some(g) = gpu {
             println!("peak GPU memory {g:.0} MiB (the device's allocation pool)");
@@ -236,6 +245,7 @@ fn scaling(a: &dyn Architecture, args: &BenchArgs) -> Result<i32> {
                 batch,
                 train_images_per_s: field("train_images_per_s").unwrap_or(f64::NAN),
                 peak_rss_mib: field("peak_rss_mib"),
+                estimated_mib: field("estimated_peak_mib"),
             };
             if args.json {
                 println!("{line}");
@@ -259,27 +269,30 @@ pub(super) struct ScalingCell {
     pub batch: usize,
     pub train_images_per_s: f64,
     pub peak_rss_mib: Option<f64>,
+    /// The memory estimate of the same size (`runner run --dry-run`'s).
+    pub estimated_mib: Option<f64>,
 }
 
-/// Depths down, batches across, each cell `images/s (MiB)`.
+/// Depths down, batches across, each cell `images/s (MiB/estimated MiB)`.
 pub(super) fn scaling_table(arch: &str, depths: &[i64], batches: &[usize], cells: &[ScalingCell]) -> String {
-    let mut out = format!("{arch}: training images/s (peak resident MiB)\n");
+    let mut out = format!("{arch}: training images/s (peak resident MiB/estimated MiB)\n");
     out.push_str(&format!("{:>6}", "depth"));
     for b in batches {
-        out.push_str(&format!("{:>18}", format!("batch {b}")));
+        out.push_str(&format!("{:>22}", format!("batch {b}")));
     }
     out.push('\n');
     for &d in depths {
         out.push_str(&format!("{d:>6}"));
         for &b in batches {
             let text = match cells.iter().find(|c| c.depth == d && c.batch == b) {
-                Some(c) => match c.peak_rss_mib {
-                    Some(m) => format!("{:.1} ({m:.0})", c.train_images_per_s),
-                    None => format!("{:.1}", c.train_images_per_s),
+                Some(c) => match (c.peak_rss_mib, c.estimated_mib) {
+                    (Some(m), Some(e)) => format!("{:.1} ({m:.0}/{e:.0})", c.train_images_per_s),
+                    (Some(m), None) => format!("{:.1} ({m:.0})", c.train_images_per_s),
+                    _ => format!("{:.1}", c.train_images_per_s),
                 },
                 None => "-".to_string(),
             };
-            out.push_str(&format!("{text:>18}"));
+            out.push_str(&format!("{text:>22}"));
         }
         out.push('\n');
     }

@@ -2,13 +2,14 @@
 
 use std::io::Write;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::arch::{ParamKind, Value};
 use crate::cli::{Cli, Command, DbCommand, ListWhat, RunArgs};
-use crate::{data, grid, plugins, report};
+use crate::{data, grid, memory, plugins, report};
 
 mod bench;
+mod plan;
 mod progress;
 mod results;
 mod run;
@@ -108,25 +109,28 @@ pub fn list_archs() -> String {
 
 /// `runner run GRID --dry-run`: validate everything and print the plan.
 fn dry_run(args: &RunArgs) -> Result<i32> {
+    let process = memory::resident_bytes().unwrap_or(0) as f64;
     let g = grid::load(&args.grid)?;
     let base = run::grid_dir(&g.path);
     // A plan is useful before the data is downloaded: say what is missing, plan with the
-    // shape the kind always has, and leave the hard error to `runner run`.
-    let (shape, classes) = match data::check(&g.trials[0].dataset, &base) {
+    // size the kind always has, and leave the hard error to `runner run`.
+    let size = match data::check(&g.trials[0].dataset, &base) {
         Ok(found) => found,
-        Err(e @ crate::Error::Data { .. }) => match data::nominal_shape(&g.trials[0].dataset) {
+        Err(e @ crate::Error::Data { .. }) => match data::nominal_size(&g.trials[0].dataset) {
             Some(nominal) => {
-                eprintln!("warning: {e}\nwarning: planning with the usual shape of this data set; `runner run` needs the files");
+                eprintln!("warning: {e}\nwarning: planning with the usual size of this data set; `runner run` needs the files");
                 nominal
             }
             None => return Err(e.into()),
         },
         Err(e) => return Err(e.into()),
     };
+    let planned = plan::plan(&g, size, process)?;
+    let limit = memory::Limit::of_this_process();
     let mut out = std::io::stdout().lock();
     // The architectures' parameters between `arch` and the fixed columns, as `runner report`
     // puts them.
-    const FIXED: [&str; 5] = ["arch", "seed", "params", "mflops", "key"];
+    const FIXED: [&str; 6] = ["arch", "seed", "params", "mflops", "memory", "key"];
     let params = report::param_columns(g.trials.iter().map(|t| (t.arch.name(), &t.params)), plugins::ALL);
     let value = |t: &grid::TrialSpec, name: &str| t.params.get(name).map(|v| v.to_string()).unwrap_or_default();
     // (column, width in the table; negative = left-aligned): parameters as wide as their
@@ -144,7 +148,9 @@ fn dry_run(args: &RunArgs) -> Result<i32> {
         let numeric = g.trials.iter().filter_map(|t| t.params.get(name)).all(Value::is_number);
         cols.push((title, if numeric { width } else { -width }));
     }
-    cols.extend([("seed", 4), ("params", 11), ("mflops", 8), ("key", -12)].map(|(c, w)| (c.to_string(), w)));
+    cols.extend(
+        [("seed", 4), ("params", 11), ("mflops", 8), ("memory", 9), ("key", -12)].map(|(c, w)| (c.to_string(), w)),
+    );
     let line = |cells: &[String]| -> String {
         if args.csv {
             return cells.iter().map(|c| report::csv_field(c)).collect::<Vec<_>>().join(",");
@@ -168,24 +174,45 @@ fn dry_run(args: &RunArgs) -> Result<i32> {
             "experiment {}: {} trials on {} images, {} classes",
             g.name,
             g.trials.len(),
-            shape,
-            classes
+            size.shape,
+            size.classes
         )?;
     }
     let titles: Vec<String> = cols.iter().map(|(c, _)| c.clone()).collect();
     writeln!(out, "{}", line(&titles))?;
-    for t in &g.trials {
-        let cost =
-            crate::arch::cost(t.arch, &t.params, shape, classes).with_context(|| format!("building {}", t.label()))?;
+    let mut over = 0;
+    for (t, p) in g.trials.iter().zip(&planned) {
+        let fits = limit
+            .as_ref()
+            .is_none_or(|l| plan::refusal(&g, t, &p.memory, l, 0.0).is_none());
+        over += usize::from(!fits);
         let mut cells = vec![t.arch.name().to_string()];
         cells.extend(params.iter().map(|name| value(t, name)));
         cells.extend([
             t.train.seed.to_string(),
-            cost.params.to_string(),
-            format!("{:.2}", cost.mflops),
+            p.cost.params.to_string(),
+            format!("{:.2}", p.cost.mflops),
+            match args.csv {
+                true => format!("{:.0}", p.memory.total() / (1u64 << 20) as f64),
+                false => format!("{}{}", memory::human(p.memory.total()), if fits { "" } else { "!" }),
+            },
             t.key[..12].to_string(),
         ]);
         writeln!(out, "{}", line(&cells))?;
+    }
+    if let (Some(l), false) = (&limit, args.csv) {
+        writeln!(
+            out,
+            "memory: each trial's estimated peak (weights, activations at its batch size, data, this process); {}",
+            match over {
+                0 => format!("all fit the {} this process may use ({})", memory::human(l.bytes as f64), l.source),
+                n => format!(
+                    "{n} marked ! need more than the {} this process may use ({}): `runner run` refuses them unless given --ignore-memory-limit",
+                    memory::human(l.bytes as f64),
+                    l.source
+                ),
+            }
+        )?;
     }
     Ok(0)
 }

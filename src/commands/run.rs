@@ -17,16 +17,18 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use candle_core::Device;
 
+use super::plan::{self, Planned};
 use super::progress::{Progress, TrialProgress};
 use crate::cli::RunArgs;
 use crate::data::{self, Dataset, Normalizer};
 use crate::grid::{self, TrialSpec};
+use crate::memory::{self, Limit};
 use crate::store::{self, Checkpoint, CheckpointKind, Claim, NewTrial, Store};
 use crate::train::{self, Event, Outcome};
 use crate::Error;
@@ -47,30 +49,41 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 /// Runs the grid; returns the exit code: 0 all trained, 1 some trial failed,
 /// [`EXIT_INTERRUPTED`] after Ctrl-C, [`EXIT_PREEMPTED`] after SIGTERM or SIGUSR1.
 pub fn run(args: &RunArgs) -> Result<i32> {
+    let process = memory::resident_bytes().unwrap_or(0) as f64;
     let stale_after = Duration::from_secs(args.stale_after);
     let beat_every = heartbeat_interval(stale_after);
     let g = grid::load(&args.grid)?;
     let base = grid_dir(&g.path);
     let devices = parse_devices(&args.device)?;
     // Every dataset problem is reported before anything is written or trained.
-    let (shape, classes) = data::check(&g.trials[0].dataset, &base)?;
+    let size = data::check(&g.trials[0].dataset, &base)?;
+    // Every trial's memory estimate, and the first trial held against the limit, before the
+    // data is loaded or anything written: a grid that cannot start says so and exits 2.
+    let planned = plan::plan(&g, size, process)?;
+    let limit = match args.ignore_memory_limit {
+        true => None,
+        false => Limit::of_this_process(),
+    };
+    if let Some(refused) = limit
+        .as_ref()
+        .and_then(|l| plan::refusal(&g, &g.trials[0], &planned[0].memory, l, 0.0))
+    {
+        return Err(refused.into());
+    }
     let new_trials = g
         .trials
         .iter()
+        .zip(&planned)
         .enumerate()
-        .map(|(i, t)| {
-            let cost = crate::arch::cost(t.arch, &t.params, shape, classes)
-                .with_context(|| format!("building {}", t.label()))?;
-            Ok(NewTrial {
-                key: t.key.clone(),
-                arch: t.arch.name().to_string(),
-                config_json: t.config_json(),
-                params: cost.params as i64,
-                mflops: cost.mflops,
-                ord: i as i64,
-            })
+        .map(|(i, (t, p))| NewTrial {
+            key: t.key.clone(),
+            arch: t.arch.name().to_string(),
+            config_json: t.config_json(),
+            params: p.cost.params as i64,
+            mflops: p.cost.mflops,
+            ord: i as i64,
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Vec<_>>();
     let jobs = usize::from(args.jobs);
     let progress = Progress::new(&g, std::io::IsTerminal::is_terminal(&std::io::stdout()), jobs);
     // Loaded now rather than after the first claim: what the header check cannot see (a label
@@ -100,6 +113,9 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         retry_failed: args.retry_failed,
         stale_after,
         beat_every,
+        planned: &planned,
+        limit,
+        reserved: Mutex::new(0.0),
         halt: Halt {
             signal: stop.clone(),
             error: AtomicBool::new(false),
@@ -222,6 +238,12 @@ struct Jobs<'a> {
     retry_failed: bool,
     stale_after: Duration,
     beat_every: Duration,
+    /// Each trial's cost and memory estimate, in the grid's order.
+    planned: &'a [Planned],
+    /// What the process may use; None with --ignore-memory-limit.
+    limit: Option<Limit>,
+    /// The estimated model memory (weights and activations) of the trials training now.
+    reserved: Mutex<f64>,
     halt: Halt,
     progress: &'a Progress,
 }
@@ -251,6 +273,15 @@ struct Claimed<'a> {
     claim: &'a Claim,
     spec: &'a TrialSpec,
     worker: &'a str,
+}
+
+/// A trial's model memory counted in [`Jobs::reserved`] until it is dropped.
+struct Reservation<'a>(&'a Mutex<f64>, f64);
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) -= self.1;
+    }
 }
 
 /// Whether `worker` is this process (`me`, `HOST:PID`) or one of its jobs (`HOST:PID/J`).
@@ -378,12 +409,38 @@ impl Jobs<'_> {
                     self.stale_after.as_secs()
                 ));
             }
-            let spec = self
+            let at = self
                 .grid
                 .trials
                 .iter()
-                .find(|t| t.key == claim.key)
+                .position(|t| t.key == claim.key)
                 .context("the store handed out a trial this grid does not have")?;
+            let spec = &self.grid.trials[at];
+            // Held against the limit with what the other jobs' trials need; reserved at once,
+            // so that two jobs cannot both count on the same memory.
+            let estimate = &self.planned[at].memory;
+            let reserved = {
+                let mut r = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+                match self
+                    .limit
+                    .as_ref()
+                    .and_then(|l| plan::refusal(self.grid, spec, estimate, l, *r))
+                {
+                    Some(refused) => Err(refused),
+                    None => {
+                        *r += estimate.model();
+                        Ok(Reservation(&self.reserved, estimate.model()))
+                    }
+                }
+            };
+            let _reserved = match reserved {
+                Ok(r) => r,
+                Err(refused) => {
+                    self.fail_unstarted(&claim, spec, worker, &mut progress, refused.to_string())?;
+                    tally.failed += 1;
+                    continue;
+                }
+            };
             let seed = spec.train.seed;
             let loaded = match cache.take() {
                 Some(c) if c.0 == seed => Ok(c),
@@ -405,13 +462,7 @@ impl Jobs<'_> {
                 // Files that changed since the start, or a seed whose hold-out cannot work:
                 // this trial fails with the reason, the others go on.
                 Err(e) => {
-                    let outcome = Outcome::Failed {
-                        error: format!("loading its data: {e}"),
-                        wall_s: 0.0,
-                    };
-                    progress.start_trial(spec, claim.trial_id, claim.resume.is_some());
-                    rt.block_on(store.finish(claim.trial_id, worker, &outcome))?;
-                    progress.end_trial(&outcome);
+                    self.fail_unstarted(&claim, spec, worker, &mut progress, format!("loading its data: {e}"))?;
                     tally.failed += 1;
                     continue;
                 }
@@ -429,6 +480,22 @@ impl Jobs<'_> {
             }
         }
         Ok(tally)
+    }
+
+    /// Records a claimed trial as failed before it started, for `error`.
+    fn fail_unstarted(
+        &self,
+        claim: &Claim,
+        spec: &TrialSpec,
+        worker: &str,
+        progress: &mut TrialProgress,
+        error: String,
+    ) -> Result<()> {
+        let outcome = Outcome::Failed { error, wall_s: 0.0 };
+        progress.start_trial(spec, claim.trial_id, claim.resume.is_some());
+        self.rt.block_on(self.store.finish(claim.trial_id, worker, &outcome))?;
+        progress.end_trial(&outcome);
+        Ok(())
     }
 
     /// Trains one claimed trial, recording its events; returns how it ended, or `None` when

@@ -73,7 +73,7 @@ impl crate::arch::Architecture for Flat {
     fn params(&self) -> &'static [crate::arch::ParamSpec] {
         &[crate::arch::ParamSpec {
             name: "width",
-            kind: crate::arch::ParamKind::Int { min: 1 },
+            kind: crate::arch::ParamKind::Int { min: 1, max: 100 },
             default: crate::arch::DefaultValue::Int(8),
             doc: "filters",
         }]
@@ -105,22 +105,23 @@ fn depth_on_an_architecture_without_one_says_so() {
 
 #[test]
 fn the_scaling_table_puts_depths_down_and_batches_across_with_a_dash_for_a_missing_size() {
-    let cell = |depth, batch, ips, mib| ScalingCell {
+    let cell = |depth, batch, ips, mib, est| ScalingCell {
         depth,
         batch,
         train_images_per_s: ips,
         peak_rss_mib: mib,
+        estimated_mib: est,
     };
     let cells = [
-        cell(20, 32, 410.04, Some(120.4)),
-        cell(20, 64, 455.5, Some(180.0)),
-        cell(56, 32, 150.25, None),
+        cell(20, 32, 410.04, Some(120.4), Some(111.6)),
+        cell(20, 64, 455.5, Some(180.0), None),
+        cell(56, 32, 150.25, None, None),
     ];
     let t = scaling_table("resnet", &[20, 56], &[32, 64], &cells);
     let lines: Vec<&str> = t.lines().collect();
     assert_eq!(lines.len(), 4, "{t}");
     assert!(lines[1].contains("batch 32") && lines[1].contains("batch 64"), "{t}");
     let cols = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
-    assert_eq!(cols(lines[2]), ["20", "410.0", "(120)", "455.5", "(180)"]);
+    assert_eq!(cols(lines[2]), ["20", "410.0", "(120/112)", "455.5", "(180)"]);
     assert_eq!(cols(lines[3]), ["56", "150.2", "-"]);
 }

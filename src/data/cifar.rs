@@ -137,7 +137,7 @@ impl Layout {
 pub(super) fn check(dir: &Path, cfg: &DatasetConfig) -> Result<Probe> {
     let l = layout(cfg);
     let dir = l.resolve(dir);
-    let mut train_len = 0;
+    let (mut train_len, mut images) = (0, 0);
     for file in l.train.iter().chain([&l.test]) {
         let path = dir.join(file);
         let meta = std::fs::metadata(&path).map_err(|e| io_err(&path, e, &|| l.missing(&dir, file)))?;
@@ -145,11 +145,13 @@ pub(super) fn check(dir: &Path, cfg: &DatasetConfig) -> Result<Probe> {
         if *file != l.test {
             train_len += n;
         }
+        images += n;
     }
     Ok(Probe {
         shape: InputShape::CIFAR,
         classes: l.classes,
         train_len,
+        images,
         has_val: false,
     })
 }

@@ -187,6 +187,7 @@ pub(super) fn check(root: &Path, cfg: &DatasetConfig) -> Result<Probe> {
         shape: shape(cfg),
         classes: l.names.len(),
         train_len: l.train.len(),
+        images: l.train.len() + l.val.as_ref().map_or(0, Vec::len) + l.test.as_ref().map_or(0, Vec::len),
         has_val: l.val.is_some(),
     })
 }

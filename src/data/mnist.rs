@@ -214,7 +214,7 @@ fn read_pair(dir: &Path, images: &str, labels: &str) -> Result<(Split, usize, us
 
 pub(super) fn check(dir: &Path) -> Result<Probe> {
     let (n, rows, cols) = check_pair(dir, TRAIN_IMAGES, TRAIN_LABELS)?;
-    let (_, trows, tcols) = check_pair(dir, TEST_IMAGES, TEST_LABELS)?;
+    let (tn, trows, tcols) = check_pair(dir, TEST_IMAGES, TEST_LABELS)?;
     same_size(dir, (rows, cols), (trows, tcols))?;
     Ok(Probe {
         shape: InputShape {
@@ -224,6 +224,7 @@ pub(super) fn check(dir: &Path) -> Result<Probe> {
         },
         classes: CLASSES,
         train_len: n,
+        images: n + tn,
         has_val: false,
     })
 }

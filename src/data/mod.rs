@@ -270,19 +270,31 @@ struct Probe {
     shape: InputShape,
     classes: usize,
     train_len: usize,
+    /// Images of every split together.
+    images: usize,
     /// Whether the format ships its own validation split.
     has_val: bool,
 }
 
+/// What a data set is, as far as planning goes: the input shape, the class count, and how
+/// many images (all splits) it holds in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataSize {
+    pub shape: InputShape,
+    pub classes: usize,
+    pub images: usize,
+}
+
 /// Cheap check that the files exist and have the right headers/sizes, without decoding all
-/// images; returns the input shape and class count.
-pub fn check(cfg: &DatasetConfig, base: &Path) -> Result<(InputShape, usize)> {
+/// images; returns the input shape, class count and image count.
+pub fn check(cfg: &DatasetConfig, base: &Path) -> Result<DataSize> {
     cfg.validate().map_err(|m| config_err(cfg, base, m))?;
     let probe = match cfg.kind {
         DatasetKind::Synthetic => Probe {
             shape: InputShape::CIFAR,
             classes: synthetic::CLASSES,
             train_len: cfg.train.unwrap_or(SYNTHETIC_TRAIN),
+            images: synthetic_images(cfg),
             has_val: false,
         },
         DatasetKind::Cifar10 | DatasetKind::Cifar100 => cifar::check(&dir(cfg, base), cfg)?,
@@ -291,32 +303,48 @@ pub fn check(cfg: &DatasetConfig, base: &Path) -> Result<(InputShape, usize)> {
         DatasetKind::Npy => npy::check(&dir(cfg, base))?,
     };
     validation_count(cfg, base, probe.train_len, probe.has_val)?;
-    Ok((probe.shape, probe.classes))
+    Ok(DataSize {
+        shape: probe.shape,
+        classes: probe.classes,
+        images: probe.images,
+    })
 }
 
-/// The shape and class count a kind always has, without reading anything (cifar10 3×32×32/10,
-/// cifar100 3×32×32/100 or 20 coarse, mnist 1×28×28/10, synthetic 3×32×32/10); `None` for
-/// kinds whose shape comes from the files (folder, npy).
-pub fn nominal_shape(cfg: &DatasetConfig) -> Option<(InputShape, usize)> {
+fn synthetic_images(cfg: &DatasetConfig) -> usize {
+    let (train, test) = (cfg.train.unwrap_or(SYNTHETIC_TRAIN), cfg.test.unwrap_or(SYNTHETIC_TEST));
+    train.saturating_add(test)
+}
+
+/// The size a kind always has, without reading anything (cifar10 60,000 images of 3×32×32 in
+/// 10 classes, cifar100 the same in 100 or 20 coarse, mnist 70,000 of 1×28×28 in 10, synthetic
+/// 3×32×32 in 10 as configured); `None` for kinds whose shape comes from the files (folder, npy).
+pub fn nominal_size(cfg: &DatasetConfig) -> Option<DataSize> {
+    let cifar = |classes| DataSize {
+        shape: InputShape::CIFAR,
+        classes,
+        images: 60_000,
+    };
     match cfg.kind {
-        DatasetKind::Synthetic => Some((InputShape::CIFAR, synthetic::CLASSES)),
-        DatasetKind::Cifar10 => Some((InputShape::CIFAR, 10)),
-        DatasetKind::Cifar100 => Some((
-            InputShape::CIFAR,
-            if cfg.labels.as_deref() == Some("coarse") {
-                20
-            } else {
-                100
-            },
-        )),
-        DatasetKind::Mnist => Some((
-            InputShape {
+        DatasetKind::Synthetic => Some(DataSize {
+            shape: InputShape::CIFAR,
+            classes: synthetic::CLASSES,
+            images: synthetic_images(cfg),
+        }),
+        DatasetKind::Cifar10 => Some(cifar(10)),
+        DatasetKind::Cifar100 => Some(cifar(if cfg.labels.as_deref() == Some("coarse") {
+            20
+        } else {
+            100
+        })),
+        DatasetKind::Mnist => Some(DataSize {
+            shape: InputShape {
                 channels: 1,
                 height: 28,
                 width: 28,
             },
-            10,
-        )),
+            classes: 10,
+            images: 70_000,
+        }),
         DatasetKind::Folder | DatasetKind::Npy => None,
     }
 }

@@ -443,6 +443,7 @@ pub(super) fn check(dir: &Path) -> Result<Probe> {
     counts_match(&lp, nl, n, "train_images.npy")?;
     let classes = classes_of(&decode_labels(&lp, &lb[lh.offset..], t)?);
     let (tip, tlp) = (dir.join("test_images.npy"), dir.join("test_labels.npy"));
+    let mut images = n;
     if tip.exists() || tlp.exists() {
         let (th, tlen) = read_header(&tip, dir)?;
         let (tn, tshape) = image_header(&tip, &th, tlen)?;
@@ -452,11 +453,13 @@ pub(super) fn check(dir: &Path) -> Result<Probe> {
         let (tnl, tt) = label_header(&tlp, &tlh, tb.len() as u64)?;
         counts_match(&tlp, tnl, tn, "test_images.npy")?;
         check_range(&tlp, &decode_labels(&tlp, &tb[tlh.offset..], tt)?, classes)?;
+        images += tn;
     }
     Ok(Probe {
         shape,
         classes,
         train_len: n,
+        images,
         has_val: false,
     })
 }

@@ -93,7 +93,11 @@ fn mnist_plain_and_gzip_load_the_same_data() {
     for d in [&plain, &zipped] {
         assert_eq!(
             check(&cfg(DatasetKind::Mnist, Some(d.path())), Path::new("")).unwrap(),
-            (shape, 10)
+            DataSize {
+                shape,
+                classes: 10,
+                images: 6 + 4
+            }
         );
     }
 }
@@ -209,7 +213,11 @@ fn cifar10_directory_loads_every_batch_in_order_and_splits_validation() {
     assert_eq!(all.test.as_ref().unwrap().labels, vec![7, 8]);
     assert_eq!(all.class_names.as_ref().unwrap()[9], "truck");
     assert!(all.source.starts_with("cifar10 at "), "{}", all.source);
-    assert_eq!(check(&c, base).unwrap(), (InputShape::CIFAR, 10));
+    let found = check(&c, base).unwrap();
+    assert_eq!(
+        (found.shape, found.classes, found.images),
+        (InputShape::CIFAR, 10, 15 + 2)
+    );
 
     c.validation = Validation::Count(4);
     let split = load(&c, base, 3).unwrap();
@@ -228,8 +236,8 @@ fn cifar10_finds_the_extracted_directory_inside_path() {
     let inner = d.path().join("cifar-10-batches-bin");
     std::fs::create_dir(&inner).unwrap();
     cifar10_dir(&inner);
-    let (shape, classes) = check(&cfg(DatasetKind::Cifar10, Some(d.path())), Path::new("")).unwrap();
-    assert_eq!((shape, classes), (InputShape::CIFAR, 10));
+    let found = check(&cfg(DatasetKind::Cifar10, Some(d.path())), Path::new("")).unwrap();
+    assert_eq!((found.shape, found.classes), (InputShape::CIFAR, 10));
 }
 
 #[test]
@@ -307,8 +315,14 @@ fn cifar100_reads_fine_or_coarse_labels() {
     assert_eq!((coarse.classes, coarse.train.labels.clone()), (20, vec![3, 19, 0]));
     assert_eq!(coarse.test.unwrap().labels, vec![4]);
     assert_eq!(coarse.class_names.unwrap()[19], "coarse19");
-    assert_eq!(check(&c, Path::new("")).unwrap(), (InputShape::CIFAR, 20));
-    assert_eq!(nominal_shape(&c), Some((InputShape::CIFAR, 20)));
+    assert_eq!(
+        check(&c, Path::new("")).map(|f| (f.shape, f.classes)).unwrap(),
+        (InputShape::CIFAR, 20)
+    );
+    assert_eq!(
+        nominal_size(&c).map(|f| (f.shape, f.classes, f.images)),
+        Some((InputShape::CIFAR, 20, 60_000))
+    );
 
     std::fs::write(d.path().join("test.bin"), cifar_records(&[&[20, 40]])).unwrap();
     let (path, msg) = data_error(load(&c, Path::new(""), 0));
@@ -372,7 +386,12 @@ fn folder_of_png_and_jpeg_loads_resized_rgb_with_sorted_class_names() {
         "{blue:?}"
     );
     assert_eq!(data.test.unwrap().labels, vec![1]);
-    assert_eq!(check(&folder_cfg(d.path()), Path::new("")).unwrap(), (shape, 2));
+    assert_eq!(
+        check(&folder_cfg(d.path()), Path::new(""))
+            .map(|f| (f.shape, f.classes))
+            .unwrap(),
+        (shape, 2)
+    );
 }
 
 #[test]
@@ -477,8 +496,11 @@ fn npy_nhwc_images_with_little_and_big_endian_int64_labels() {
     assert_eq!(data.test.as_ref().unwrap().labels, vec![1, 2]);
     // NCHW: image 1, channel 2, pixels 0..4.
     assert_eq!(data.train.images[12 + 8..12 + 12], [102, 112, 122, 132]);
-    assert_eq!(check(&c, Path::new("")).unwrap(), (shape, 3));
-    assert_eq!(nominal_shape(&c), None);
+    assert_eq!(
+        check(&c, Path::new("")).map(|f| (f.shape, f.classes)).unwrap(),
+        (shape, 3)
+    );
+    assert_eq!(nominal_size(&c), None);
 }
 
 #[test]
@@ -673,8 +695,12 @@ fn synthetic_loads_without_files_with_a_generated_test_set() {
     );
     assert_eq!(data.train.images.len(), 150 * 3072);
     assert_eq!(data.class_names.as_ref().unwrap().len(), 10);
-    assert_eq!(check(&c, Path::new("/nonexistent")).unwrap(), (InputShape::CIFAR, 10));
-    assert_eq!(nominal_shape(&c), Some((InputShape::CIFAR, 10)));
+    let found = check(&c, Path::new("/nonexistent")).unwrap();
+    assert_eq!(
+        (found.shape, found.classes, found.images),
+        (InputShape::CIFAR, 10, 200 + 50)
+    );
+    assert_eq!(nominal_size(&c), Some(found));
 }
 
 /// Identifies each image of a split by its bytes.

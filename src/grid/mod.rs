@@ -226,6 +226,43 @@ pub fn parse(path: &Path, source: &str) -> Result<Grid> {
     })
 }
 
+impl Grid {
+    /// An error about the setting `key` of table `table` (`train`, `dataset`, `grid`), at the
+    /// line that writes it, else at the table's, else at the top of the file (a default).
+    pub fn setting_error(&self, table: &str, key: &str, message: String) -> Error {
+        type Keys = BTreeMap<Spanned<String>, toml::Value>;
+        #[derive(Deserialize)]
+        struct Tables {
+            #[serde(default)]
+            train: Option<Spanned<Keys>>,
+            #[serde(default)]
+            dataset: Option<Spanned<Keys>>,
+            #[serde(default)]
+            grid: Option<Spanned<Keys>>,
+        }
+        let tables: Option<Tables> = toml::from_str(&self.source).ok();
+        let found = tables.and_then(|t| match table {
+            "train" => t.train,
+            "dataset" => t.dataset,
+            "grid" => t.grid,
+            _ => None,
+        });
+        let span = found.map_or(0..0, |t| {
+            t.get_ref()
+                .keys()
+                .find(|k| k.get_ref() == key)
+                .map_or(t.span(), |k| k.span())
+        });
+        let (line, column) = line_col(&self.source, span.start);
+        Error::Grid {
+            path: self.path.clone(),
+            line,
+            column,
+            message,
+        }
+    }
+}
+
 struct Table {
     span: Range<usize>,
     entries: Vec<(At<String>, At<Value>)>,

@@ -11,7 +11,7 @@ thread_local! {
 pub fn add_macs(n: u64) {
     MACS.with(|m| {
         if let Some(v) = m.get() {
-            m.set(Some(v + n));
+            m.set(Some(v.saturating_add(n)));
         }
     });
 }

@@ -10,6 +10,7 @@ use candle_nn::{Init, VarBuilder};
 
 use super::flops;
 use super::ops::batchnorm;
+use super::trace;
 
 const HE_NORMAL: Init = candle_nn::init::DEFAULT_KAIMING_NORMAL;
 
@@ -56,11 +57,21 @@ impl Conv2d {
 
     /// (N, in, H, W) → (N, out, H', W')
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if trace::active() {
+            return self.traced(x, 1);
+        }
         let y = super::ops::conv::conv2d(x, &self.weight, self.stride, self.padding)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((b.dim(0)?, 1, 1))?)?,
             None => y,
         };
+        self.count(&y)
+    }
+
+    /// In a shape trace: its output for input `x`, kept `copies` times for the backward pass.
+    fn traced(&self, x: &Tensor, copies: u64) -> Result<Tensor> {
+        let (c_out, _, k, _) = self.weight.dims4()?;
+        let y = trace::output(trace::conv_dims(x, c_out, k, self.stride, self.padding)?, copies)?;
         self.count(&y)
     }
 
@@ -79,6 +90,10 @@ impl Conv2d {
 /// one pass over the activations instead of three. The values match the unfolded layers to
 /// rounding.
 pub(super) fn conv_bn(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+    if trace::active() {
+        // the fused op keeps the convolution's output and its own
+        return conv.traced(x, 2);
+    }
     if super::ops::reference_ops() {
         return bn.apply(&conv.forward(x)?, train, relu);
     }
@@ -108,6 +123,9 @@ fn conv_bn_eval(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, s: Option<&Tensor>,
 /// folded convolution adds `s` and applies the ReLU as it stores (see [`conv_bn`]); with the
 /// reference ops, [`conv_bn`] then [`super::residual`].
 pub(super) fn conv_bn_add_relu(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, s: &Tensor, train: bool) -> Result<Tensor> {
+    if trace::active() {
+        return conv.traced(x, 2);
+    }
     if !super::ops::reference_ops() {
         if !train {
             return conv_bn_eval(conv, bn, x, Some(s), true);
@@ -129,6 +147,11 @@ pub(super) type BasicUnit<'a> = ((&'a Conv2d, &'a BatchNorm2d), (&'a Conv2d, &'a
 /// otherwise, or where that op does not take the shapes, [`conv_bn`] then
 /// [`conv_bn_add_relu`] for each unit.
 pub(super) fn basic_units(units: &[BasicUnit], x: &Tensor, train: bool) -> Result<Tensor> {
+    if trace::active() {
+        return units.iter().try_fold(x.clone(), |x, (first, second)| {
+            second.0.traced(&first.0.traced(&x, 2)?, 2)
+        });
+    }
     if train && !super::ops::reference_ops() {
         let layers: Vec<_> = units
             .iter()
@@ -217,6 +240,9 @@ impl BatchNorm2d {
     }
 
     fn apply(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if trace::active() {
+            return trace::output(x.dims(), 1);
+        }
         batchnorm::batch_norm(
             x,
             &self.weight,
@@ -250,6 +276,9 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (c_out, c_in) = self.weight.dims2()?;
         flops::add_macs((c_in * c_out) as u64);
+        if trace::active() {
+            return trace::output((x.dim(0)?, c_out), 1);
+        }
         x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
     }
 }
@@ -266,8 +295,20 @@ impl ModuleT for BatchNorm2d {
     }
 }
 
+/// max(x, 0), element-wise (kept as a node of the graph).
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if trace::active() {
+        return trace::output(x.dims(), 1);
+    }
+    x.relu()
+}
+
 /// (N, C, H, W) → (N, C)
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    if trace::active() {
+        let (n, c, _, _) = x.dims4()?;
+        return trace::output((n, c), 1);
+    }
     x.mean(D::Minus1)?.mean(D::Minus1)
 }
 
@@ -277,6 +318,9 @@ pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     if h < k || w < k {
         candle_core::bail!("max_pool2d: a {h}×{w} map is smaller than the {k}×{k} window");
+    }
+    if trace::active() {
+        return trace::output((x.dim(0)?, x.dim(1)?, h / k, w / k), 1);
     }
     x.max_pool2d(k)
 }
@@ -317,6 +361,10 @@ impl ModuleT for Dropout {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if !train || self.p == 0.0 {
             return Ok(x.clone());
+        }
+        if trace::active() {
+            // the output and the mask
+            return trace::output(x.dims(), 2);
         }
         let (seed, step) = STEP.with(|s| s.get());
         let mut rng = crate::rng::Rng::derive(seed, &self.name, step);

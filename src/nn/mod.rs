@@ -24,6 +24,7 @@ pub mod flops;
 mod layers;
 mod ops;
 mod params;
+pub mod trace;
 mod units;
 
 /// Makes the convolution, batch-norm and residual ops built on this thread Candle's own
@@ -47,11 +48,11 @@ pub fn device_memory_peak(device: &candle_core::Device) -> Option<u64> {
 }
 
 pub use layers::{
-    batch_norm, conv2d, conv2d_biased, dropout, global_avg_pool, linear, max_pool2d, set_step, BatchNorm2d, Conv2d,
-    Dropout, Linear,
+    batch_norm, conv2d, conv2d_biased, dropout, global_avg_pool, linear, max_pool2d, relu, set_step, BatchNorm2d,
+    Conv2d, Dropout, Linear,
 };
 pub use ops::residual::{residual, residual_slow, Addend};
-pub use params::{is_buffer, ParamStore};
+pub use params::{is_buffer, ParamStore, ShapeStore};
 // What a plugin's signatures are made of, so that a plugin needs no crate but this one.
 pub use candle_core::{Error, ModuleT, Result, Tensor};
 pub use candle_nn::VarBuilder;

@@ -155,6 +155,59 @@ impl candle_nn::var_builder::SimpleBackend for ParamStore {
     }
 }
 
+/// A `VarBuilder` backend that records the shapes a model asks for and hands out
+/// [`super::trace::placeholder`]s, so that a model of any size is built without its storage:
+/// what [`crate::arch::cost`] counts parameters with.
+#[derive(Clone, Default)]
+pub struct ShapeStore {
+    /// Each tensor's element count, by name.
+    sizes: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+impl ShapeStore {
+    pub fn new() -> Self {
+        ShapeStore::default()
+    }
+
+    /// A `VarBuilder` over this store, on the CPU.
+    pub fn var_builder(&self) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), DType::F32, Device::Cpu)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
+        self.sizes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The number of trainable scalars; an error where it does not fit in 64 bits.
+    pub fn trainable_count(&self) -> Result<u64> {
+        self.lock()
+            .iter()
+            .filter(|(k, _)| !is_buffer(k))
+            .try_fold(0u64, |a, (_, &n)| a.checked_add(n))
+            .ok_or_else(|| candle_core::Error::Msg("the model has more than 2^64 parameters".into()))
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for ShapeStore {
+    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, _: &Device) -> Result<Tensor> {
+        let n = s
+            .dims()
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+            .ok_or_else(|| candle_core::Error::Msg(format!("tensor `{name}` of shape {s:?} is too large to count")))?;
+        self.lock().insert(name.to_string(), n);
+        super::trace::placeholder(s)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> Result<Tensor> {
+        candle_core::bail!("tensor `{name}` has no shape in a shape-only store")
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.lock().contains_key(name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

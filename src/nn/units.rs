@@ -188,7 +188,7 @@ impl ConvLayer {
     fn post(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         match &self.bn {
             Some(bn) => layers::conv_bn(&self.conv, bn, x, train, relu),
-            None if relu => self.conv.forward(x)?.relu(),
+            None if relu => layers::relu(&self.conv.forward(x)?),
             None => self.conv.forward(x),
         }
     }
@@ -197,7 +197,7 @@ impl ConvLayer {
     fn pre(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match &self.bn {
             Some(bn) => bn.forward_relu(x, train),
-            None => x.relu(),
+            None => layers::relu(x),
         }
     }
 }

@@ -297,7 +297,7 @@ struct Fake(&'static str, &'static [crate::arch::ParamSpec]);
 const fn spec(name: &'static str) -> crate::arch::ParamSpec {
     crate::arch::ParamSpec {
         name,
-        kind: crate::arch::ParamKind::Int { min: 0 },
+        kind: crate::arch::ParamKind::Int { min: 0, max: 100 },
         default: crate::arch::DefaultValue::Int(1),
         doc: "",
     }

@@ -129,3 +129,66 @@ fn list_archs_shows_parameters_and_choices() {
     );
     assert!(out.contains("He et al."), "{out}");
 }
+
+/// ResNet for CIFAR with n basic blocks per stage (depth 6n+2): the stem conv and BN, three
+/// stages of two 3×3 conv + BN per block (option A's shortcuts, identity and zero padding, have
+/// no parameters), the classifier.
+fn resnet_b_params(depth: u64) -> u64 {
+    let n = (depth - 2) / 6;
+    let stem = 3 * 3 * 3 * 16 + 2 * 16;
+    let block = |c_in: u64, c: u64| 9 * c_in * c + 2 * c + 9 * c * c + 2 * c;
+    let stage1 = n * block(16, 16);
+    let stage2 = block(16, 32) + (n - 1) * block(32, 32);
+    let stage3 = block(32, 64) + (n - 1) * block(64, 64);
+    stem + stage1 + stage2 + stage3 + 64 * 10 + 10
+}
+
+#[test]
+fn a_dry_run_of_depth_200000_is_exact_and_allocates_no_model() {
+    assert_eq!(
+        resnet_b_params(20),
+        269_722,
+        "the formula against the paper's ResNet-20"
+    );
+    let d = Dir::new();
+    d.write(
+        "g.toml",
+        &format!("{HEAD}[grid]\narch = [\"resnet\"]\nshortcut = \"A\"\ndepth = [200000]\n"),
+    );
+    let r = d.run(&["run", "g.toml", "--dry-run", "--csv"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let out = r.stdout();
+    let header: Vec<&str> = out.lines().next().unwrap().split(',').collect();
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split(',').collect();
+    let col = |name: &str| row[header.iter().position(|h| *h == name).unwrap()];
+    assert_eq!(col("depth"), "200000");
+    assert_eq!(col("params"), resnet_b_params(200_000).to_string());
+    let mib: f64 = col("memory").parse().unwrap();
+    assert!(mib > 1e6, "3.2 G parameters need terabytes at batch 128: {mib} MiB");
+}
+
+#[test]
+fn a_batch_nobody_meant_exits_2_with_the_estimate_before_writing_anything() {
+    let d = Dir::new();
+    d.write(
+        "g.toml",
+        "[experiment]\nname = \"t\"\n\n[dataset]\nkind = \"synthetic\"\n\n[train]\niterations = 10\nbatch_size = 10000000\n\n[grid]\narch = [\"resnet\"]\ndepth = [20]\n",
+    );
+    let r = d.run(&["run", "g.toml"]);
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    let err = r.stderr();
+    assert!(
+        err.contains("g.toml:9:") && err.contains("batch_size") && err.contains("estimated"),
+        "{err}"
+    );
+    assert!(err.contains("--ignore-memory-limit"), "{err}");
+    assert_eq!(d.files(), vec!["g.toml"], "nothing written");
+}
+
+#[test]
+fn a_width_that_overflows_names_the_file_line_and_key() {
+    let (code, err, files) = bad_grid("[grid]\narch = [\"resnet\"]\nwidth = [9223372036854775807]\n");
+    assert_eq!(code, 2);
+    assert!(err.contains("g.toml:12:") && err.contains("width"), "{err}");
+    assert_eq!(files, vec!["g.toml"]);
+}
