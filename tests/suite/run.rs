@@ -184,3 +184,30 @@ fn jobs_train_side_by_side_to_the_numbers_of_one_at_a_time() {
     jobs.dedup();
     assert!(jobs.len() >= 2, "the trials all went to one job: {workers:?}");
 }
+
+/// A trial whose estimated memory exceeds what the process may use fails before it is built,
+/// with the estimate in its message, and the trials beside it train.
+#[test]
+fn a_trial_that_cannot_fit_fails_before_it_starts_and_the_grid_goes_on() {
+    let d = Dir::new();
+    let text = crate::util::grid("fit", "\"resnet\"", "1", 8, 1).replace("depth = [8]", "depth = [8, 200000]");
+    d.write("g.toml", &text);
+    let r = d.run(&["run", "g.toml"]);
+    assert_eq!(r.code(), 1, "{}\n{}", r.stdout(), r.stderr());
+    assert!(r.stdout().contains("1 trained, 1 failed"), "{}", r.stdout());
+    let (header, rows) = csv_rows(&d);
+    let status = header.iter().position(|h| h == "status").unwrap();
+    let depth = header.iter().position(|h| h == "depth").unwrap();
+    let by_depth = |dep: &str| rows.iter().find(|r| r[depth] == dep).unwrap()[status].clone();
+    assert_eq!(
+        (by_depth("8"), by_depth("200000")),
+        ("done".to_string(), "failed".to_string())
+    );
+    let failed = rows.iter().position(|r| r[depth] == "200000").unwrap() + 1;
+    let show = d.run(&["show", &failed.to_string()]);
+    assert!(
+        show.stdout().contains("estimated") && show.stdout().contains("--ignore-memory-limit"),
+        "{}",
+        show.stdout()
+    );
+}
