@@ -25,7 +25,7 @@ const PARAMS: &[ParamSpec] = &[
         name: "depth",
         kind: ParamKind::Int {
             min: 8,
-            max: super::resnet::MAX_DEPTH,
+            max: arch::MAX_DEPTH,
         },
         default: DefaultValue::Int(20),
         doc: "weighted layers: 6n+2",
@@ -34,7 +34,7 @@ const PARAMS: &[ParamSpec] = &[
         name: "width",
         kind: ParamKind::Int {
             min: 1,
-            max: super::resnet::MAX_WIDTH,
+            max: arch::MAX_WIDTH,
         },
         default: DefaultValue::Int(16),
         doc: "filters in the first stage (doubled in each later stage)",

@@ -32,18 +32,12 @@ use runner::nn::{
 
 pub struct ResNet;
 
-/// The largest depth and first-stage width a grid may give: far beyond any trainable net
-/// (ResNet-1202 is 19.4M parameters; a dry run shows what a million layers would need), and
-/// far from overflowing the sizes derived from them.
-pub const MAX_DEPTH: i64 = 1_000_000;
-pub const MAX_WIDTH: i64 = 1 << 16;
-
 const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "depth",
         kind: ParamKind::Int {
             min: 8,
-            max: MAX_DEPTH,
+            max: arch::MAX_DEPTH,
         },
         default: DefaultValue::Int(20),
         doc: "weighted layers: 6n+2 with basic blocks, 9n+2 with bottleneck blocks",
@@ -70,7 +64,7 @@ const PARAMS: &[ParamSpec] = &[
         name: "width",
         kind: ParamKind::Int {
             min: 1,
-            max: MAX_WIDTH,
+            max: arch::MAX_WIDTH,
         },
         default: DefaultValue::Int(16),
         doc: "filters in the first stage (doubled in each later stage)",

@@ -20,7 +20,9 @@
 //!
 //! Tensor names: `layer{s}.{i}.conv1`, `.bn1` (stage s, convolution i), `linear`.
 
-use runner::arch::{Architecture, DefaultValue, InputShape, Model, ParamError, ParamKind, ParamSpec, Params};
+use runner::arch::{
+    Architecture, DefaultValue, InputShape, Model, ParamError, ParamKind, ParamSpec, Params, MAX_WIDTH,
+};
 use runner::nn::{self, conv3x3, Error, Linear, ModuleT, Result, Stage, Tensor, UnitSpec, VarBuilder};
 
 pub struct Vgg;
@@ -40,10 +42,7 @@ const PARAMS: &[ParamSpec] = &[
     },
     ParamSpec {
         name: "width",
-        kind: ParamKind::Int {
-            min: 1,
-            max: super::resnet::MAX_WIDTH,
-        },
+        kind: ParamKind::Int { min: 1, max: MAX_WIDTH },
         default: DefaultValue::Int(64),
         doc: "filters in the first stage (doubled in each later stage, at most 8×)",
     },

@@ -32,7 +32,7 @@ const PARAMS: &[ParamSpec] = &[
         name: "depth",
         kind: ParamKind::Int {
             min: 10,
-            max: super::resnet::MAX_DEPTH,
+            max: arch::MAX_DEPTH,
         },
         default: DefaultValue::Int(16),
         doc: "weighted layers d: 6N+4 (16, 22, 28, 40)",

@@ -37,6 +37,12 @@ impl fmt::Display for InputShape {
     }
 }
 
+/// The largest depth (in layers) and first-stage width (in filters) a plugin should let a grid
+/// give: far beyond any trainable net (ResNet-1202 is 19.4M parameters; a dry run shows what a
+/// million layers would need), and far from overflowing the sizes derived from them.
+pub const MAX_DEPTH: i64 = 1_000_000;
+pub const MAX_WIDTH: i64 = 1 << 16;
+
 /// The type of a plugin parameter, with the values it allows.
 #[derive(Debug, Clone, Copy)]
 pub enum ParamKind {
