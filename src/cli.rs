@@ -153,14 +153,23 @@ pub enum Format {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Columns: experiment, trial, arch, then one per architecture parameter, then
+    after_help = "Seeds: trials that differ only in their seed are one line of the table and
+of --markdown: `trials` lists them, `n` counts those done, the errors are their
+mean ± std (sample), min and max; with --paper the test error is the papers'
+`best (mean ± std)` and `diff` is our best minus the paper's. --per-seed shows
+one line per trial instead. --csv and --json always have one record per trial,
+with its group's figures beside it (seed_group, the group's first trial;
+seed_group_done; best_val_error_mean/_std/_min/_max; test_error_mean/...).
+
+Columns: experiment, trial, arch, then one per architecture parameter, then
 params, status, steps, best_val_error, test_error, train_loss, wall_s,
 images_per_s, mflops, seed, dataset, best_step, key, error (--csv; the table
-shows fewer). The parameter columns depend on the trials reported: every
-parameter the architectures among them declare, in `runner list archs` order,
-a shared name once, empty where a trial's architecture has no such parameter
-(plain and resnet trials: depth, width, shortcut, preact, block). --json puts
-them in an `arch_params` object with the same keys in every row.
+shows fewer), then the paper's with --paper, then the seed group's. The
+parameter columns depend on the trials reported: every parameter the
+architectures among them declare, in `runner list archs` order, a shared name
+once, empty where a trial's architecture has no such parameter (plain and
+resnet trials: depth, width, shortcut, preact, block). --json puts them in an
+`arch_params` object with the same keys in every row.
 
 Charts (--plot DIR), one set per experiment:
   <experiment>-curves.svg    error (%) against iterations (He et al. 2015, Fig. 6):
@@ -178,7 +187,8 @@ a note on stderr. In <experiment>, characters other than letters, digits, '-',
 
 Examples:
   runner report --csv --experiment depth > depth.csv
-  runner report --paper         how far each trial is from the papers
+  runner report --paper         how far each network is from the papers
+  runner report --per-seed      every trial on its own line
   runner report --plot charts --png --markdown --paper > report.md
                                 a document for a README or a lab notebook"
 )]
@@ -211,6 +221,10 @@ pub struct ReportArgs {
     /// paper's (dataset, iterations, batch, schedule, augmentation)
     #[arg(long)]
     pub paper: bool,
+    /// One line per trial in the table and --markdown, instead of one per group of trials that
+    /// differ only in their seed
+    #[arg(long)]
+    pub per_seed: bool,
 }
 
 impl ReportArgs {

@@ -25,3 +25,6 @@ mod bench;
 
 #[path = "suite/cluster.rs"]
 mod cluster;
+
+#[path = "suite/seeds.rs"]
+mod seeds;

@@ -21,8 +21,10 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the store's runtime")
 }
 
-/// `runner report`: one row per trial; with `--paper` the papers' figures beside ours, with
-/// `--plot` charts in a folder (listed on stderr, so that stdout stays the report).
+/// `runner report`: one row per group of trials that differ only in their seed (`--per-seed`:
+/// per trial; CSV and JSON: per trial with the group's figures); with `--paper` the papers'
+/// figures beside ours, with `--plot` charts in a folder (listed on stderr, so that stdout
+/// stays the report).
 pub fn report(args: &ReportArgs) -> Result<i32> {
     let rt = runtime()?;
     let (rows, metrics, configs) = rt.block_on(async {
@@ -35,14 +37,13 @@ pub fn report(args: &ReportArgs) -> Result<i32> {
             if args.plot.is_some() {
                 metrics.insert(r.trial, store.metrics(r.trial).await?);
             }
-            if args.paper {
-                configs.push(store.trial(&r.trial.to_string()).await?.config_json);
-            }
+            configs.push(store.trial(&r.trial.to_string()).await?.config_json);
         }
         store.close().await;
         Ok::<_, Error>((rows, metrics, configs))
     })?;
     // A configuration this binary cannot read (an older schema) matches no paper entry.
+    let groups = report::seeds::groups(&configs);
     let paper: Option<Vec<Option<paper::Comparison>>> = args.paper.then(|| {
         configs
             .iter()
@@ -79,10 +80,11 @@ pub fn report(args: &ReportArgs) -> Result<i32> {
     }
     let paper = paper.as_deref();
     let text = match args.format() {
-        Format::Table => report::table_with(&rows, paper),
-        Format::Csv => report::csv_with(&rows, paper),
-        Format::Json => report::json_with(&rows, paper),
-        Format::Markdown => report::document(&rows, paper, &links),
+        Format::Table if args.per_seed => report::table_with(&rows, paper),
+        Format::Table => report::seeds_table(&rows, &groups, paper),
+        Format::Csv => report::seeds_csv(&rows, &groups, paper),
+        Format::Json => report::seeds_json(&rows, &groups, paper),
+        Format::Markdown => report::document(&rows, (!args.per_seed).then_some(&groups[..]), paper, &links),
     };
     let mut out = std::io::stdout().lock();
     write!(out, "{text}")?;

@@ -2,7 +2,8 @@
 //! for a terminal ([`table`]), a spreadsheet or pandas ([`csv`]), programs ([`json`]) and
 //! documents ([`markdown`], and [`document`] for a whole report with the paper comparison and
 //! chart links). The `*_with` forms add the paper comparison columns of `--paper`
-//! ([`paper::compare`] per row); [`plot`] draws the charts.
+//! ([`paper::compare`] per row); the `seeds_*` forms report trials that differ only in their seed
+//! together ([`seeds`]); [`plot`] draws the charts.
 //!
 //! The human formats show errors in percent and shorten numbers; the machine formats keep every
 //! value as stored (errors as fractions, seconds) so that nothing is lost on the way to analysis.
@@ -13,6 +14,7 @@
 
 pub mod paper;
 pub mod plot;
+pub mod seeds;
 
 #[cfg(test)]
 mod paper_tests;
@@ -26,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::arch::{Architecture, Params, Value};
 use crate::store::SummaryRow;
 use paper::Comparison;
+use seeds::Group;
 
 /// The paper comparison of each row, in row order (`None`: the papers have no such network).
 pub type PaperColumn<'a> = &'a [Option<Comparison>];
@@ -175,17 +178,104 @@ fn human(rows: &[SummaryRow], paper: Option<PaperColumn>) -> (Vec<(String, bool)
 }
 
 fn paper_cells(r: &SummaryRow, c: Option<&Comparison>) -> [String; 3] {
+    paper_cells_of(r.test_error, c)
+}
+
+/// The paper columns beside our test error `ours` (a fraction).
+fn paper_cells_of(ours: Option<f64>, c: Option<&Comparison>) -> [String; 3] {
     match c {
         None => [NULL.to_string(), NULL.to_string(), NULL.to_string()],
         Some(c) => [
             format!("{:.2}", c.entry.test_error_pct),
-            c.diff_pp(r.test_error)
+            c.diff_pp(ours)
                 .filter(|d| d.is_finite())
                 .map(|d| format!("{d:+.2}"))
                 .unwrap_or_else(|| NULL.to_string()),
             c.recipe_text(),
         ],
     }
+}
+
+/// The human formats' columns of a group of seeds after the architecture's parameters; the
+/// errors are the mean ± std of the finished trials, then their minimum and maximum.
+const GROUP_TRAILING: [(&str, bool); 10] = [
+    ("params", true),
+    ("status", false),
+    ("n", true),
+    ("best val err %", true),
+    ("val min", true),
+    ("val max", true),
+    ("test err %", true),
+    ("test min", true),
+    ("test max", true),
+    ("images/s", true),
+];
+
+/// [`human`] with one line per group of seeds. With the paper comparison the test error is in
+/// the papers' `best (mean ± std)` form, and `diff` is our best minus the paper's figure.
+fn human_groups(
+    rows: &[SummaryRow],
+    groups: &[Group],
+    paper: Option<PaperColumn>,
+) -> (Vec<(String, bool)>, Vec<Vec<String>>) {
+    let params = row_param_columns(rows);
+    let leading = [("experiment", false), ("trials", false), ("arch", false)];
+    let fixed: Vec<&str> = leading.iter().chain(&GROUP_TRAILING).map(|(t, _)| *t).collect();
+    let mut titles: Vec<(String, bool)> = leading.iter().map(|(t, n)| (t.to_string(), *n)).collect();
+    titles.extend(params.iter().map(|name| {
+        let numeric = rows.iter().filter_map(|r| r.param(name)).all(Value::is_number);
+        (param_title(name, &fixed), numeric)
+    }));
+    titles.extend(GROUP_TRAILING.iter().map(|(t, n)| {
+        let title = if *t == "test err %" && paper.is_some() {
+            "test err % best (mean ± std)"
+        } else {
+            t
+        };
+        (title.to_string(), *n)
+    }));
+    if paper.is_some() {
+        titles.extend(PAPER_TITLES.map(|(t, n)| (t.to_string(), n)));
+    }
+    let null = || NULL.to_string();
+    let pct = |v: Option<f64>| v.map(percent).unwrap_or_else(null);
+    let cells = groups
+        .iter()
+        .map(|g| {
+            let first = g.first(rows);
+            let s = g.summary(rows);
+            let mut line = vec![first.experiment.clone(), g.trial_ids(rows), first.arch.clone()];
+            line.extend(
+                params
+                    .iter()
+                    .map(|name| first.param(name).map(human_value).unwrap_or_else(null)),
+            );
+            let val = s.best_val_error;
+            let test = s.test_error;
+            let test_text = match paper {
+                Some(_) => test.map(|t| t.paper_form()),
+                None => test.map(|t| t.mean_std_percent()),
+            };
+            line.extend([
+                count(first.params),
+                g.statuses(rows),
+                s.done.to_string(),
+                val.map(|v| v.mean_std_percent()).unwrap_or_else(null),
+                pct(val.map(|v| v.min)),
+                pct(val.map(|v| v.max)),
+                test_text.unwrap_or_else(null),
+                pct(test.map(|v| v.min)),
+                pct(test.map(|v| v.max)),
+                s.images_per_s.map(|v| format!("{v:.0}")).unwrap_or_else(null),
+            ]);
+            if let Some(paper) = paper {
+                let c = paper.get(g.members[0]).and_then(Option::as_ref);
+                line.extend(paper_cells_of(test.map(|t| t.min), c));
+            }
+            line
+        })
+        .collect();
+    (titles, cells)
 }
 
 /// An aligned plain-text table, one line per trial, followed by the errors of failed trials.
@@ -196,6 +286,18 @@ pub fn table(rows: &[SummaryRow]) -> String {
 /// [`table`] with the paper comparison columns.
 pub fn table_with(rows: &[SummaryRow], paper: Option<PaperColumn>) -> String {
     let (titles, cells) = human(rows, paper);
+    aligned(rows, &titles, &cells)
+}
+
+/// [`table_with`] with one line per group of trials that differ only in their seed
+/// ([`seeds`]): the number finished and the mean ± std, minimum and maximum of their errors.
+pub fn seeds_table(rows: &[SummaryRow], groups: &[Group], paper: Option<PaperColumn>) -> String {
+    let (titles, cells) = human_groups(rows, groups, paper);
+    aligned(rows, &titles, &cells)
+}
+
+/// The titles and cells as aligned columns, then the errors of the failed trials among `rows`.
+fn aligned(rows: &[SummaryRow], titles: &[(String, bool)], cells: &[Vec<String>]) -> String {
     let widths: Vec<usize> = titles
         .iter()
         .enumerate()
@@ -211,7 +313,7 @@ pub fn table_with(rows: &[SummaryRow], paper: Option<PaperColumn>) -> String {
     let line = |texts: Vec<&str>| -> String {
         let padded: Vec<String> = texts
             .iter()
-            .zip(&titles)
+            .zip(titles)
             .zip(&widths)
             .map(|((t, (_, numeric)), &w)| {
                 if *numeric {
@@ -224,7 +326,7 @@ pub fn table_with(rows: &[SummaryRow], paper: Option<PaperColumn>) -> String {
         format!("{}\n", padded.join("  ").trim_end())
     };
     let mut out = line(titles.iter().map(|(t, _)| t.as_str()).collect());
-    for cells in &cells {
+    for cells in cells {
         out.push_str(&line(cells.iter().map(String::as_str).collect()));
     }
     let failures: Vec<String> = rows
@@ -250,6 +352,16 @@ pub fn markdown(rows: &[SummaryRow]) -> String {
 /// [`markdown`] with the paper comparison columns.
 pub fn markdown_with(rows: &[SummaryRow], paper: Option<PaperColumn>) -> String {
     let (titles, cells) = human(rows, paper);
+    markdown_table(&titles, cells)
+}
+
+/// [`markdown_with`] with one line per group of seeds, as [`seeds_table`].
+pub fn seeds_markdown(rows: &[SummaryRow], groups: &[Group], paper: Option<PaperColumn>) -> String {
+    let (titles, cells) = human_groups(rows, groups, paper);
+    markdown_table(&titles, cells)
+}
+
+fn markdown_table(titles: &[(String, bool)], cells: Vec<Vec<String>>) -> String {
     let mut out = String::new();
     let names: Vec<&str> = titles.iter().map(|(t, _)| t.as_str()).collect();
     out.push_str(&format!("| {} |\n", names.join(" | ")));
@@ -280,7 +392,12 @@ pub struct ChartLink {
 /// A self-contained markdown report: title, experiments and data sets, the table (with the
 /// paper columns and a note on them when `paper` is given), the failed trials' errors, and
 /// image links to the charts.
-pub fn document(rows: &[SummaryRow], paper: Option<PaperColumn>, charts: &[ChartLink]) -> String {
+pub fn document(
+    rows: &[SummaryRow],
+    groups: Option<&[Group]>,
+    paper: Option<PaperColumn>,
+    charts: &[ChartLink],
+) -> String {
     let mut experiments: Vec<&str> = Vec::new();
     for r in rows {
         if !experiments.contains(&r.experiment.as_str()) {
@@ -311,7 +428,10 @@ pub fn document(rows: &[SummaryRow], paper: Option<PaperColumn>, charts: &[Chart
         ));
     }
     out.push('\n');
-    out.push_str(&markdown_with(rows, paper));
+    out.push_str(&match groups {
+        Some(groups) => seeds_markdown(rows, groups, paper),
+        None => markdown_with(rows, paper),
+    });
     if let Some(paper) = paper {
         let matched = paper.iter().filter(|c| c.is_some()).count();
         let sources: BTreeSet<&str> = paper.iter().flatten().map(|c| c.entry.source.citation()).collect();
@@ -406,13 +526,28 @@ pub fn csv(rows: &[SummaryRow]) -> String {
 
 /// [`csv`] with the paper comparison columns ([`PAPER_FIELDS`]) after the others.
 pub fn csv_with(rows: &[SummaryRow], paper: Option<PaperColumn>) -> String {
+    csv_of(rows, paper, None)
+}
+
+/// [`csv_with`] with, on each trial's line, the statistics of its group of seeds
+/// ([`SEED_FIELDS`], after the others): both levels in one file.
+pub fn seeds_csv(rows: &[SummaryRow], groups: &[Group], paper: Option<PaperColumn>) -> String {
+    csv_of(rows, paper, Some(groups))
+}
+
+fn csv_of(rows: &[SummaryRow], paper: Option<PaperColumn>, groups: Option<&[Group]>) -> String {
     let params = row_param_columns(rows);
     let mut out = csv_titles(&params).join(",");
     if paper.is_some() {
         out.push(',');
         out.push_str(&PAPER_FIELDS.join(","));
     }
+    if groups.is_some() {
+        out.push(',');
+        out.push_str(&SEED_FIELDS.join(","));
+    }
     out.push('\n');
+    let group_of = groups.map(|g| (g, seeds::group_of_rows(g, rows.len())));
     for (i, r) in rows.iter().enumerate() {
         let [experiment, trial, arch, rest @ ..] = csv_row(r);
         let mut fields: Vec<Option<String>> = vec![experiment, trial, arch];
@@ -420,6 +555,9 @@ pub fn csv_with(rows: &[SummaryRow], paper: Option<PaperColumn>) -> String {
         fields.extend(rest);
         if let Some(paper) = paper {
             fields.extend(paper_fields(r, paper.get(i).and_then(Option::as_ref)));
+        }
+        if let Some((groups, of)) = &group_of {
+            fields.extend(seed_fields(rows, &groups[of[i]]));
         }
         let fields: Vec<String> = fields.iter().map(|f| csv_field(f.as_deref().unwrap_or(""))).collect();
         out.push_str(&fields.join(","));
@@ -451,6 +589,36 @@ fn csv_row(r: &SummaryRow) -> [Option<String>; 17] {
     ]
 }
 
+/// The columns of a trial's group of seeds in CSV: the group's first trial (the same on every
+/// line of the group), how many of its trials are done, and the mean, sample standard
+/// deviation, minimum and maximum of their best validation and test errors (fractions).
+pub const SEED_FIELDS: [&str; 10] = [
+    "seed_group",
+    "seed_group_done",
+    "best_val_error_mean",
+    "best_val_error_std",
+    "best_val_error_min",
+    "best_val_error_max",
+    "test_error_mean",
+    "test_error_std",
+    "test_error_min",
+    "test_error_max",
+];
+
+fn seed_fields(rows: &[SummaryRow], g: &Group) -> Vec<Option<String>> {
+    let s = g.summary(rows);
+    let mut fields = vec![Some(g.first(rows).trial.to_string()), Some(s.done.to_string())];
+    for t in [s.best_val_error, s.test_error] {
+        fields.extend([
+            t.map(|t| t.mean.to_string()),
+            t.and_then(|t| t.std).map(|v| v.to_string()),
+            t.map(|t| t.min.to_string()),
+            t.map(|t| t.max.to_string()),
+        ]);
+    }
+    fields
+}
+
 /// The columns `--paper` adds to CSV and JSON; errors are fractions like the rest.
 pub const PAPER_FIELDS: [&str; 4] = ["paper_test_error", "paper_diff", "paper_source", "recipe"];
 
@@ -468,7 +636,18 @@ fn paper_fields(r: &SummaryRow, c: Option<&Comparison>) -> [Option<String>; 4] {
 
 /// [`json`] with the paper comparison fields ([`PAPER_FIELDS`]) in each object.
 pub fn json_with(rows: &[SummaryRow], paper: Option<PaperColumn>) -> String {
+    json_of(rows, paper, None)
+}
+
+/// [`json_with`] with, in each trial's object, `seed_group`: its group of seeds (`trials`, the
+/// ids; `done`; `best_val_error` and `test_error` as `{mean, std, min, max}` or `null`).
+pub fn seeds_json(rows: &[SummaryRow], groups: &[Group], paper: Option<PaperColumn>) -> String {
+    json_of(rows, paper, Some(groups))
+}
+
+fn json_of(rows: &[SummaryRow], paper: Option<PaperColumn>, groups: Option<&[Group]>) -> String {
     let params = row_param_columns(rows);
+    let group_of = groups.map(|g| (g, seeds::group_of_rows(g, rows.len())));
     let items: Vec<serde_json::Value> = rows
         .iter()
         .enumerate()
@@ -501,12 +680,29 @@ pub fn json_with(rows: &[SummaryRow], paper: Option<PaperColumn>) -> String {
                     c.map(|c| serde_json::Value::from(c.recipe.clone())).unwrap_or_default(),
                 );
             }
+            if let Some((groups, of)) = &group_of {
+                map.insert("seed_group".into(), seed_object(rows, &groups[of[i]]));
+            }
             v
         })
         .collect();
     let mut out = serde_json::to_string_pretty(&items).unwrap_or_else(|_| "[]".to_string());
     out.push('\n');
     out
+}
+
+fn seed_object(rows: &[SummaryRow], g: &Group) -> serde_json::Value {
+    let s = g.summary(rows);
+    let stats = |t: Option<seeds::Stats>| {
+        t.map(|t| serde_json::json!({ "mean": t.mean, "std": t.std, "min": t.min, "max": t.max }))
+            .unwrap_or_default()
+    };
+    serde_json::json!({
+        "trials": g.rows(rows).map(|r| r.trial).collect::<Vec<_>>(),
+        "done": s.done,
+        "best_val_error": stats(s.best_val_error),
+        "test_error": stats(s.test_error),
+    })
 }
 
 /// A JSON array of objects, one per trial, with the field names of [`SummaryRow`]; NULL is

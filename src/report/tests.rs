@@ -275,7 +275,7 @@ fn the_markdown_document_has_a_title_the_table_the_paper_note_and_chart_links() 
         image: "charts/depth-curves.png".into(),
         svg: Some("charts/depth-curves.svg".into()),
     }];
-    let doc = document(&rows, Some(&paper), &links);
+    let doc = document(&rows, None, Some(&paper), &links);
     assert!(doc.starts_with("# runner report: depth\n"), "{doc}");
     assert!(doc.contains("- **depth**: dataset cifar10; 2 trials, 1 done"), "{doc}");
     assert!(doc.contains(&markdown_with(&rows, Some(&paper))));
@@ -287,7 +287,7 @@ fn the_markdown_document_has_a_title_the_table_the_paper_note_and_chart_links() 
     );
     assert!(doc.contains("[SVG](charts/depth-curves.svg)"), "{doc}");
     // Plain --markdown: no paper note, no charts section.
-    let plain = document(&rows, None, &[]);
+    let plain = document(&rows, None, None, &[]);
     assert!(!plain.contains("paper") && !plain.contains("## Charts"), "{plain}");
 }
 
@@ -373,4 +373,170 @@ fn csv_shows_each_architectures_own_parameters_and_empty_cells_for_the_others() 
     assert_eq!(lines[0][3..8], names);
     assert_eq!(lines[1][3..8], ["20", "16", "A", "no", "basic"]);
     assert_eq!(lines[2][3..8], ["20", "16", "-", "-", "-"]);
+}
+
+/// A stored configuration as the grid writes it: the seed at the top and in `train`.
+fn config(depth: i64, lr: f64, seed: u64) -> String {
+    serde_json::json!({
+        "experiment": "depth", "arch": "resnet", "params": { "depth": depth },
+        "dataset": { "kind": "synthetic" },
+        "train": { "lr": lr, "seed": seed }, "seed": seed,
+    })
+    .to_string()
+}
+
+#[test]
+fn trials_that_differ_only_in_their_seed_are_one_group_and_any_other_setting_keeps_them_apart() {
+    let configs = [
+        config(20, 0.1, 1),
+        config(32, 0.1, 1),
+        config(20, 0.1, 2),
+        config(32, 0.1, 2),
+        config(20, 0.1, 3),
+        config(20, 0.05, 1),
+    ];
+    let groups = seeds::groups(&configs);
+    let members: Vec<Vec<usize>> = groups.iter().map(|g| g.members.clone()).collect();
+    assert_eq!(members, [vec![0, 2, 4], vec![1, 3], vec![5]]);
+    assert_eq!(seeds::group_of_rows(&groups, 6), [0, 1, 0, 1, 0, 2]);
+}
+
+#[test]
+fn seed_statistics_are_the_mean_the_sample_deviation_and_the_extremes() {
+    let s = seeds::Stats::of([0.08, 0.06, 0.07]).unwrap();
+    assert_eq!((s.n, s.min, s.max), (3, 0.06, 0.08));
+    assert!((s.mean - 0.07).abs() < 1e-12, "{s:?}");
+    // deviations −0.01, 0, +0.01: (2 × 0.0001) / (3 − 1) = 0.0001, std 0.01
+    assert!((s.std.unwrap() - 0.01).abs() < 1e-12, "{s:?}");
+    assert_eq!(s.mean_std_percent(), "7.00 ± 1.00");
+    assert_eq!(s.paper_form(), "6.00 (7.00 ± 1.00)");
+    let one = seeds::Stats::of([0.0643]).unwrap();
+    assert_eq!((one.std, one.paper_form()), (None, "6.43".to_string()));
+    assert_eq!(seeds::Stats::of([]), None);
+}
+
+/// Three seeds of one ResNet (two done, one failed) and one plain net.
+fn seed_rows() -> (Vec<SummaryRow>, Vec<seeds::Group>) {
+    let rows = vec![
+        SummaryRow {
+            seed: Some(1),
+            best_val_error: Some(0.10),
+            test_error: Some(0.12),
+            ..row(1)
+        },
+        SummaryRow {
+            seed: Some(1),
+            ..failed(2)
+        },
+        SummaryRow {
+            seed: Some(2),
+            best_val_error: Some(0.20),
+            test_error: Some(0.16),
+            ..row(3)
+        },
+        SummaryRow {
+            seed: Some(3),
+            ..failed(4)
+        },
+    ];
+    // rows 1 and 3 are one ResNet with seeds 1 and 2 (the failed row 4 a third seed of it)
+    let configs = [
+        config(20, 0.1, 1),
+        config(8, 0.1, 1),
+        config(20, 0.1, 2),
+        config(20, 0.1, 3),
+    ];
+    (rows, seeds::groups(&configs))
+}
+
+#[test]
+fn the_seed_table_has_a_line_per_group_with_its_count_and_its_errors_over_the_done_trials() {
+    let (rows, groups) = seed_rows();
+    let text = seeds_table(&rows, &groups, None);
+    let lines: Vec<&str> = text.lines().collect();
+    let titles: Vec<&str> = lines[0].split("  ").map(str::trim).filter(|t| !t.is_empty()).collect();
+    assert_eq!(titles[..3], ["experiment", "trials", "arch"]);
+    let cell = |line: &str, title: &str| -> String {
+        let cells: Vec<&str> = line.split("  ").map(str::trim).filter(|t| !t.is_empty()).collect();
+        cells[titles.iter().position(|t| *t == title).unwrap()].to_string()
+    };
+    let resnet = lines.iter().find(|l| l.contains("1,3,4")).expect(&text);
+    assert_eq!(cell(resnet, "status"), "2 done, 1 failed");
+    assert_eq!(cell(resnet, "n"), "2");
+    // best val 0.10 and 0.20: mean 15.00, std √((0.05² × 2) / 1) = 7.07
+    assert_eq!(cell(resnet, "best val err %"), "15.00 ± 7.07");
+    assert_eq!(
+        (cell(resnet, "test min"), cell(resnet, "test max")),
+        ("12.00".into(), "16.00".into())
+    );
+    let plain = lines
+        .iter()
+        .find(|l| l.contains(" 2 ") && l.contains("plain"))
+        .expect(&text);
+    assert_eq!(cell(plain, "n"), "0");
+    assert!(
+        text.contains("trial 2 failed") && text.contains("trial 4 failed"),
+        "{text}"
+    );
+    assert_eq!(
+        lines.iter().take_while(|l| !l.is_empty()).count(),
+        3,
+        "a title and two groups: {text}"
+    );
+}
+
+#[test]
+fn seed_csv_and_json_keep_a_record_per_trial_with_its_groups_figures() {
+    let (rows, groups) = seed_rows();
+    let records = parse_csv(&seeds_csv(&rows, &groups, None));
+    let header = &records[0];
+    assert_eq!(
+        header[header.len() - SEED_FIELDS.len()..],
+        SEED_FIELDS.map(String::from)
+    );
+    assert_eq!(records.len(), 1 + rows.len());
+    let field = |record: &Vec<String>, name: &str| record[header.iter().position(|h| h == name).unwrap()].clone();
+    for trial in ["1", "3", "4"] {
+        let r = records.iter().find(|r| r[1] == trial).unwrap();
+        assert_eq!(field(r, "seed_group"), "1");
+        assert_eq!(field(r, "seed_group_done"), "2");
+        assert_eq!(field(r, "test_error_min"), "0.12");
+        assert_eq!(field(r, "test_error_max"), "0.16");
+    }
+    let plain = records.iter().find(|r| r[1] == "2").unwrap();
+    assert_eq!(
+        (field(plain, "seed_group"), field(plain, "test_error_mean")),
+        ("2".into(), String::new())
+    );
+
+    let json: serde_json::Value = serde_json::from_str(&seeds_json(&rows, &groups, None)).unwrap();
+    let group = &json[3]["seed_group"];
+    assert_eq!(group["trials"], serde_json::json!([1, 3, 4]));
+    assert_eq!(group["done"], 2);
+    assert!(
+        (group["test_error"]["mean"].as_f64().unwrap() - 0.14).abs() < 1e-12,
+        "{group}"
+    );
+    assert!(json[1]["seed_group"]["test_error"].is_null());
+}
+
+#[test]
+fn with_the_paper_a_seed_group_shows_best_mean_and_std_and_our_best_against_the_papers_figure() {
+    let (rows, groups) = seed_rows();
+    let paper = [Some(comparison()), None, Some(comparison()), Some(comparison())];
+    let text = seeds_table(&rows, &groups, Some(&paper));
+    let resnet = text.lines().find(|l| l.contains("1,3,4")).expect(&text);
+    // test errors 0.12 and 0.16: best 12.00, mean 14.00, std √(2 × 0.02²) = 2.83; the paper
+    // has 8.75, so our best is 3.25 points above it
+    assert!(
+        text.lines().next().unwrap().contains("test err % best (mean ± std)"),
+        "{text}"
+    );
+    assert!(resnet.contains("12.00 (14.00 ± 2.83)"), "{resnet}");
+    assert!(resnet.contains("  8.75  +3.25  dataset synthetic"), "{resnet}");
+    let md = document(&rows, Some(&groups), Some(&paper), &[]);
+    assert!(
+        md.contains("| 1,3,4 | resnet |") && md.contains("| 12.00 (14.00 ± 2.83) |"),
+        "{md}"
+    );
 }
