@@ -176,7 +176,7 @@ Charts (--plot DIR), one set per experiment:
                              a panel per network family, a colour per depth,
                              thin dashed = training, bold = validation error
   <experiment>-depth.svg     test error (bold) and best validation error (dashed)
-                             against depth
+                             against depth; seeds averaged, a band from min to max
   <experiment>-shortcut.svg  test error by shortcut option, a line per depth
                              (when the grid varies the shortcut)
   <experiment>-preact.svg    test error, original vs pre-activation units

@@ -20,7 +20,9 @@
 //!   vary at one depth); the best validation error stands in when no trial has a test error yet.
 //!
 //! Several seeds of one configuration are drawn as separate curves of the same colour, and
-//! averaged in the error-against-depth charts. NULL values, pending trials and non-finite
+//! averaged in the error-against-depth, shortcut and unit charts, where a light band of the
+//! test error line's colour (a bar at a single point or on a categorical axis) spans their
+//! minimum to maximum. NULL values, pending trials and non-finite
 //! numbers are left out; a series with one point is drawn as a dot. A chart with nothing to draw
 //! is not written, and the reason is returned for the caller to print.
 //!
@@ -73,6 +75,9 @@ pub struct Line {
     pub style: Style,
     /// (x, y): y in percent.
     pub points: Vec<(f64, f64)>,
+    /// (x, lowest y, highest y) where the line is a mean of several values (seeds); empty when
+    /// no point is.
+    pub band: Vec<(f64, f64, f64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,6 +367,7 @@ fn curves(rows: &[&SummaryRow], metrics: &Metrics) -> Option<Chart> {
                     colour: colour_of(r),
                     style,
                     points,
+                    band: Vec::new(),
                 });
             }
         }
@@ -387,15 +393,35 @@ fn curves(rows: &[&SummaryRow], metrics: &Metrics) -> Option<Chart> {
     })
 }
 
-/// Mean of the values per x, in x order.
-fn mean_by_x(values: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
-    let mut by: BTreeMap<i64, (f64, usize)> = BTreeMap::new();
+/// A line through the mean of the values per x, in x order, with the band of their minimum and
+/// maximum when some x has more than one value.
+fn mean_line(label: String, colour: usize, style: Style, values: Vec<(f64, f64)>) -> Line {
+    let mut by: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
     for (x, y) in values {
-        let e = by.entry(x.round() as i64).or_insert((0.0, 0));
-        e.0 += y;
-        e.1 += 1;
+        by.entry(x.round() as i64).or_default().push(y);
     }
-    by.into_iter().map(|(x, (sum, n))| (x as f64, sum / n as f64)).collect()
+    let points = by
+        .iter()
+        .map(|(&x, ys)| (x as f64, ys.iter().sum::<f64>() / ys.len() as f64))
+        .collect();
+    let band = if by.values().any(|ys| ys.len() > 1) {
+        by.iter()
+            .map(|(&x, ys)| {
+                let lo = ys.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                (x as f64, lo, hi)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Line {
+        label,
+        colour,
+        style,
+        points,
+        band,
+    }
 }
 
 fn depth(rows: &[&SummaryRow]) -> Option<Chart> {
@@ -424,12 +450,12 @@ fn depth(rows: &[&SummaryRow]) -> Option<Chart> {
                 .filter(|(_, y)| y.is_finite())
                 .collect();
             if !points.is_empty() {
-                lines.push(Line {
-                    label: format!("{name} {what}"),
-                    colour: i,
-                    style,
-                    points: mean_by_x(points),
-                });
+                let mut line = mean_line(format!("{name} {what}"), i, style, points);
+                // One band per family, the test error's: two overlapping bands read as one.
+                if style == Style::Thin {
+                    line.band.clear();
+                }
+                lines.push(line);
             }
         }
     }
@@ -444,7 +470,12 @@ fn depth(rows: &[&SummaryRow]) -> Option<Chart> {
         y_label: "error (%)".into(),
         categories: None,
         panels: vec![Panel {
-            title: "bold: test error, dashed: best validation error".into(),
+            title: if lines.iter().any(|l| !l.band.is_empty()) {
+                "bold: test error (mean of the seeds, band: min to max), dashed: best validation error"
+            } else {
+                "bold: test error, dashed: best validation error"
+            }
+            .into(),
             lines,
         }],
     })
@@ -496,12 +527,7 @@ fn grouped(
             .filter(|(_, y)| y.is_finite())
             .collect();
         if !points.is_empty() {
-            lines.push(Line {
-                label: name.clone(),
-                colour: i,
-                style: Style::Bold,
-                points: mean_by_x(points),
-            });
+            lines.push(mean_line(name.clone(), i, Style::Bold, points));
         }
     }
     if lines.is_empty() {
@@ -635,8 +661,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, chart: &Chart) -> Dra
         .panels
         .iter()
         .flat_map(|p| &p.lines)
-        .flat_map(|l| &l.points)
-        .map(|p| p.1)
+        .flat_map(|l| l.points.iter().map(|p| p.1).chain(l.band.iter().map(|b| b.2)))
         .fold(0.0_f64, f64::max);
     let y_max = (y_max * 1.05).clamp(1.0, 100.0);
     let legend = legend_width(chart);
@@ -712,6 +737,28 @@ fn draw_panel<DB: DrawingBackend>(
         mesh.x_labels(c.len());
     }
     mesh.draw()?;
+    // The bands first, under every line: an area over a continuous axis, a bar with caps at a
+    // lone point or on a categorical one.
+    for line in &panel.lines {
+        let light = colour(line.colour).mix(0.2);
+        if line.band.len() > 1 && chart.categories.is_none() {
+            let mut outline: Vec<(f64, f64)> = line.band.iter().map(|&(x, _, hi)| (x, hi)).collect();
+            outline.extend(line.band.iter().rev().map(|&(x, lo, _)| (x, lo)));
+            cc.draw_series(std::iter::once(Polygon::new(outline, light.filled())))?;
+        } else {
+            let cap = (x1 - x0) / 100.0;
+            let bar = colour(line.colour).mix(0.5).stroke_width(2);
+            for &(x, lo, hi) in &line.band {
+                for segment in [
+                    vec![(x, lo), (x, hi)],
+                    vec![(x - cap, lo), (x + cap, lo)],
+                    vec![(x - cap, hi), (x + cap, hi)],
+                ] {
+                    cc.draw_series(std::iter::once(PathElement::new(segment, bar)))?;
+                }
+            }
+        }
+    }
     let mut legend_entries: Vec<(&str, ShapeStyle, Style)> = Vec::new();
     for line in &panel.lines {
         let c = colour(line.colour);

@@ -244,6 +244,49 @@ fn seeds_of_one_configuration_are_averaged_against_depth() {
     let test = &chart(&charts, "depth").panels[0].lines[0];
     assert_eq!(test.points.len(), 1);
     assert!((test.points[0].1 - 15.0).abs() < 1e-9);
+    // the band spans the seeds' lowest and highest test error
+    assert_eq!(test.band.len(), 1);
+    let (x, lo, hi) = test.band[0];
+    assert_eq!(x, 20.0);
+    assert!((lo - 10.0).abs() < 1e-9 && (hi - 20.0).abs() < 1e-9, "{:?}", test.band);
+}
+
+#[test]
+fn a_line_of_single_runs_has_no_band_and_a_band_over_depths_is_drawn_under_its_line() {
+    let mut rows = Vec::new();
+    for (i, (depth, seed, err)) in [(20, 1, 0.10), (20, 2, 0.14), (32, 1, 0.08), (32, 2, 0.09)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut r = row(i as i64 + 1, "resnet", depth);
+        r.seed = Some(seed);
+        r.test_error = Some(err);
+        rows.push(r);
+    }
+    let (all, _) = charts(&rows, &Metrics::new());
+    let depth = chart(&all, "depth");
+    let test = &depth.panels[0].lines[0];
+    let band: Vec<(f64, f64, f64)> = test
+        .band
+        .iter()
+        .map(|&(x, lo, hi)| (x, lo.round(), hi.round()))
+        .collect();
+    assert_eq!(band, [(20.0, 10.0, 14.0), (32.0, 8.0, 9.0)]);
+    // the SVG has the band as a filled polygon in the line's colour
+    let svg = render_svg(depth).unwrap();
+    assert!(svg.contains("<polygon"), "no band in the SVG");
+    assert!(
+        depth.panels[0].title.contains("band: min to max"),
+        "{}",
+        depth.panels[0].title
+    );
+
+    let (single, _) = charts(&rows[..1], &Metrics::new());
+    assert!(chart(&single, "depth").panels[0]
+        .lines
+        .iter()
+        .all(|l| l.band.is_empty()));
+    assert!(!render_svg(chart(&single, "depth")).unwrap().contains("<polygon"));
 }
 
 #[test]
