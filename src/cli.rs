@@ -161,7 +161,8 @@ one line per trial instead. --csv and --json always have one record per trial,
 with its group's figures beside it (seed_group, the group's first trial;
 seed_group_done; best_val_error_mean/_std/_min/_max; test_error_mean/...).
 
-Columns: experiment, trial, arch, then one per architecture parameter, then
+Columns: experiment, trial, arch, then one per architecture parameter, then one
+per [train] setting that differs within an experiment (train.optimizer.lr), then
 params, status, steps, best_val_error, test_error, train_loss, wall_s,
 images_per_s, mflops, seed, dataset, best_step, key, error (--csv; the table
 shows fewer), then the paper's with --paper, then the seed group's. The

@@ -132,12 +132,29 @@ fn dry_run(args: &RunArgs) -> Result<i32> {
     // puts them.
     const FIXED: [&str; 6] = ["arch", "seed", "params", "mflops", "memory", "key"];
     let params = report::param_columns(g.trials.iter().map(|t| (t.arch.name(), &t.params)), plugins::ALL);
-    let value = |t: &grid::TrialSpec, name: &str| t.params.get(name).map(|v| v.to_string()).unwrap_or_default();
-    // (column, width in the table; negative = left-aligned): parameters as wide as their
-    // widest value, numbers right-aligned.
+    // Then the `train.*` settings the grid gives, in the order they first appear.
+    let mut settings: Vec<&str> = Vec::new();
+    for (name, _) in g.trials.iter().flat_map(|t| &t.settings) {
+        if !settings.contains(&name.as_str()) {
+            settings.push(name);
+        }
+    }
+    let get = |t: &'_ grid::TrialSpec, name: &str| -> Option<Value> {
+        match grid::is_setting(name) {
+            true => t.settings.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+            false => t.params.get(name).cloned(),
+        }
+    };
+    let value = |t: &grid::TrialSpec, name: &str| get(t, name).map(|v| v.to_string()).unwrap_or_default();
+    let names: Vec<(String, &str)> = params
+        .iter()
+        .map(|n| (report::param_title(n, &FIXED), n.as_str()))
+        .chain(settings.iter().map(|n| (n.to_string(), *n)))
+        .collect();
+    // (column, width in the table; negative = left-aligned): parameters and settings as wide
+    // as their widest value, numbers right-aligned.
     let mut cols: Vec<(String, i32)> = vec![("arch".to_string(), -7)];
-    for name in &params {
-        let title = report::param_title(name, &FIXED);
+    for (title, name) in &names {
         let width = g
             .trials
             .iter()
@@ -145,8 +162,8 @@ fn dry_run(args: &RunArgs) -> Result<i32> {
             .chain([title.chars().count()])
             .max()
             .unwrap_or(0) as i32;
-        let numeric = g.trials.iter().filter_map(|t| t.params.get(name)).all(Value::is_number);
-        cols.push((title, if numeric { width } else { -width }));
+        let numeric = g.trials.iter().filter_map(|t| get(t, name)).all(|v| v.is_number());
+        cols.push((title.clone(), if numeric { width } else { -width }));
     }
     cols.extend(
         [("seed", 4), ("params", 11), ("mflops", 8), ("memory", 9), ("key", -12)].map(|(c, w)| (c.to_string(), w)),
@@ -187,7 +204,7 @@ fn dry_run(args: &RunArgs) -> Result<i32> {
             .is_none_or(|l| plan::refusal(&g, t, &p.memory, l, 0.0).is_none());
         over += usize::from(!fits);
         let mut cells = vec![t.arch.name().to_string()];
-        cells.extend(params.iter().map(|name| value(t, name)));
+        cells.extend(names.iter().map(|(_, name)| value(t, name)));
         cells.extend([
             t.train.seed.to_string(),
             p.cost.params.to_string(),

@@ -43,6 +43,10 @@ pub fn report(args: &ReportArgs) -> Result<i32> {
         Ok::<_, Error>((rows, metrics, configs))
     })?;
     // A configuration this binary cannot read (an older schema) matches no paper entry.
+    let mut rows = rows;
+    for (r, settings) in rows.iter_mut().zip(report::varying_settings(&configs)) {
+        r.settings = settings;
+    }
     let groups = report::seeds::groups(&configs);
     let paper: Option<Vec<Option<paper::Comparison>>> = args.paper.then(|| {
         configs

@@ -7,6 +7,11 @@
 //! plain trial per depth, not two. `[[include]]` adds single trials: keys it does not give
 //! come from single-valued grid axes, then from the plugin's defaults. `[[exclude]]` drops
 //! every combination that matches all of its keys.
+//!
+//! A key `train.NAME` (quoted, `"train.lr"`, or as a TOML dotted key, `train.lr`) is a setting
+//! of `[train]`, as an axis or an include key: `train.batch_size`, `train.optimizer.weight_decay`,
+//! `train.warmup.lr`, … (`train.lr` is short for `train.optimizer.lr`). It applies to every
+//! architecture, over the `[train]` table, and the result is checked as `[train]` is.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -29,6 +34,9 @@ pub struct TrialSpec {
     pub params: Params,
     pub dataset: DatasetConfig,
     pub train: TrainConfig,
+    /// The `train.*` settings the grid gave this trial (an axis or include key), by dotted name,
+    /// already applied to `train`: for labels and the dry run's columns.
+    pub settings: Vec<(String, Value)>,
     /// A hash of the fully resolved configuration: the trial's identity in the store.
     pub key: String,
 }
@@ -67,6 +75,9 @@ impl TrialSpec {
     pub fn label(&self) -> String {
         let mut s = self.arch.name().to_string();
         for (k, v) in &self.params.0 {
+            s.push_str(&format!(" {k}={v}"));
+        }
+        for (k, v) in &self.settings {
             s.push_str(&format!(" {k}={v}"));
         }
         s.push_str(&format!(" seed={}", self.train.seed));
@@ -131,7 +142,16 @@ pub fn parse(path: &Path, source: &str) -> Result<Grid> {
             message,
         }
     };
-    let raw: RawGrid = toml::from_str(source).map_err(|e| err(e.span().unwrap_or(0..0), e.message().to_string()))?;
+    let raw: RawGrid = toml::from_str(source).map_err(|e| match unquoted_setting(source) {
+        // What TOML reads as tables within tables does not reach the grid with its lines.
+        Some((span, key)) => err(
+            span,
+            format!(
+                "write a setting's key in quotes, `\"{key}\" = ...`: unquoted, TOML reads `{key}` as nested tables"
+            ),
+        ),
+        None => err(e.span().unwrap_or(0..0), e.message().to_string()),
+    })?;
 
     let name = raw.experiment.name.get_ref().trim().to_string();
     if name.is_empty() {
@@ -152,26 +172,22 @@ pub fn parse(path: &Path, source: &str) -> Result<Grid> {
     let mut axes: Vec<(At<String>, Vec<At<Value>>)> = Vec::new();
     if let Some(grid) = &raw.grid {
         for (k, v) in grid.get_ref() {
-            let values = match v.get_ref() {
-                toml::Value::Array(items) => {
-                    if items.is_empty() {
-                        return Err(err(v.span(), format!("axis `{}` has no values", k.get_ref())));
+            for (key, value, span) in flatten(source, grid.span(), k, v) {
+                let values = match value {
+                    toml::Value::Array(items) => {
+                        if items.is_empty() {
+                            return Err(err(span, format!("axis `{}` has no values", key.value)));
+                        }
+                        // Array items carry no spans of their own; point at the array.
+                        items
+                            .iter()
+                            .map(|i| to_value(i, span.clone()).map_err(|m| err(span.clone(), m)))
+                            .collect::<Result<Vec<_>>>()?
                     }
-                    // Array items carry no spans of their own; point at the array.
-                    items
-                        .iter()
-                        .map(|i| to_value(i, v.span()).map_err(|m| err(v.span(), m)))
-                        .collect::<Result<Vec<_>>>()?
-                }
-                single => vec![to_value(single, v.span()).map_err(|m| err(v.span(), m))?],
-            };
-            axes.push((
-                At {
-                    value: k.get_ref().clone(),
-                    span: k.span(),
-                },
-                values,
-            ));
+                    single => vec![to_value(single, span.clone()).map_err(|m| err(span.clone(), m))?],
+                };
+                axes.push((key, values));
+            }
         }
         axes.sort_by_key(|(k, _)| k.span.start);
     }
@@ -183,14 +199,10 @@ pub fn parse(path: &Path, source: &str) -> Result<Grid> {
                     entries: Vec::new(),
                 };
                 for (k, v) in t.get_ref() {
-                    let value = to_value(v.get_ref(), v.span()).map_err(|m| err(v.span(), m))?;
-                    out.entries.push((
-                        At {
-                            value: k.get_ref().clone(),
-                            span: k.span(),
-                        },
-                        value,
-                    ));
+                    for (key, value, span) in flatten(source, t.span(), k, v) {
+                        let value = to_value(value, span.clone()).map_err(|m| err(span, m))?;
+                        out.entries.push((key, value));
+                    }
                 }
                 Ok(out)
             })
@@ -266,6 +278,128 @@ impl Grid {
 struct Table {
     span: Range<usize>,
     entries: Vec<(At<String>, At<Value>)>,
+}
+
+/// The tables whose keys a grid may set per trial, as `TABLE.KEY`.
+const SETTING_TABLES: [&str; 1] = ["train"];
+
+/// A grid or include entry as (dotted key, value, span) pairs: a TOML dotted key
+/// (`train.lr = [...]`, which TOML reads as a table `train` holding `lr`) becomes `train.lr`,
+/// at the line that writes it (found in the text of `within`, the table's span).
+fn flatten<'a>(
+    source: &str,
+    within: Range<usize>,
+    k: &Spanned<String>,
+    v: &'a Spanned<toml::Value>,
+) -> Vec<(At<String>, &'a toml::Value, Range<usize>)> {
+    fn walk<'a>(prefix: String, v: &'a toml::Value, out: &mut Vec<(String, &'a toml::Value)>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    walk(format!("{prefix}.{k}"), v, out);
+                }
+            }
+            leaf => out.push((prefix, leaf)),
+        }
+    }
+    if !SETTING_TABLES.contains(&k.get_ref().as_str()) || !v.get_ref().is_table() {
+        let key = At {
+            value: k.get_ref().clone(),
+            span: k.span(),
+        };
+        return vec![(key, v.get_ref(), v.span())];
+    }
+    let mut leaves = Vec::new();
+    walk(k.get_ref().clone(), v.get_ref(), &mut leaves);
+    leaves
+        .into_iter()
+        .map(|(dotted, value)| {
+            let span = dotted_key_span(source, within.clone(), &dotted).unwrap_or_else(|| k.span());
+            let key = At {
+                value: dotted,
+                span: span.clone(),
+            };
+            (key, value, span)
+        })
+        .collect()
+}
+
+/// The first line that writes a setting as an unquoted dotted key (`train.optimizer.lr = ...`),
+/// with the key.
+fn unquoted_setting(source: &str) -> Option<(Range<usize>, String)> {
+    let mut offset = 0;
+    for line in source.split_inclusive('\n') {
+        let key = line.split_once('=').map(|(k, _)| k.trim()).unwrap_or("");
+        let simple = key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if simple && SETTING_TABLES.iter().any(|t| key.starts_with(&format!("{t}."))) {
+            let start = offset + (line.len() - line.trim_start().len());
+            return Some((start..start + key.len(), key.to_string()));
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// Where `within` writes the dotted key `a.b.c` (spaces and quotes around its parts allowed):
+/// the start of that line's key.
+fn dotted_key_span(source: &str, within: Range<usize>, dotted: &str) -> Option<Range<usize>> {
+    let text = source.get(within.clone())?;
+    let mut offset = within.start;
+    for line in text.split_inclusive('\n') {
+        if let Some((key, _)) = line.split_once('=') {
+            let written: String = key
+                .chars()
+                .filter(|c| !c.is_whitespace() && *c != '"' && *c != '\'')
+                .collect();
+            if written == dotted {
+                let start = offset + (line.len() - line.trim_start().len());
+                return Some(start..start + key.trim().len());
+            }
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// The path in `[train]` of the setting `train.NAME...`: `lr` is short for `optimizer.lr`.
+fn setting_path(key: &str) -> Vec<&str> {
+    let path: Vec<&str> = key.split('.').skip(1).collect();
+    match path.as_slice() {
+        ["lr"] => vec!["optimizer", "lr"],
+        _ => path,
+    }
+}
+
+fn toml_of(v: &Value) -> toml::Value {
+    match v {
+        Value::Bool(b) => toml::Value::Boolean(*b),
+        Value::Int(i) => toml::Value::Integer(*i),
+        Value::Float(x) => toml::Value::Float(*x),
+        Value::Str(s) => toml::Value::String(s.clone()),
+    }
+}
+
+/// Sets `path` in a TOML table to `value`, creating the tables on the way.
+fn set_path(table: &mut toml::Value, path: &[&str], value: toml::Value) -> std::result::Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err("a setting needs a name after `train.`".into());
+    };
+    let mut here = table;
+    for p in parents {
+        let toml::Value::Table(t) = here else {
+            return Err(format!("`{p}` is inside a value that is not a table"));
+        };
+        here = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    match here {
+        toml::Value::Table(t) => {
+            t.insert(last.to_string(), value);
+            Ok(())
+        }
+        other => Err(format!("its parent is a {}, not a table", other.type_str())),
+    }
 }
 
 fn to_value(v: &toml::Value, span: Range<usize>) -> std::result::Result<At<Value>, String> {
@@ -390,7 +524,7 @@ impl<F: Fn(Range<usize>, String) -> Error> Expand<'_, F> {
             ));
         };
         let arch = self.arch(arch)?;
-        let takes = |k: &str| k == "arch" || k == "seed" || arch.params().iter().any(|p| p.name == k);
+        let takes = |k: &str| k == "arch" || k == "seed" || is_setting(k) || arch.params().iter().any(|p| p.name == k);
         let defaults: Vec<(At<String>, At<Value>)> = axes
             .iter()
             .filter(|(k, vs)| vs.len() == 1 && !own(&k.value) && takes(&k.value))
@@ -415,6 +549,34 @@ impl<F: Fn(Range<usize>, String) -> Error> Expand<'_, F> {
             .chain(t.entries.iter().map(|(k, v)| (k, v)))
             .collect();
         self.trial(&combo, true)
+    }
+
+    /// `[train]` with these `train.*` settings applied, each checked where it is written: a
+    /// name `[train]` does not have, a value of the wrong type, then the whole table's rules.
+    fn with_settings(&self, settings: &[&(&At<String>, &At<Value>)]) -> Result<TrainConfig> {
+        let err = self.err;
+        let Some((first, _)) = settings.first() else {
+            return Ok(self.train.clone());
+        };
+        let mut table =
+            toml::Value::try_from(self.train).map_err(|e| err(first.span.clone(), format!("[train]: {e}")))?;
+        let mut train = self.train.clone();
+        for (k, v) in settings {
+            let at = |m: String| err(k.span.clone(), format!("`{} = {}`: {m}", k.value, v.value));
+            set_path(&mut table, &setting_path(&k.value), toml_of(&v.value)).map_err(at)?;
+            train = table
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| at(format!("[train] {}", e.message())))?;
+        }
+        train.validate().map_err(|m| {
+            let given: Vec<String> = settings
+                .iter()
+                .map(|(k, v)| format!("{} = {}", k.value, v.value))
+                .collect();
+            err(first.span.clone(), format!("[train] with {}: {m}", given.join(", ")))
+        })?;
+        Ok(train)
     }
 
     fn arch(&self, v: &At<Value>) -> Result<&'static dyn Architecture> {
@@ -445,8 +607,21 @@ impl<F: Fn(Range<usize>, String) -> Error> Expand<'_, F> {
         span: Range<usize>,
         archs: impl Iterator<Item = &'static dyn Architecture> + Clone,
     ) -> Result<()> {
-        if key == "arch" || key == "seed" || archs.clone().any(|a| a.params().iter().any(|p| p.name == key)) {
+        if key == "arch"
+            || key == "seed"
+            || is_setting(key)
+            || archs.clone().any(|a| a.params().iter().any(|p| p.name == key))
+        {
             return Ok(());
+        }
+        if key.starts_with("dataset.") {
+            return Err((self.err)(
+                span,
+                format!(
+                    "`{key}`: the settings of [dataset] cannot vary within a grid (one data set is loaded for \
+                     all its trials); write a grid file per data set"
+                ),
+            ));
         }
         let known: Vec<String> = archs
             .map(|a| {
@@ -460,7 +635,7 @@ impl<F: Fn(Range<usize>, String) -> Error> Expand<'_, F> {
         Err((self.err)(
             span,
             format!(
-                "unknown parameter `{key}`; valid keys are arch, seed and the architectures' parameters ({})",
+                "unknown parameter `{key}`; valid keys are arch, seed, train.NAME (a setting of [train], e.g. train.lr) and the architectures' parameters ({})",
                 known.join("; ")
             ),
         ))
@@ -474,12 +649,14 @@ impl<F: Fn(Range<usize>, String) -> Error> Expand<'_, F> {
             Some(v) => self.arch(v)?,
             None => return Err(err(0..0, "a trial has no `arch`".into())),
         };
-        let mut train = self.train.clone();
+        let settings: Vec<&(&At<String>, &At<Value>)> = combo.iter().filter(|(k, _)| is_setting(&k.value)).collect();
+        let mut train = self.with_settings(&settings)?;
         let mut given = BTreeMap::new();
         let mut spans: BTreeMap<String, Range<usize>> = BTreeMap::new();
         for (k, v) in combo {
             match k.value.as_str() {
                 "arch" => {}
+                setting if is_setting(setting) => {}
                 "seed" => match v.value {
                     Value::Int(s) if s >= 0 => train.seed = s as u64,
                     ref other => {
@@ -513,11 +690,22 @@ impl<F: Fn(Range<usize>, String) -> Error> Expand<'_, F> {
             params,
             dataset: self.dataset.clone(),
             train,
+            settings: settings
+                .iter()
+                .map(|(k, v)| (k.value.clone(), v.value.clone()))
+                .collect(),
             key: String::new(),
         };
         spec.key = hex::encode(Sha256::digest(spec.config_json().as_bytes()));
         Ok(spec)
     }
+}
+
+/// Whether a grid key is a setting of one of [`SETTING_TABLES`] (`train.lr`).
+pub fn is_setting(key: &str) -> bool {
+    SETTING_TABLES
+        .iter()
+        .any(|t| key.strip_prefix(t).is_some_and(|rest| rest.starts_with('.')))
 }
 
 fn describe(given: &BTreeMap<String, Value>) -> String {

@@ -173,3 +173,66 @@ fn line_col_counts_from_one() {
     assert_eq!(line_col("ab\ncd", 0), (1, 1));
     assert_eq!(line_col("ab\ncd", 4), (2, 2));
 }
+
+#[test]
+fn train_settings_are_axes_over_the_train_table_and_part_of_each_trials_key() {
+    // `train.lr` is the optimizer's
+    let g = grid(
+        "[grid]\narch = [\"resnet\"]\ndepth = [8]\n\"train.lr\" = [0.1, 0.05]\n\"train.optimizer.weight_decay\" = [0.0005]\nseed = [1, 2]\n",
+    )
+    .unwrap();
+    assert_eq!(g.trials.len(), 4, "{:#?}", labels(&g));
+    let lrs: Vec<f64> = g.trials.iter().map(|t| t.train.optimizer.lr()).collect();
+    assert_eq!(lrs, [0.1, 0.1, 0.05, 0.05]);
+    for t in &g.trials {
+        let crate::train::config::OptimizerConfig::Sgd { weight_decay, .. } = t.train.optimizer;
+        assert_eq!(weight_decay, 0.0005);
+        // the rest of [train] is the file's
+        assert_eq!((t.train.iterations, t.train.batch_size), (Some(10), 8));
+    }
+    assert_eq!(
+        g.trials[2].settings,
+        [
+            ("train.lr".to_string(), Value::Float(0.05)),
+            ("train.optimizer.weight_decay".to_string(), Value::Float(0.0005))
+        ]
+    );
+    assert!(g.trials[2].label().contains("train.lr=0.05"), "{}", g.trials[2].label());
+    let keys: std::collections::HashSet<_> = g.trials.iter().map(|t| t.key.clone()).collect();
+    assert_eq!(keys.len(), 4);
+}
+
+#[test]
+fn an_include_can_give_one_trial_its_own_settings() {
+    // the paper's ResNet-110 recipe: warm up at 0.01 until the training error is below 80%
+    let g = grid(
+        "[grid]\narch = [\"resnet\"]\ndepth = [20]\n\n[[include]]\ndepth = 110\n\"train.warmup.lr\" = 0.01\n\"train.warmup.until_train_error_below\" = 0.8\n",
+    )
+    .unwrap();
+    assert_eq!(g.trials.len(), 2);
+    assert_eq!(g.trials[0].train.warmup, None);
+    let w = g.trials[1].train.warmup.as_ref().expect("a warm-up");
+    assert_eq!((w.lr, w.until_train_error_below, w.iterations), (0.01, Some(0.8), None));
+}
+
+#[test]
+fn a_bad_setting_is_an_error_at_its_line_that_names_the_valid_keys_or_the_rule() {
+    // [grid] is line 10
+    let (line, _, msg) = grid_err("[grid]\narch = [\"resnet\"]\n\"train.bach_size\" = [8]\n");
+    assert_eq!(line, 12, "{msg}");
+    assert!(msg.contains("bach_size") && msg.contains("`batch_size`"), "{msg}");
+    let (line, _, msg) = grid_err("[grid]\narch = [\"resnet\"]\ndepth = [8]\n\"train.lr\" = [0.1, -1]\n");
+    assert_eq!(line, 13, "{msg}");
+    assert!(msg.contains("train.lr = -1") && msg.contains("positive"), "{msg}");
+    let (line, _, msg) = grid_err("[grid]\narch = [\"resnet\"]\n\"train.batch_size\" = [\"big\"]\n");
+    assert_eq!(line, 12, "{msg}");
+    assert!(msg.contains("train.batch_size = big"), "{msg}");
+    let (line, _, msg) = grid_err("[grid]\narch = [\"resnet\"]\n\"dataset.augment\" = [\"hflip\"]\n");
+    assert_eq!(line, 12, "{msg}");
+    assert!(msg.contains("grid file per data set"), "{msg}");
+    // unquoted, TOML makes tables of it: the error says to quote it, at its line
+    let (line, _, msg) =
+        grid_err("[grid]\narch = [\"resnet\"]\ndepth = [8]\ntrain.optimizer.weight_decay = [0.0005]\n");
+    assert_eq!(line, 13, "{msg}");
+    assert!(msg.contains("\"train.optimizer.weight_decay\" = ..."), "{msg}");
+}

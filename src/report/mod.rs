@@ -76,6 +76,105 @@ pub fn param_columns<'a>(
     out
 }
 
+/// For each stored configuration, the `[train]` settings whose values differ within its
+/// experiment (a `train.lr` axis, an include's warm-up; not the `[train]` tables of different
+/// experiments), by dotted name (`train.optimizer.lr`), leaving out the seed (the report groups
+/// seeds). A value that is not a number, a string or a boolean (the milestones) is its JSON
+/// text.
+pub fn varying_settings(configs: &[String]) -> Vec<Params> {
+    fn walk(prefix: String, v: &serde_json::Value, out: &mut BTreeMap<String, Value>) {
+        let value = match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    walk(format!("{prefix}.{k}"), v, out);
+                }
+                return;
+            }
+            serde_json::Value::Bool(b) => Value::Bool(*b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            serde_json::Value::String(s) => Value::Str(s.clone()),
+            other => Value::Str(other.to_string()),
+        };
+        out.insert(prefix, value);
+    }
+    let mut experiments: Vec<serde_json::Value> = Vec::new();
+    let all: Vec<BTreeMap<String, Value>> = configs
+        .iter()
+        .map(|c| {
+            let mut out = BTreeMap::new();
+            let v = serde_json::from_str::<serde_json::Value>(c).unwrap_or_default();
+            if let Some(train) = v.get("train") {
+                walk("train".into(), train, &mut out);
+            }
+            out.remove("train.seed");
+            experiments.push(v.get("experiment").cloned().unwrap_or_default());
+            out
+        })
+        .collect();
+    let names: BTreeSet<&String> = all.iter().flat_map(|m| m.keys()).collect();
+    let varies = |n: &String| {
+        let mut first: BTreeMap<String, Option<&Value>> = BTreeMap::new();
+        all.iter().zip(&experiments).any(|(m, e)| {
+            let v = m.get(n);
+            *first.entry(e.to_string()).or_insert(v) != v
+        })
+    };
+    let varying: Vec<&String> = names.into_iter().filter(|n| varies(n)).collect();
+    all.iter()
+        .map(|m| {
+            Params(
+                varying
+                    .iter()
+                    .filter_map(|n| m.get(*n).map(|v| ((*n).clone(), v.clone())))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// The setting columns of these rows: every name in their `settings`, in name order.
+fn setting_columns(rows: &[SummaryRow]) -> Vec<String> {
+    rows.iter()
+        .flat_map(|r| r.settings.0.keys().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// The parameter and setting titles of the human formats, right-aligned where every value is
+/// a number.
+fn value_titles(rows: &[SummaryRow], params: &[String], settings: &[String], fixed: &[&str]) -> Vec<(String, bool)> {
+    let numeric = |v: Vec<&Value>| v.into_iter().all(Value::is_number);
+    params
+        .iter()
+        .map(|name| {
+            let values = rows.iter().filter_map(|r| r.param(name)).collect();
+            (param_title(name, fixed), numeric(values))
+        })
+        .chain(settings.iter().map(|name| {
+            let values = rows.iter().filter_map(|r| r.settings.get(name)).collect();
+            (name.clone(), numeric(values))
+        }))
+        .collect()
+}
+
+/// The parameter and setting cells of a row in the human formats.
+fn value_cells(r: &SummaryRow, params: &[String], settings: &[String]) -> Vec<String> {
+    params
+        .iter()
+        .map(|name| r.param(name).map(human_value).unwrap_or_else(|| NULL.to_string()))
+        .chain(settings.iter().map(|name| {
+            r.settings
+                .get(name)
+                .map(human_value)
+                .unwrap_or_else(|| NULL.to_string())
+        }))
+        .collect()
+}
+
 /// [`param_columns`] of summary rows, with the registered plugins.
 fn row_param_columns(rows: &[SummaryRow]) -> Vec<String> {
     param_columns(
@@ -144,14 +243,11 @@ const PAPER_TITLES: [(&str, bool); 3] = [("paper test err %", true), ("diff", tr
 /// `paper` is given.
 fn human(rows: &[SummaryRow], paper: Option<PaperColumn>) -> (Vec<(String, bool)>, Vec<Vec<String>>) {
     let params = row_param_columns(rows);
+    let settings = setting_columns(rows);
     let fixed: Vec<&str> = LEADING.iter().chain(TRAILING).map(|c| c.title).collect();
     let title = |c: &Column| (c.title.to_string(), c.numeric);
     let mut titles: Vec<(String, bool)> = LEADING.iter().map(title).collect();
-    // A parameter column is right-aligned when every value in it is a number.
-    titles.extend(params.iter().map(|name| {
-        let numeric = rows.iter().filter_map(|r| r.param(name)).all(Value::is_number);
-        (param_title(name, &fixed), numeric)
-    }));
+    titles.extend(value_titles(rows, &params, &settings, &fixed));
     titles.extend(TRAILING.iter().map(title));
     if paper.is_some() {
         titles.extend(PAPER_TITLES.map(|(t, n)| (t.to_string(), n)));
@@ -162,11 +258,7 @@ fn human(rows: &[SummaryRow], paper: Option<PaperColumn>) -> (Vec<(String, bool)
         .enumerate()
         .map(|(i, r)| {
             let mut line: Vec<String> = LEADING.iter().map(|c| text(c, r)).collect();
-            line.extend(
-                params
-                    .iter()
-                    .map(|name| r.param(name).map(human_value).unwrap_or_else(|| NULL.to_string())),
-            );
+            line.extend(value_cells(r, &params, &settings));
             line.extend(TRAILING.iter().map(|c| text(c, r)));
             if let Some(paper) = paper {
                 line.extend(paper_cells(r, paper.get(i).and_then(Option::as_ref)));
@@ -219,13 +311,11 @@ fn human_groups(
     paper: Option<PaperColumn>,
 ) -> (Vec<(String, bool)>, Vec<Vec<String>>) {
     let params = row_param_columns(rows);
+    let settings = setting_columns(rows);
     let leading = [("experiment", false), ("trials", false), ("arch", false)];
     let fixed: Vec<&str> = leading.iter().chain(&GROUP_TRAILING).map(|(t, _)| *t).collect();
     let mut titles: Vec<(String, bool)> = leading.iter().map(|(t, n)| (t.to_string(), *n)).collect();
-    titles.extend(params.iter().map(|name| {
-        let numeric = rows.iter().filter_map(|r| r.param(name)).all(Value::is_number);
-        (param_title(name, &fixed), numeric)
-    }));
+    titles.extend(value_titles(rows, &params, &settings, &fixed));
     titles.extend(GROUP_TRAILING.iter().map(|(t, n)| {
         let title = if *t == "test err %" && paper.is_some() {
             "test err % best (mean ± std)"
@@ -245,11 +335,7 @@ fn human_groups(
             let first = g.first(rows);
             let s = g.summary(rows);
             let mut line = vec![first.experiment.clone(), g.trial_ids(rows), first.arch.clone()];
-            line.extend(
-                params
-                    .iter()
-                    .map(|name| first.param(name).map(human_value).unwrap_or_else(null)),
-            );
+            line.extend(value_cells(first, &params, &settings));
             let val = s.best_val_error;
             let test = s.test_error;
             let test_text = match paper {
@@ -537,7 +623,12 @@ pub fn seeds_csv(rows: &[SummaryRow], groups: &[Group], paper: Option<PaperColum
 
 fn csv_of(rows: &[SummaryRow], paper: Option<PaperColumn>, groups: Option<&[Group]>) -> String {
     let params = row_param_columns(rows);
-    let mut out = csv_titles(&params).join(",");
+    let settings = setting_columns(rows);
+    let mut titles = csv_titles(&params);
+    // The settings after the parameters.
+    let at = CSV_LEADING.len() + params.len();
+    titles.splice(at..at, settings.iter().map(|s| csv_field(s)));
+    let mut out = titles.join(",");
     if paper.is_some() {
         out.push(',');
         out.push_str(&PAPER_FIELDS.join(","));
@@ -552,6 +643,7 @@ fn csv_of(rows: &[SummaryRow], paper: Option<PaperColumn>, groups: Option<&[Grou
         let [experiment, trial, arch, rest @ ..] = csv_row(r);
         let mut fields: Vec<Option<String>> = vec![experiment, trial, arch];
         fields.extend(params.iter().map(|p| r.param(p).map(Value::to_string)));
+        fields.extend(settings.iter().map(|p| r.settings.get(p).map(Value::to_string)));
         fields.extend(rest);
         if let Some(paper) = paper {
             fields.extend(paper_fields(r, paper.get(i).and_then(Option::as_ref)));

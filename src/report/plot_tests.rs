@@ -38,6 +38,7 @@ fn row(trial: i64, arch: &str, depth: i64) -> SummaryRow {
         wall_s: Some(10.0),
         images_per_s: Some(100.0),
         error: None,
+        settings: Params::default(),
     }
 }
 

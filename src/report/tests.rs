@@ -27,6 +27,7 @@ fn row(trial: i64) -> SummaryRow {
         wall_s: Some(3725.0),
         images_per_s: Some(812.4),
         error: None,
+        settings: Params::default(),
     }
 }
 
@@ -539,4 +540,26 @@ fn with_the_paper_a_seed_group_shows_best_mean_and_std_and_our_best_against_the_
         md.contains("| 1,3,4 | resnet |") && md.contains("| 12.00 (14.00 ± 2.83) |"),
         "{md}"
     );
+}
+
+#[test]
+fn the_settings_reported_are_those_that_vary_within_an_experiment() {
+    let config = |experiment: &str, lr: f64, iterations: u64, seed: u64| {
+        serde_json::json!({
+            "experiment": experiment, "seed": seed,
+            "train": { "optimizer": { "kind": "sgd", "lr": lr }, "iterations": iterations, "seed": seed },
+        })
+        .to_string()
+    };
+    // `a` sweeps the rate and two seeds; `b` has other iterations than `a`, the same in all
+    let settings = varying_settings(&[
+        config("a", 0.1, 100, 1),
+        config("a", 0.05, 100, 2),
+        config("b", 0.1, 300, 1),
+        config("b", 0.1, 300, 2),
+    ]);
+    let names: Vec<Vec<&String>> = settings.iter().map(|p| p.0.keys().collect()).collect();
+    assert!(names.iter().all(|n| n == &["train.optimizer.lr"]), "{names:?}");
+    assert_eq!(settings[1].get("train.optimizer.lr"), Some(&Value::Float(0.05)));
+    assert_eq!(settings[2].get("train.optimizer.lr"), Some(&Value::Float(0.1)));
 }

@@ -408,6 +408,15 @@ pub struct SummaryRow {
     pub wall_s: Option<f64>,
     pub images_per_s: Option<f64>,
     pub error: Option<String>,
+    /// The `[train]` settings that differ among the trials of a report, by dotted name
+    /// (`train.optimizer.lr`); filled by the report from the stored configurations (the view
+    /// does not have them), empty otherwise.
+    #[serde(skip_serializing_if = "is_empty")]
+    pub settings: Params,
+}
+
+fn is_empty(p: &Params) -> bool {
+    p.0.is_empty()
 }
 
 impl SummaryRow {
@@ -451,6 +460,7 @@ where
             wall_s: row.try_get("wall_s")?,
             images_per_s: row.try_get("images_per_s")?,
             error: row.try_get("error")?,
+            settings: Params::default(),
         })
     }
 }

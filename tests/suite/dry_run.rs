@@ -55,6 +55,10 @@ fn csv_plan_has_exact_params_and_flops() {
     assert_eq!(resnet20[col("mflops")], "81.10");
     let resnet110 = rows.iter().find(|r| r[col("depth")] == "110").unwrap();
     assert_eq!(resnet110[col("params")], "1727962");
+    // the paper's warm-up for ResNet-110 alone, an include's settings
+    assert_eq!(resnet110[col("train.warmup.lr")], "0.01");
+    assert_eq!(resnet110[col("train.warmup.until_train_error_below")], "0.8");
+    assert_eq!(resnet20[col("train.warmup.lr")], "");
     let plain56 = rows
         .iter()
         .find(|r| r[col("arch")] == "plain" && r[col("depth")] == "56")
@@ -182,6 +186,20 @@ fn a_batch_nobody_meant_exits_2_with_the_estimate_before_writing_anything() {
         "{err}"
     );
     assert!(err.contains("--ignore-memory-limit"), "{err}");
+    assert_eq!(d.files(), vec!["g.toml"], "nothing written");
+}
+
+#[test]
+fn a_swept_batch_nobody_meant_is_reported_at_its_axis() {
+    let d = Dir::new();
+    d.write(
+        "g.toml",
+        "[experiment]\nname = \"t\"\n\n[dataset]\nkind = \"synthetic\"\n\n[train]\niterations = 10\n\n[grid]\narch = [\"resnet\"]\ndepth = [20]\n\"train.batch_size\" = [10000000, 16]\n",
+    );
+    let r = d.run(&["run", "g.toml"]);
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    let err = r.stderr();
+    assert!(err.contains("g.toml:13:") && err.contains("estimated"), "{err}");
     assert_eq!(d.files(), vec!["g.toml"], "nothing written");
 }
 
