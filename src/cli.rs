@@ -49,6 +49,51 @@ pub enum Command {
     /// Work on whole stores: copy a grid's results between SQLite and PostgreSQL
     #[command(subcommand)]
     Db(DbCommand),
+    /// Data sets: download CIFAR-10, CIFAR-100 or MNIST, checked and unpacked
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Download a data set from its official location, check it and unpack it where the grids
+    /// look for it
+    #[command(after_help = "Examples:
+  runner data fetch cifar10          data/cifar-10-batches-bin, what experiments/*.toml read
+  runner data fetch mnist --dir ~/datasets
+  runner data fetch cifar10 --from ~/Downloads/cifar-10-binary.tar.gz
+                                     an archive already on disk (checked as a download is)
+  runner data fetch cifar10 --url https://mirror.example.org/cifar-10-binary.tar.gz --sha256 HEX
+                                     a mirror, checked against the SHA-256 you give
+
+Sources (the files and MD5 sums torchvision checks):
+  cifar10   https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz   -> DIR/cifar-10-batches-bin
+  cifar100  https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz  -> DIR/cifar-100-binary
+  mnist     https://ossci-datasets.s3.amazonaws.com/mnist/ (4 files)  -> DIR/mnist
+
+The download grows in DIR/.fetch/FILE.part and resumes where it stopped, in this fetch (after a
+dropped connection) or the next. Nothing reaches DIR/<folder> until every file is checked and
+unpacked; a wrong checksum, a damaged archive or an entry that would leave the folder exits 2
+and leaves DIR as it was. A data set already fetched is checked and left alone.")]
+    Fetch(FetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// cifar10, cifar100 or mnist
+    pub dataset: String,
+    /// Where the data set's folder goes (created if missing)
+    #[arg(long, default_value = "data")]
+    pub dir: PathBuf,
+    /// Use this archive (or, for mnist, a folder with its four .gz files) instead of downloading
+    #[arg(long, value_name = "FILE", conflicts_with = "url")]
+    pub from: Option<PathBuf>,
+    /// Download from this mirror instead (for mnist: the folder URL the four files are under)
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The archive's SHA-256, checked instead of the published MD5 (a mirror's own file)
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -28,3 +28,6 @@ mod cluster;
 
 #[path = "suite/seeds.rs"]
 mod seeds;
+
+#[path = "suite/fetch.rs"]
+mod fetch;

@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Result;
 
 use crate::arch::{ParamKind, Value};
-use crate::cli::{Cli, Command, DbCommand, ListWhat, RunArgs};
+use crate::cli::{Cli, Command, DataCommand, DbCommand, FetchArgs, ListWhat, RunArgs};
 use crate::{data, grid, memory, plugins, report};
 
 mod bench;
@@ -37,6 +37,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Show(args) => results::show(&args),
         Command::Export(args) => results::export(&args),
         Command::Db(DbCommand::Copy(args)) => results::copy(&args),
+        Command::Data(DataCommand::Fetch(args)) => fetch(&args),
         Command::Bench(args) => {
             set_threads(args.threads)?;
             bench::bench(&args)
@@ -105,6 +106,38 @@ pub fn list_archs() -> String {
         s.push('\n');
     }
     s
+}
+
+/// `runner data fetch`: the data set in place, or the reason it is not.
+fn fetch(args: &FetchArgs) -> Result<i32> {
+    use data::fetch::{self, Fetched, Options};
+    let source = fetch::source(&args.dataset)?;
+    let opts = Options {
+        from: args.from.clone(),
+        url: args.url.clone(),
+        sha256: args.sha256.clone(),
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    match fetch::fetch(source, &args.dir, &opts)? {
+        Fetched::Present(folder) => println!(
+            "{} is already in {} (complete, fetched before): nothing to do",
+            source.name,
+            folder.display()
+        ),
+        Fetched::Unchecked(folder) => println!(
+            "{} has the files of {} (not from `runner data fetch`, so not checked against the published \
+             checksums): nothing to do",
+            folder.display(),
+            source.name
+        ),
+        Fetched::Written { folder, bytes } => println!(
+            "{} in {} ({:.1} MiB fetched, checksums checked)",
+            source.name,
+            folder.display(),
+            bytes as f64 / (1u64 << 20) as f64
+        ),
+    }
+    Ok(0)
 }
 
 /// `runner run GRID --dry-run`: validate everything and print the plan.

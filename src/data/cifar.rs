@@ -12,6 +12,8 @@ const PIXELS: usize = 3 * 32 * 32;
 /// The layout of one of the two data sets.
 struct Layout {
     name: &'static str,
+    /// Its name for `runner data fetch`.
+    fetch: &'static str,
     url: &'static str,
     /// The directory the archive extracts to, tried under `path` when `path` is its parent.
     extracted: &'static str,
@@ -29,6 +31,7 @@ fn layout(cfg: &DatasetConfig) -> Layout {
     if cfg.kind == DatasetKind::Cifar10 {
         return Layout {
             name: "CIFAR-10",
+            fetch: "cifar10",
             url: "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
             extracted: "cifar-10-batches-bin",
             train: &[
@@ -48,6 +51,7 @@ fn layout(cfg: &DatasetConfig) -> Layout {
     let coarse = cfg.labels.as_deref() == Some("coarse");
     Layout {
         name: "CIFAR-100",
+        fetch: "cifar100",
         url: "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
         extracted: "cifar-100-binary",
         train: &["train.bin"],
@@ -79,8 +83,16 @@ impl Layout {
     }
 
     fn missing(&self, dir: &Path, file: &str) -> String {
+        // The fetch writes DIR/<extracted>: the parent of a path that names that folder.
+        let fetch_dir = match dir.file_name() {
+            Some(n) if n == self.extracted => dir.parent().unwrap_or(dir),
+            _ => dir,
+        };
         format!(
-            "missing {file}: download the binary version of {} from {} and extract it so that {} exists",
+            "missing {file}: `runner data fetch {} --dir {}` downloads and checks it (or download the binary \
+             version of {} from {} and extract it so that {} exists)",
+            self.fetch,
+            fetch_dir.display(),
             self.name,
             self.url,
             dir.join(self.train[0]).display()

@@ -21,10 +21,22 @@ const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
 const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
 
 fn missing(dir: &Path, name: &str) -> String {
+    // The fetch writes DIR/mnist.
+    let fetch = match dir.file_name() {
+        Some(n) if n == "mnist" => format!(
+            "`runner data fetch mnist --dir {}`",
+            dir.parent().unwrap_or(dir).display()
+        ),
+        _ => format!(
+            "`runner data fetch mnist --dir {}` (then `path` = its mnist folder)",
+            dir.display()
+        ),
+    };
     format!(
-        "missing {name} (or {name}.gz): download the four MNIST files ({TRAIN_IMAGES}.gz, {TRAIN_LABELS}.gz, \
-         {TEST_IMAGES}.gz, {TEST_LABELS}.gz) from https://yann.lecun.com/exdb/mnist/ or a mirror such as \
-         https://ossci-datasets.s3.amazonaws.com/mnist/ into {}",
+        "missing {name} (or {name}.gz): {fetch} downloads and checks them (or download the four MNIST files \
+         ({TRAIN_IMAGES}.gz, {TRAIN_LABELS}.gz, {TEST_IMAGES}.gz, {TEST_LABELS}.gz) from \
+         https://yann.lecun.com/exdb/mnist/ or a mirror such as https://ossci-datasets.s3.amazonaws.com/mnist/ \
+         into {})",
         dir.display()
     )
 }

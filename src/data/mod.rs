@@ -8,6 +8,7 @@
 
 mod batches;
 mod cifar;
+pub mod fetch;
 mod folder;
 mod mnist;
 mod npy;

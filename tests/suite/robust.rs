@@ -351,14 +351,8 @@ const CIFAR: &str = "[experiment]\nname = \"c\"\n\n\
      [train]\niterations = 2\nbatch_size = 4\n\n\
      [grid]\narch = [\"plain\"]\ndepth = [8]\n";
 
-const CIFAR_FILES: [&str; 6] = [
-    "data_batch_1.bin",
-    "data_batch_2.bin",
-    "data_batch_3.bin",
-    "data_batch_4.bin",
-    "data_batch_5.bin",
-    "test_batch.bin",
-];
+/// The six CIFAR-10 files, as `runner data fetch` expects them.
+const CIFAR_FILES: &[&str] = runner::data::fetch::SOURCES[0].expect;
 
 /// Writes the grid and the six CIFAR-10 files, `records` records each (label, then 3072
 /// pixels), with `edit` applied to each file's bytes.
