@@ -8,8 +8,8 @@
 //! come from single-valued grid axes, then from the plugin's defaults. `[[exclude]]` drops
 //! every combination that matches all of its keys.
 //!
-//! A key `train.NAME` (quoted, `"train.lr"`, or as a TOML dotted key, `train.lr`) is a setting
-//! of `[train]`, as an axis or an include key: `train.batch_size`, `train.optimizer.weight_decay`,
+//! A key `"train.NAME"` (in quotes: unquoted, TOML reads the dots as tables) is a setting of
+//! `[train]`, as an axis or an include key: `train.batch_size`, `train.optimizer.weight_decay`,
 //! `train.warmup.lr`, … (`train.lr` is short for `train.optimizer.lr`). It applies to every
 //! architecture, over the `[train]` table, and the result is checked as `[train]` is.
 
@@ -172,22 +172,26 @@ pub fn parse(path: &Path, source: &str) -> Result<Grid> {
     let mut axes: Vec<(At<String>, Vec<At<Value>>)> = Vec::new();
     if let Some(grid) = &raw.grid {
         for (k, v) in grid.get_ref() {
-            for (key, value, span) in flatten(source, grid.span(), k, v) {
-                let values = match value {
-                    toml::Value::Array(items) => {
-                        if items.is_empty() {
-                            return Err(err(span, format!("axis `{}` has no values", key.value)));
-                        }
-                        // Array items carry no spans of their own; point at the array.
-                        items
-                            .iter()
-                            .map(|i| to_value(i, span.clone()).map_err(|m| err(span.clone(), m)))
-                            .collect::<Result<Vec<_>>>()?
+            let values = match v.get_ref() {
+                toml::Value::Array(items) => {
+                    if items.is_empty() {
+                        return Err(err(v.span(), format!("axis `{}` has no values", k.get_ref())));
                     }
-                    single => vec![to_value(single, span.clone()).map_err(|m| err(span.clone(), m))?],
-                };
-                axes.push((key, values));
-            }
+                    // Array items carry no spans of their own; point at the array.
+                    items
+                        .iter()
+                        .map(|i| to_value(i, v.span()).map_err(|m| err(v.span(), m)))
+                        .collect::<Result<Vec<_>>>()?
+                }
+                single => vec![to_value(single, v.span()).map_err(|m| err(v.span(), m))?],
+            };
+            axes.push((
+                At {
+                    value: k.get_ref().clone(),
+                    span: k.span(),
+                },
+                values,
+            ));
         }
         axes.sort_by_key(|(k, _)| k.span.start);
     }
@@ -199,10 +203,14 @@ pub fn parse(path: &Path, source: &str) -> Result<Grid> {
                     entries: Vec::new(),
                 };
                 for (k, v) in t.get_ref() {
-                    for (key, value, span) in flatten(source, t.span(), k, v) {
-                        let value = to_value(value, span.clone()).map_err(|m| err(span, m))?;
-                        out.entries.push((key, value));
-                    }
+                    let value = to_value(v.get_ref(), v.span()).map_err(|m| err(v.span(), m))?;
+                    out.entries.push((
+                        At {
+                            value: k.get_ref().clone(),
+                            span: k.span(),
+                        },
+                        value,
+                    ));
                 }
                 Ok(out)
             })
@@ -283,78 +291,21 @@ struct Table {
 /// The tables whose keys a grid may set per trial, as `TABLE.KEY`.
 const SETTING_TABLES: [&str; 1] = ["train"];
 
-/// A grid or include entry as (dotted key, value, span) pairs: a TOML dotted key
-/// (`train.lr = [...]`, which TOML reads as a table `train` holding `lr`) becomes `train.lr`,
-/// at the line that writes it (found in the text of `within`, the table's span).
-fn flatten<'a>(
-    source: &str,
-    within: Range<usize>,
-    k: &Spanned<String>,
-    v: &'a Spanned<toml::Value>,
-) -> Vec<(At<String>, &'a toml::Value, Range<usize>)> {
-    fn walk<'a>(prefix: String, v: &'a toml::Value, out: &mut Vec<(String, &'a toml::Value)>) {
-        match v {
-            toml::Value::Table(t) => {
-                for (k, v) in t {
-                    walk(format!("{prefix}.{k}"), v, out);
-                }
-            }
-            leaf => out.push((prefix, leaf)),
-        }
-    }
-    if !SETTING_TABLES.contains(&k.get_ref().as_str()) || !v.get_ref().is_table() {
-        let key = At {
-            value: k.get_ref().clone(),
-            span: k.span(),
-        };
-        return vec![(key, v.get_ref(), v.span())];
-    }
-    let mut leaves = Vec::new();
-    walk(k.get_ref().clone(), v.get_ref(), &mut leaves);
-    leaves
-        .into_iter()
-        .map(|(dotted, value)| {
-            let span = dotted_key_span(source, within.clone(), &dotted).unwrap_or_else(|| k.span());
-            let key = At {
-                value: dotted,
-                span: span.clone(),
-            };
-            (key, value, span)
-        })
-        .collect()
-}
-
-/// The first line that writes a setting as an unquoted dotted key (`train.optimizer.lr = ...`),
-/// with the key.
+/// The first line of `[grid]`, `[[include]]` or `[[exclude]]` that writes a setting as an
+/// unquoted dotted key (`train.optimizer.lr = ...`), with the key.
 fn unquoted_setting(source: &str) -> Option<(Range<usize>, String)> {
     let mut offset = 0;
+    let mut in_grid = false;
     for line in source.split_inclusive('\n') {
+        let header = line.split('#').next().unwrap_or("").trim();
+        if header.starts_with('[') {
+            in_grid = ["[grid]", "[[include]]", "[[exclude]]"].contains(&header);
+        }
         let key = line.split_once('=').map(|(k, _)| k.trim()).unwrap_or("");
         let simple = key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-        if simple && SETTING_TABLES.iter().any(|t| key.starts_with(&format!("{t}."))) {
+        if in_grid && simple && SETTING_TABLES.iter().any(|t| key.starts_with(&format!("{t}."))) {
             let start = offset + (line.len() - line.trim_start().len());
             return Some((start..start + key.len(), key.to_string()));
-        }
-        offset += line.len();
-    }
-    None
-}
-
-/// Where `within` writes the dotted key `a.b.c` (spaces and quotes around its parts allowed):
-/// the start of that line's key.
-fn dotted_key_span(source: &str, within: Range<usize>, dotted: &str) -> Option<Range<usize>> {
-    let text = source.get(within.clone())?;
-    let mut offset = within.start;
-    for line in text.split_inclusive('\n') {
-        if let Some((key, _)) = line.split_once('=') {
-            let written: String = key
-                .chars()
-                .filter(|c| !c.is_whitespace() && *c != '"' && *c != '\'')
-                .collect();
-            if written == dotted {
-                let start = offset + (line.len() - line.trim_start().len());
-                return Some(start..start + key.trim().len());
-            }
         }
         offset += line.len();
     }

@@ -232,7 +232,7 @@ fn a_bad_setting_is_an_error_at_its_line_that_names_the_valid_keys_or_the_rule()
     assert!(msg.contains("grid file per data set"), "{msg}");
     // unquoted, TOML makes tables of it: the error says to quote it, at its line
     let (line, _, msg) =
-        grid_err("[grid]\narch = [\"resnet\"]\ndepth = [8]\ntrain.optimizer.weight_decay = [0.0005]\n");
+        grid_err("[grid]  # axes\narch = [\"resnet\"]\ndepth = [8]\ntrain.optimizer.weight_decay = [0.0005]\n");
     assert_eq!(line, 13, "{msg}");
     assert!(msg.contains("\"train.optimizer.weight_decay\" = ..."), "{msg}");
 }
