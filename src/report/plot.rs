@@ -267,22 +267,28 @@ fn varies(rows: &[&SummaryRow], field: impl Fn(&SummaryRow) -> Option<String>) -
     rows.iter().filter_map(|r| field(r)).collect::<BTreeSet<_>>().len() > 1
 }
 
-/// The fields besides depth that can tell two networks of one architecture apart.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// The fields besides depth that can tell two networks of one architecture apart: parameters,
+/// and the `[train]` settings a grid sweeps (the rows' `settings`).
+#[derive(Clone, PartialEq, Eq)]
 enum Field {
     Shortcut,
     Preact,
     Block,
     Width,
+    Setting(String),
 }
 
 impl Field {
-    fn text(self, r: &SummaryRow) -> Option<String> {
+    fn text(&self, r: &SummaryRow) -> Option<String> {
         match self {
             Field::Shortcut => text_param(r, "shortcut").map(|s| format!("shortcut {s}")),
             Field::Preact => bool_param(r, "preact").map(|p| unit(p).to_string()),
             Field::Block => text_param(r, "block"),
             Field::Width => int_param(r, "width").map(|w| format!("width {w}")),
+            Field::Setting(name) => r
+                .settings
+                .get(name)
+                .map(|v| format!("{} {v}", name.strip_prefix("train.").unwrap_or(name))),
         }
     }
 }
@@ -290,11 +296,14 @@ impl Field {
 const FIELDS: [Field; 4] = [Field::Shortcut, Field::Preact, Field::Block, Field::Width];
 
 /// The fields that take more than one value at some depth. A field that only changes with the
-/// depth (the preact grid's block: ResNet-110 basic, ResNet-164 bottleneck) is already told by
-/// the depth, and splitting families by it would leave one point per line.
+/// depth (the preact grid's block: ResNet-110 basic, ResNet-164 bottleneck; the depth grid's
+/// warm-up, ResNet-110's alone) is already told by the depth, and splitting families by it
+/// would leave one point per line.
 fn varying(rows: &[&SummaryRow]) -> Vec<Field> {
+    let settings: BTreeSet<&String> = rows.iter().flat_map(|r| r.settings.0.keys()).collect();
     FIELDS
         .into_iter()
+        .chain(settings.into_iter().map(|s| Field::Setting(s.clone())))
         .filter(|f| {
             let mut by_depth: BTreeMap<Option<i64>, BTreeSet<String>> = BTreeMap::new();
             for r in rows {
@@ -499,10 +508,7 @@ fn grouped(
     let use_test = rows.iter().any(|r| r.test_error.is_some_and(f64::is_finite));
     let value = |r: &SummaryRow| if use_test { r.test_error } else { r.best_val_error };
     // Everything else that varies, so that two different networks never share a line.
-    let others: Vec<Field> = varying(&rows)
-        .into_iter()
-        .filter(|f| field_of(*f, kind).is_none())
-        .collect();
+    let others: Vec<Field> = varying(&rows).into_iter().filter(|f| !is_field_of(f, kind)).collect();
     let line_name = |r: &SummaryRow| {
         let mut parts = vec![depth_name(r)];
         parts.extend(others.iter().filter_map(|f| f.text(r)));
@@ -559,11 +565,9 @@ fn grouped(
     })
 }
 
-fn field_of(f: Field, kind: &str) -> Option<Field> {
-    match (f, kind) {
-        (Field::Shortcut, "shortcut") | (Field::Preact, "preact") => Some(f),
-        _ => None,
-    }
+/// Whether `f` is what a chart of `kind` has on its x axis.
+fn is_field_of(f: &Field, kind: &str) -> bool {
+    matches!((f, kind), (Field::Shortcut, "shortcut") | (Field::Preact, "preact"))
 }
 
 // ---------------------------------------------------------------------------------------------

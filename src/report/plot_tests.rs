@@ -456,3 +456,35 @@ fn write_charts_names_files_by_experiment_and_kind() {
     let no_png = write_charts(&out, &rows, &metrics, false).unwrap();
     assert!(no_png.charts.iter().all(|c| c.png.is_none() && c.svg.exists()));
 }
+
+#[test]
+fn a_swept_setting_splits_families_and_one_that_only_comes_with_a_depth_does_not() {
+    let with = |r: &mut SummaryRow, name: &str, v: Value| {
+        r.settings.0.insert(name.to_string(), v);
+    };
+    let mut rows = Vec::new();
+    for (i, (depth, lr)) in [(20, 0.1), (20, 0.05), (32, 0.1), (32, 0.05)].into_iter().enumerate() {
+        let mut r = row(i as i64 + 1, "resnet", depth);
+        with(&mut r, "train.optimizer.lr", Value::Float(lr));
+        rows.push(r);
+    }
+    let (swept, _) = charts(&rows, &Metrics::new());
+    let labels: Vec<&str> = chart(&swept, "depth").panels[0]
+        .lines
+        .iter()
+        .filter(|l| l.style == Style::Bold)
+        .map(|l| l.label.as_str())
+        .collect();
+    assert_eq!(
+        labels,
+        ["resnet, optimizer.lr 0.1 test", "resnet, optimizer.lr 0.05 test"]
+    );
+
+    // The depth grid's warm-up: ResNet-110's alone, so told by the depth.
+    let mut rows = vec![row(1, "resnet", 20), row(2, "resnet", 56), row(3, "resnet", 110)];
+    with(&mut rows[2], "train.warmup.lr", Value::Float(0.01));
+    let (told, _) = charts(&rows, &Metrics::new());
+    let depth = chart(&told, "depth");
+    let test = depth.panels[0].lines.iter().find(|l| l.style == Style::Bold).unwrap();
+    assert_eq!((test.label.as_str(), test.points.len()), ("resnet test", 3));
+}
