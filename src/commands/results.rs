@@ -42,12 +42,13 @@ pub fn report(args: &ReportArgs) -> Result<i32> {
         store.close().await;
         Ok::<_, Error>((rows, metrics, configs))
     })?;
-    // A configuration this binary cannot read (an older schema) matches no paper entry.
+    // The settings a grid sweeps, as columns; the seeds of one configuration, as one row.
     let mut rows = rows;
     for (r, settings) in rows.iter_mut().zip(report::varying_settings(&configs)) {
         r.settings = settings;
     }
     let groups = report::seeds::groups(&configs);
+    // A configuration this binary cannot read (an older schema) matches no paper entry.
     let paper: Option<Vec<Option<paper::Comparison>>> = args.paper.then(|| {
         configs
             .iter()
