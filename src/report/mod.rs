@@ -100,31 +100,30 @@ pub fn varying_settings(configs: &[String]) -> Vec<Params> {
         };
         out.insert(prefix, value);
     }
-    let mut experiments: Vec<serde_json::Value> = Vec::new();
-    let all: Vec<BTreeMap<String, Value>> = configs
+    // (experiment, settings) of each configuration that has a `[train]` (one that has none, of
+    // another program or an old schema, says nothing about what varies).
+    let all: Vec<Option<(String, BTreeMap<String, Value>)>> = configs
         .iter()
         .map(|c| {
-            let mut out = BTreeMap::new();
             let v = serde_json::from_str::<serde_json::Value>(c).unwrap_or_default();
-            if let Some(train) = v.get("train") {
-                walk("train".into(), train, &mut out);
-            }
+            let mut out = BTreeMap::new();
+            walk("train".into(), v.get("train")?, &mut out);
             out.remove("train.seed");
-            experiments.push(v.get("experiment").cloned().unwrap_or_default());
-            out
+            Some((v.get("experiment").unwrap_or(&serde_json::Value::Null).to_string(), out))
         })
         .collect();
-    let names: BTreeSet<&String> = all.iter().flat_map(|m| m.keys()).collect();
+    let names: BTreeSet<&String> = all.iter().flatten().flat_map(|(_, m)| m.keys()).collect();
     let varies = |n: &String| {
-        let mut first: BTreeMap<String, Option<&Value>> = BTreeMap::new();
-        all.iter().zip(&experiments).any(|(m, e)| {
+        let mut first: BTreeMap<&String, Option<&Value>> = BTreeMap::new();
+        all.iter().flatten().any(|(e, m)| {
             let v = m.get(n);
-            *first.entry(e.to_string()).or_insert(v) != v
+            *first.entry(e).or_insert(v) != v
         })
     };
     let varying: Vec<&String> = names.into_iter().filter(|n| varies(n)).collect();
     all.iter()
-        .map(|m| {
+        .map(|c| {
+            let Some((_, m)) = c else { return Params::default() };
             Params(
                 varying
                     .iter()

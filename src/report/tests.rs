@@ -552,12 +552,16 @@ fn the_settings_reported_are_those_that_vary_within_an_experiment() {
         .to_string()
     };
     // `a` sweeps the rate and two seeds; `b` has other iterations than `a`, the same in all
+    // and a configuration without `[train]` (another program's) changes nothing
     let settings = varying_settings(&[
         config("a", 0.1, 100, 1),
         config("a", 0.05, 100, 2),
         config("b", 0.1, 300, 1),
         config("b", 0.1, 300, 2),
+        serde_json::json!({ "experiment": "a", "arch": "alexnet" }).to_string(),
     ]);
+    assert!(settings[4].0.is_empty());
+    let settings = &settings[..4];
     let names: Vec<Vec<&String>> = settings.iter().map(|p| p.0.keys().collect()).collect();
     assert!(names.iter().all(|n| n == &["train.optimizer.lr"]), "{names:?}");
     assert_eq!(settings[1].get("train.optimizer.lr"), Some(&Value::Float(0.05)));
