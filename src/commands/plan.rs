@@ -70,8 +70,6 @@ pub(super) fn refusal(g: &Grid, t: &TrialSpec, e: &Estimate, limit: &Limit, othe
 /// `message` at the setting that `part` of trial `t`'s estimate grows with.
 fn setting_error(g: &Grid, t: &TrialSpec, part: Part, message: String) -> crate::Error {
     let (table, key) = match part {
-        // A batch size the grid sweeps is on its axis line.
-        Part::Activations if t.settings.iter().any(|(k, _)| k == "train.batch_size") => ("grid", "train.batch_size"),
         Part::Activations => ("train", "batch_size"),
         Part::Weights if t.params.get("depth").is_some() => ("grid", "depth"),
         Part::Weights => ("grid", "width"),

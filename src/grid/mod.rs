@@ -248,7 +248,8 @@ pub fn parse(path: &Path, source: &str) -> Result<Grid> {
 
 impl Grid {
     /// An error about the setting `key` of table `table` (`train`, `dataset`, `grid`), at the
-    /// line that writes it, else at the table's, else at the top of the file (a default).
+    /// line that writes it (a `"train.KEY"` axis before `[train]`'s own line), else at the
+    /// table's, else at the top of the file (a default).
     pub fn setting_error(&self, table: &str, key: &str, message: String) -> Error {
         type Keys = BTreeMap<Spanned<String>, toml::Value>;
         #[derive(Deserialize)]
@@ -261,6 +262,13 @@ impl Grid {
             grid: Option<Spanned<Keys>>,
         }
         let tables: Option<Tables> = toml::from_str(&self.source).ok();
+        let axis = format!("{table}.{key}");
+        let (table, key) = match tables.as_ref().and_then(|t| t.grid.as_ref()) {
+            Some(g) if SETTING_TABLES.contains(&table) && g.get_ref().keys().any(|k| *k.get_ref() == axis) => {
+                ("grid", axis.as_str())
+            }
+            _ => (table, key),
+        };
         let found = tables.and_then(|t| match table {
             "train" => t.train,
             "dataset" => t.dataset,
