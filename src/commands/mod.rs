@@ -121,18 +121,18 @@ fn fetch(args: &FetchArgs) -> Result<i32> {
     match fetch::fetch(source, &args.dir, &opts)? {
         Fetched::Present(folder) => println!(
             "{} is already in {} (complete, fetched before): nothing to do",
-            source.name,
+            source.name(),
             folder.display()
         ),
         Fetched::Unchecked(folder) => println!(
             "{} has the files of {} (not from `runner data fetch`, so not checked against the published \
              checksums): nothing to do",
             folder.display(),
-            source.name
+            source.name()
         ),
         Fetched::Written { folder, bytes } => println!(
             "{} in {} ({:.1} MiB fetched, checksums checked)",
-            source.name,
+            source.name(),
             folder.display(),
             bytes as f64 / (1u64 << 20) as f64
         ),

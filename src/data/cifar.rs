@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{data_err, io_err, read_file, read_names, thousands, DatasetConfig, DatasetKind, Loaded, Probe, Split};
+use super::{
+    data_err, fetch, io_err, read_file, read_names, thousands, DatasetConfig, DatasetKind, Loaded, Probe, Split,
+};
 use crate::arch::InputShape;
 use crate::Result;
 
@@ -12,11 +14,8 @@ const PIXELS: usize = 3 * 32 * 32;
 /// The layout of one of the two data sets.
 struct Layout {
     name: &'static str,
-    /// Its name for `runner data fetch`.
-    fetch: &'static str,
-    url: &'static str,
-    /// The directory the archive extracts to, tried under `path` when `path` is its parent.
-    extracted: &'static str,
+    /// Where `runner data fetch` gets it and the folder its archive extracts to.
+    source: &'static fetch::Source,
     train: &'static [&'static str],
     test: &'static str,
     /// Label bytes before the pixels (CIFAR-100: coarse, fine).
@@ -31,9 +30,7 @@ fn layout(cfg: &DatasetConfig) -> Layout {
     if cfg.kind == DatasetKind::Cifar10 {
         return Layout {
             name: "CIFAR-10",
-            fetch: "cifar10",
-            url: "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-            extracted: "cifar-10-batches-bin",
+            source: fetch::of(DatasetKind::Cifar10),
             train: &[
                 "data_batch_1.bin",
                 "data_batch_2.bin",
@@ -51,9 +48,7 @@ fn layout(cfg: &DatasetConfig) -> Layout {
     let coarse = cfg.labels.as_deref() == Some("coarse");
     Layout {
         name: "CIFAR-100",
-        fetch: "cifar100",
-        url: "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
-        extracted: "cifar-100-binary",
+        source: fetch::of(DatasetKind::Cifar100),
         train: &["train.bin"],
         test: "test.bin",
         label_bytes: 2,
@@ -74,7 +69,7 @@ impl Layout {
 
     /// `dir`, or the directory the archive extracts to inside it when that is where the files are.
     fn resolve(&self, dir: &Path) -> PathBuf {
-        let nested = dir.join(self.extracted);
+        let nested = dir.join(self.source.folder);
         if !dir.join(self.train[0]).exists() && nested.join(self.train[0]).exists() {
             nested
         } else {
@@ -83,18 +78,18 @@ impl Layout {
     }
 
     fn missing(&self, dir: &Path, file: &str) -> String {
-        // The fetch writes DIR/<extracted>: the parent of a path that names that folder.
+        // The fetch writes DIR/<folder>: the parent of a path that names that folder.
         let fetch_dir = match dir.file_name() {
-            Some(n) if n == self.extracted => dir.parent().unwrap_or(dir),
+            Some(n) if n == self.source.folder => dir.parent().unwrap_or(dir),
             _ => dir,
         };
         format!(
             "missing {file}: `runner data fetch {} --dir {}` downloads and checks it (or download the binary \
              version of {} from {} and extract it so that {} exists)",
-            self.fetch,
+            self.source.name(),
             fetch_dir.display(),
             self.name,
-            self.url,
+            self.source.files[0].url,
             dir.join(self.train[0]).display()
         )
     }

@@ -16,19 +16,44 @@ use std::time::Duration;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
+use super::{data_err, DatasetConfig, DatasetKind};
 use crate::{Error, Result};
 
-/// A data set that `runner data fetch` knows.
+/// A data set that `runner data fetch` knows. Which files make it complete is the loader's to
+/// say: a folder is complete when [`super::check`] reads it as its `kind`.
 pub struct Source {
-    pub name: &'static str,
+    pub kind: DatasetKind,
     /// The folder it ends up in, under DIR: the one its grids' `path` names.
     pub folder: &'static str,
     pub files: &'static [Remote],
     /// Whether each file is a `.tar.gz` whose top folder is `folder` (else the files are kept
     /// as they are, in `folder`: MNIST's `.gz` files are read as they are).
     pub archive: bool,
-    /// Files that must be in `folder` when it is complete.
-    pub expect: &'static [&'static str],
+}
+
+impl Source {
+    /// Its name on the command line: the `kind` of the grids that read it.
+    pub fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    /// Whether `folder` holds what the loader needs, as far as it checks without decoding
+    /// (files, headers, sizes); the loader's error otherwise.
+    fn check(&self, folder: &Path) -> Result<()> {
+        let cfg = DatasetConfig {
+            kind: self.kind,
+            path: Some(folder.to_path_buf()),
+            validation: Default::default(),
+            augment: Vec::new(),
+            normalize: Default::default(),
+            labels: None,
+            size: None,
+            channels: None,
+            train: None,
+            test: None,
+        };
+        super::check(&cfg, Path::new(".")).map(|_| ())
+    }
 }
 
 /// One file of a data set, at its official location, with the MD5 its publishers (and
@@ -46,34 +71,25 @@ impl Remote {
 
 pub const SOURCES: [Source; 3] = [
     Source {
-        name: "cifar10",
+        kind: DatasetKind::Cifar10,
         folder: "cifar-10-batches-bin",
         files: &[Remote {
             url: "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
             md5: "c32a1d4ab5d03f1284b67883e8d87530",
         }],
         archive: true,
-        expect: &[
-            "data_batch_1.bin",
-            "data_batch_2.bin",
-            "data_batch_3.bin",
-            "data_batch_4.bin",
-            "data_batch_5.bin",
-            "test_batch.bin",
-        ],
     },
     Source {
-        name: "cifar100",
+        kind: DatasetKind::Cifar100,
         folder: "cifar-100-binary",
         files: &[Remote {
             url: "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
             md5: "03b5dce01913d631647c71ecec9e9cb8",
         }],
         archive: true,
-        expect: &["train.bin", "test.bin"],
     },
     Source {
-        name: "mnist",
+        kind: DatasetKind::Mnist,
         folder: "mnist",
         // torchvision's first mirror; the files of https://yann.lecun.com/exdb/mnist/.
         files: &[
@@ -95,19 +111,21 @@ pub const SOURCES: [Source; 3] = [
             },
         ],
         archive: false,
-        expect: &[
-            "train-images-idx3-ubyte.gz",
-            "train-labels-idx1-ubyte.gz",
-            "t10k-images-idx3-ubyte.gz",
-            "t10k-labels-idx1-ubyte.gz",
-        ],
     },
 ];
 
+/// The source of a kind that has one (cifar10, cifar100, mnist).
+pub(super) fn of(kind: DatasetKind) -> &'static Source {
+    SOURCES
+        .iter()
+        .find(|s| s.kind == kind)
+        .unwrap_or_else(|| panic!("no source for {}", kind.name()))
+}
+
 /// The source called `name`, or a usage error listing the known ones.
 pub fn source(name: &str) -> Result<&'static Source> {
-    SOURCES.iter().find(|s| s.name == name).ok_or_else(|| {
-        let known: Vec<&str> = SOURCES.iter().map(|s| s.name).collect();
+    SOURCES.iter().find(|s| s.name() == name).ok_or_else(|| {
+        let known: Vec<&str> = SOURCES.iter().map(|s| s.name()).collect();
         Error::Usage(format!("unknown data set `{name}`; known: {}", known.join(", ")))
     })
 }
@@ -144,23 +162,23 @@ pub fn fetch(source: &Source, dir: &Path, opts: &Options) -> Result<Fetched> {
     if opts.sha256.is_some() && source.files.len() > 1 {
         return Err(Error::Usage(format!(
             "--sha256 checks a single archive; {} is {} files, checked against their published MD5 sums",
-            source.name,
+            source.name(),
             source.files.len()
         )));
     }
     let folder = dir.join(source.folder);
-    if complete(source, &folder) {
-        return Ok(Fetched::Present(folder));
-    }
-    if source.expect.iter().all(|f| folder.join(f).is_file()) {
-        return Ok(Fetched::Unchecked(folder));
+    if source.check(&folder).is_ok() {
+        return Ok(match folder.join(MARKER).is_file() {
+            true => Fetched::Present(folder),
+            false => Fetched::Unchecked(folder),
+        });
     }
     if folder.exists() {
         return Err(data_err(
             &folder,
             format!(
                 "exists without the files of {}: move it away, or pass --dir for another place",
-                source.name
+                source.name()
             ),
         ));
     }
@@ -184,11 +202,6 @@ pub fn fetch(source: &Source, dir: &Path, opts: &Options) -> Result<Fetched> {
     }
 }
 
-/// Whether `folder` holds a complete fetch of `source`.
-fn complete(source: &Source, folder: &Path) -> bool {
-    folder.join(MARKER).is_file() && source.expect.iter().all(|f| folder.join(f).is_file())
-}
-
 enum Failure {
     /// The download stopped (network): its partial file is kept for the next try.
     Resumable(Error),
@@ -200,13 +213,6 @@ fn fin(e: Error) -> Failure {
     Failure::Final(e)
 }
 
-fn data_err(path: &Path, message: String) -> Error {
-    Error::Data {
-        path: path.to_path_buf(),
-        message,
-    }
-}
-
 /// Downloads (or copies), checks and unpacks into `staging`, then renames the result into
 /// `dir`. Returns the bytes of the files fetched.
 fn stage(source: &Source, dir: &Path, staging: &Path, opts: &Options) -> Result<u64, Failure> {
@@ -215,7 +221,7 @@ fn stage(source: &Source, dir: &Path, staging: &Path, opts: &Options) -> Result<
     let _ = fs::remove_dir_all(&unpack);
     let target = unpack.join(source.folder);
     fs::create_dir_all(&target).map_err(|e| fin(data_err(&target, format!("cannot create it: {e}"))))?;
-    let mut record = format!("{}\n", source.name);
+    let mut record = format!("{}\n", source.name());
     let mut total = 0;
     for remote in source.files {
         let name = remote.file_name();
@@ -257,17 +263,8 @@ fn stage(source: &Source, dir: &Path, staging: &Path, opts: &Options) -> Result<
             fs::rename(&file, &to).map_err(|e| fin(data_err(&to, format!("cannot move it into place: {e}"))))?;
         }
     }
-    for f in source.expect {
-        if !target.join(f).is_file() {
-            return Err(fin(data_err(
-                &target,
-                format!(
-                    "the archive has no {f}: it is not the binary version of {}",
-                    source.name
-                ),
-            )));
-        }
-    }
+    // What the loader needs, as it checks before a run.
+    source.check(&target).map_err(fin)?;
     let marker = target.join(MARKER);
     fs::write(&marker, record).map_err(|e| fin(data_err(&marker, e.to_string())))?;
     let folder = dir.join(source.folder);
@@ -277,7 +274,7 @@ fn stage(source: &Source, dir: &Path, staging: &Path, opts: &Options) -> Result<
 
 fn copy_from(given: &Path, to: &Path) -> Result<()> {
     if !given.is_file() {
-        return Err(data_err(given, "--from: no such file".into()));
+        return Err(data_err(given, "--from: no such file"));
     }
     fs::copy(given, to)
         .map(|_| ())

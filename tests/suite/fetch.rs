@@ -10,11 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use crate::util::{Dir, Run};
+use crate::util::{Dir, Run, CIFAR10_FILES as FILES};
 
 /// A record: one label byte, 3072 pixel bytes.
 const RECORD: usize = 3073;
-const FILES: &[&str] = runner::data::fetch::SOURCES[0].expect;
 
 /// The bytes of a batch file: `n` records, label i % 10, pixels from the file's index.
 fn batch(index: usize, n: usize) -> Vec<u8> {

@@ -9,7 +9,7 @@ use runner::store::Store;
 
 use crate::util::{self, Dir};
 
-use crate::util::{grid, EVAL_EVERY};
+use crate::util::{grid, CIFAR10_FILES as CIFAR_FILES, EVAL_EVERY};
 
 /// The steps at which a trial of `iterations` steps records its metrics.
 fn evaluation_steps(iterations: u32) -> Vec<i64> {
@@ -350,9 +350,6 @@ const CIFAR: &str = "[experiment]\nname = \"c\"\n\n\
      [dataset]\nkind = \"cifar10\"\npath = \"cifar\"\n\n\
      [train]\niterations = 2\nbatch_size = 4\n\n\
      [grid]\narch = [\"plain\"]\ndepth = [8]\n";
-
-/// The six CIFAR-10 files, as `runner data fetch` expects them.
-const CIFAR_FILES: &[&str] = runner::data::fetch::SOURCES[0].expect;
 
 /// Writes the grid and the six CIFAR-10 files, `records` records each (label, then 3072
 /// pixels), with `edit` applied to each file's bytes.

@@ -275,3 +275,13 @@ pub fn starts(outputs: &[Vec<String>], id: i64) -> usize {
         .filter(|l| l.starts_with('[') && l.contains(&format!("] trial {id}: ")))
         .count()
 }
+
+/// The six files of CIFAR-10's binary version (the fixtures' layout).
+pub const CIFAR10_FILES: [&str; 6] = [
+    "data_batch_1.bin",
+    "data_batch_2.bin",
+    "data_batch_3.bin",
+    "data_batch_4.bin",
+    "data_batch_5.bin",
+    "test_batch.bin",
+];
