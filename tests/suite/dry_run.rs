@@ -171,36 +171,34 @@ fn a_dry_run_of_depth_200000_is_exact_and_allocates_no_model() {
     assert!(mib > 1e6, "3.2 G parameters need terabytes at batch 128: {mib} MiB");
 }
 
-#[test]
-fn a_batch_nobody_meant_exits_2_with_the_estimate_before_writing_anything() {
+/// `runner run` of this grid as `g.toml`: it must exit 2 with nothing written; its stderr.
+fn refused_run(grid_text: &str) -> String {
     let d = Dir::new();
-    d.write(
-        "g.toml",
-        "[experiment]\nname = \"t\"\n\n[dataset]\nkind = \"synthetic\"\n\n[train]\niterations = 10\nbatch_size = 10000000\n\n[grid]\narch = [\"resnet\"]\ndepth = [20]\n",
-    );
+    d.write("g.toml", grid_text);
     let r = d.run(&["run", "g.toml"]);
     assert_eq!(r.code(), 2, "{}", r.stderr());
-    let err = r.stderr();
+    assert_eq!(d.files(), vec!["g.toml"], "nothing written");
+    r.stderr()
+}
+
+#[test]
+fn a_batch_nobody_meant_exits_2_with_the_estimate_before_writing_anything() {
+    let err = refused_run(
+        "[experiment]\nname = \"t\"\n\n[dataset]\nkind = \"synthetic\"\n\n[train]\niterations = 10\nbatch_size = 10000000\n\n[grid]\narch = [\"resnet\"]\ndepth = [20]\n",
+    );
     assert!(
         err.contains("g.toml:9:") && err.contains("batch_size") && err.contains("estimated"),
         "{err}"
     );
     assert!(err.contains("--ignore-memory-limit"), "{err}");
-    assert_eq!(d.files(), vec!["g.toml"], "nothing written");
 }
 
 #[test]
 fn a_swept_batch_nobody_meant_is_reported_at_its_axis() {
-    let d = Dir::new();
-    d.write(
-        "g.toml",
+    let err = refused_run(
         "[experiment]\nname = \"t\"\n\n[dataset]\nkind = \"synthetic\"\n\n[train]\niterations = 10\n\n[grid]\narch = [\"resnet\"]\ndepth = [20]\n\"train.batch_size\" = [10000000, 16]\n",
     );
-    let r = d.run(&["run", "g.toml"]);
-    assert_eq!(r.code(), 2, "{}", r.stderr());
-    let err = r.stderr();
     assert!(err.contains("g.toml:13:") && err.contains("estimated"), "{err}");
-    assert_eq!(d.files(), vec!["g.toml"], "nothing written");
 }
 
 #[test]

@@ -148,11 +148,18 @@ fn tree(dir: &Path) -> Vec<String> {
     out
 }
 
-/// `runner data fetch cifar10 --dir data --url URL --sha256 SHA` in `d`.
-fn fetch_url(d: &Dir, url: &str, sha: &str) -> Run {
-    d.run(&[
-        "data", "fetch", "cifar10", "--dir", "data", "--url", url, "--sha256", sha,
-    ])
+/// `runner data fetch cifar10 --dir DIR FROM WHERE --sha256 SHA` in `d`, `FROM` being `--url`
+/// or `--from`.
+fn fetch_cifar(d: &Dir, dir: &str, from: &str, place: &str, sha: &str) -> Run {
+    d.run(&["data", "fetch", "cifar10", "--dir", dir, from, place, "--sha256", sha])
+}
+
+/// Runs `args` in `d` and checks that it exits 2 saying `says`, with nothing in `data/`.
+fn assert_refused(d: &Dir, args: &[&str], says: &str) {
+    let r = d.run(args);
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert!(r.stderr().contains(says), "{}", r.stderr());
+    assert_eq!(tree(&d.path().join("data")), Vec::<String>::new());
 }
 
 /// Checks the fetched folder holds the archive's batches, byte for byte.
@@ -169,7 +176,7 @@ fn a_good_download_is_checked_unpacked_and_read_by_a_grid_and_a_second_fetch_dow
     let body = archive(None);
     let server = Server::start(body.clone(), false);
     let d = Dir::new();
-    let r = fetch_url(&d, &server.url(), &sha256(&body));
+    let r = fetch_cifar(&d, "data", "--url", &server.url(), &sha256(&body));
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert!(
         r.stdout().contains("cifar10 in data/cifar-10-batches-bin"),
@@ -194,7 +201,7 @@ fn a_good_download_is_checked_unpacked_and_read_by_a_grid_and_a_second_fetch_dow
     );
     assert!(!plan.stderr().contains("warning"), "{}", plan.stderr());
 
-    let again = fetch_url(&d, &server.url(), &sha256(&body));
+    let again = fetch_cifar(&d, "data", "--url", &server.url(), &sha256(&body));
     assert_eq!(again.code(), 0, "{}", again.stderr());
     assert!(again.stdout().contains("nothing to do"), "{}", again.stdout());
     assert_eq!(server.requests().len(), 1, "the second fetch downloads nothing");
@@ -205,7 +212,7 @@ fn a_dropped_connection_is_resumed_from_where_it_stopped() {
     let body = archive(None);
     let server = Server::start(body.clone(), true);
     let d = Dir::new();
-    let r = fetch_url(&d, &server.url(), &sha256(&body));
+    let r = fetch_cifar(&d, "data", "--url", &server.url(), &sha256(&body));
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert_unpacked(&d.path().join("data"));
     // The first answer stopped half-way; the second asked for the rest only.
@@ -222,7 +229,7 @@ fn a_corrupt_download_exits_2_and_leaves_nothing_in_the_folder() {
     let server = Server::start(bad, false);
     let d = Dir::new();
     std::fs::create_dir(d.path().join("data")).unwrap();
-    let r = fetch_url(&d, &server.url(), &sha256(&good));
+    let r = fetch_cifar(&d, "data", "--url", &server.url(), &sha256(&good));
     assert_eq!(r.code(), 2, "{}", r.stderr());
     assert!(
         r.stderr().contains("SHA-256 is") && r.stderr().contains(&sha256(&good)),
@@ -234,14 +241,11 @@ fn a_corrupt_download_exits_2_and_leaves_nothing_in_the_folder() {
     // Without --sha256 a file is held against the published MD5 of the real archive.
     let archive_path = d.write("c.tar.gz", "");
     std::fs::write(&archive_path, &good).unwrap();
-    let r = d.run(&["data", "fetch", "cifar10", "--dir", "data", "--from", "c.tar.gz"]);
-    assert_eq!(r.code(), 2, "{}", r.stderr());
-    assert!(
-        r.stderr().contains("expected c32a1d4ab5d03f1284b67883e8d87530"),
-        "{}",
-        r.stderr()
+    assert_refused(
+        &d,
+        &["data", "fetch", "cifar10", "--dir", "data", "--from", "c.tar.gz"],
+        "expected c32a1d4ab5d03f1284b67883e8d87530",
     );
-    assert_eq!(tree(&d.path().join("data")), Vec::<String>::new());
 }
 
 #[test]
@@ -249,33 +253,13 @@ fn from_uses_an_archive_on_disk_and_an_escaping_entry_is_refused() {
     let d = Dir::new();
     let good = archive(None);
     std::fs::write(d.path().join("c.tar.gz"), &good).unwrap();
-    let r = d.run(&[
-        "data",
-        "fetch",
-        "cifar10",
-        "--dir",
-        "data",
-        "--from",
-        "c.tar.gz",
-        "--sha256",
-        &sha256(&good),
-    ]);
+    let r = fetch_cifar(&d, "data", "--from", "c.tar.gz", &sha256(&good));
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert_unpacked(&d.path().join("data"));
 
     let evil = archive(Some("cifar-10-batches-bin/../../evil.bin"));
     std::fs::write(d.path().join("e.tar.gz"), &evil).unwrap();
-    let r = d.run(&[
-        "data",
-        "fetch",
-        "cifar10",
-        "--dir",
-        "other",
-        "--from",
-        "e.tar.gz",
-        "--sha256",
-        &sha256(&evil),
-    ]);
+    let r = fetch_cifar(&d, "other", "--from", "e.tar.gz", &sha256(&evil));
     assert_eq!(r.code(), 2, "{}", r.stderr());
     assert!(
         r.stderr().contains("refusing entry") && r.stderr().contains("evil.bin"),
@@ -315,15 +299,12 @@ fn mnist_files_are_each_held_against_their_published_md5() {
     ] {
         std::fs::write(d.path().join("files").join(f), b"not mnist").unwrap();
     }
-    let r = d.run(&["data", "fetch", "mnist", "--dir", "data", "--from", "files"]);
-    assert_eq!(r.code(), 2, "{}", r.stderr());
     // the first file's published sum
-    assert!(
-        r.stderr().contains("expected f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-        "{}",
-        r.stderr()
+    assert_refused(
+        &d,
+        &["data", "fetch", "mnist", "--dir", "data", "--from", "files"],
+        "expected f68b3c2dcbeaaa9fbdd348bbdeb94873",
     );
-    assert_eq!(tree(&d.path().join("data")), Vec::<String>::new());
     // one --sha256 cannot check four files
     let r = d.run(&["data", "fetch", "mnist", "--from", "files", "--sha256", "00"]);
     assert_eq!(r.code(), 2, "{}", r.stderr());
