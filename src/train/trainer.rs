@@ -244,8 +244,10 @@ impl<'a> Run<'a> {
                 let mut ev = self.evaluate(lr)?;
                 ev.images_per_s = (interval_train_s > 0.0).then(|| images / interval_train_s);
                 self.evaluations += 1;
+                // Every record says how long the trial has trained (its progress and time left
+                // are read from it); the resumable state advances only with a checkpoint.
+                ev.wall_s = self.wall_s();
                 if done || self.evaluations.is_multiple_of(cfg.checkpoint_every) {
-                    ev.wall_s = self.wall_s();
                     self.state.wall_s = ev.wall_s;
                     ev.last = Some(self.encode_last()?);
                 }
