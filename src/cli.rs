@@ -46,12 +46,38 @@ pub enum Command {
     List(ListArgs),
     /// Time training steps and evaluation batches on random data (images/s)
     Bench(BenchArgs),
+    /// A web dashboard over the store: trials, live progress and training curves (read-only)
+    Serve(ServeArgs),
     /// Work on whole stores: copy a grid's results between SQLite and PostgreSQL
     #[command(subcommand)]
     Db(DbCommand),
     /// Data sets: download CIFAR-10, CIFAR-100 or MNIST, checked and unpacked
     #[command(subcommand)]
     Data(DataCommand),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  runner serve                          http://127.0.0.1:8080/ over runs.db
+  runner serve --db postgres://me@db.example.org/runs --addr 127.0.0.1:9000
+  ssh -L 8080:127.0.0.1:8080 gpu-box    then open http://127.0.0.1:8080/ here
+
+The page lists the experiments; each has a sortable table of its trials (status, progress as
+step of steps, time left for running trials, best validation and test error, images/s, the
+error of failed ones), its training curves (dashed: training error, bold: validation error, a
+colour per depth, a panel per family), error against depth, and the curves of any trials you
+tick, on one chart. It follows the store as runners write (a new trial or value appears within
+a few seconds) without reloading.
+
+Read-only: nothing is written to the store. It listens on 127.0.0.1 unless --addr says
+otherwise, and has no login: to share it, prefer an SSH tunnel. The JSON the page reads is under
+/api/ (see the README).")]
+pub struct ServeArgs {
+    #[arg(long, env = "RUNNER_DB", default_value = "runs.db", help = DB_HELP)]
+    pub db: Location,
+    /// Where to listen (IP:PORT; port 0 picks a free one, printed at start)
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]
@@ -353,6 +379,9 @@ pub enum BenchOp {
     /// The store's claims: --workers connections drain --trials empty trials of a throw-away
     /// experiment in --db (claims/s, and a check that no trial was claimed twice)
     Claims,
+    /// `runner serve` on a throw-away store of --trials trials × --rows metric rows: each page
+    /// and API route's answer time (first, median, p90, max) and size
+    Serve,
 }
 
 #[derive(Debug, Args)]
@@ -372,7 +401,8 @@ Examples:
   runner bench --op conv                    our convolution kernels against Candle's
   runner bench --op conv --device cuda:0    cuDNN's, checked against the CPU, against Candle's
   runner bench --op batchnorm --device cuda:0
-  runner bench --op claims --db postgres://me@host/scratch --workers 8 --trials 1000"
+  runner bench --op claims --db postgres://me@host/scratch --workers 8 --trials 1000
+  runner bench --op serve --trials 200 --rows 2000 --steps 20"
 )]
 pub struct BenchArgs {
     /// What to time
@@ -428,7 +458,11 @@ pub struct BenchArgs {
     /// With --op claims: workers claiming at once, each with a connection of its own
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub workers: u32,
-    /// With --op claims: empty trials to claim
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub trials: u32,
+    /// With --op claims: empty trials to claim (default 1000); with --op serve: trials in the
+    /// store (default 200)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub trials: Option<u32>,
+    /// With --op serve: metric rows per trial (five per evaluation)
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub rows: u32,
 }

@@ -17,6 +17,7 @@ pub mod memory;
 pub mod nn;
 pub mod report;
 pub mod rng;
+pub mod serve;
 pub mod store;
 #[doc(hidden)]
 pub mod testdb;

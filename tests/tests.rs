@@ -31,3 +31,9 @@ mod seeds;
 
 #[path = "suite/fetch.rs"]
 mod fetch;
+
+#[path = "suite/serve.rs"]
+mod serve;
+
+#[path = "suite/browser.rs"]
+mod browser;

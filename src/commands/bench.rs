@@ -62,6 +62,7 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
             return Ok(0);
         }
         BenchOp::Claims => return claims(args),
+        BenchOp::Serve => return crate::serve::bench(args, args.trials.unwrap_or(200)),
     }
     let a = plugins::find(&args.arch).ok_or_else(|| {
         Error::Usage(format!(
@@ -415,7 +416,8 @@ fn claims(args: &BenchArgs) -> Result<i32> {
         .into());
     };
     let experiment = format!("bench-claims-{}", std::process::id());
-    let trials: Vec<NewTrial> = (0..i64::from(args.trials))
+    let count = args.trials.unwrap_or(1000);
+    let trials: Vec<NewTrial> = (0..i64::from(count))
         .map(|i| {
             let config_json = serde_json::json!({"experiment": experiment, "arch": "none", "trial": i}).to_string();
             NewTrial {
@@ -472,7 +474,7 @@ fn claims(args: &BenchArgs) -> Result<i32> {
             "claims on {db}: {} workers, {} trials: {} claims in {seconds:.2} s = {:.0} claims/s; \
              claimed twice: {twice}; never claimed: {}",
             args.workers,
-            args.trials,
+            count,
             claimed.len(),
             claimed.len() as f64 / seconds,
             trials.len() - distinct.len()

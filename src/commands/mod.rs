@@ -38,6 +38,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Export(args) => results::export(&args),
         Command::Db(DbCommand::Copy(args)) => results::copy(&args),
         Command::Data(DataCommand::Fetch(args)) => fetch(&args),
+        Command::Serve(args) => crate::serve::serve(&args),
         Command::Bench(args) => {
             set_threads(args.threads)?;
             bench::bench(&args)

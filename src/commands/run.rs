@@ -556,7 +556,12 @@ impl Jobs<'_> {
             let mut broken: Option<Error> = None;
             let outcome = loop {
                 match rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(Event::Started { step, total }) => progress.started(step, total),
+                    Ok(Event::Started { step, total }) => {
+                        progress.started(step, total);
+                        let total = i64::try_from(total).unwrap_or(i64::MAX);
+                        let written = rt.block_on(store.started(id, worker, total));
+                        lost |= write_failed(written, &trial_stop, &mut broken, progress);
+                    }
                     Ok(Event::Step { step, loss, lr }) => progress.step(step, loss, lr),
                     Ok(Event::Record(_)) if lost || broken.is_some() => {}
                     Ok(Event::Record(ev)) => {

@@ -73,6 +73,8 @@ pub struct Line {
     /// Index into the palette.
     pub colour: usize,
     pub style: Style,
+    /// The trial a training curve is of; `None` for lines over several trials.
+    pub trial: Option<i64>,
     /// (x, y): y in percent.
     pub points: Vec<(f64, f64)>,
     /// (x, lowest y, highest y) where the line is a mean of several values (seeds); empty when
@@ -336,7 +338,8 @@ fn title(rows: &[&SummaryRow], what: &str) -> String {
     }
 }
 
-fn depth_name(r: &SummaryRow) -> String {
+/// `resnet-20`: the architecture and its depth, how curves and tables name a trial.
+pub fn depth_name(r: &SummaryRow) -> String {
     match int_param(r, "depth") {
         Some(d) => format!("{}-{d}", r.arch),
         None => r.arch.clone(),
@@ -354,7 +357,9 @@ fn error_series(metrics: &[MetricRow], split: &str) -> Vec<(f64, f64)> {
     v
 }
 
-fn curves(rows: &[&SummaryRow], metrics: &Metrics) -> Option<Chart> {
+/// The training curves of `rows` (any trials, of one experiment or several) on one chart, as
+/// [`charts`] draws an experiment's; `None` when none has an error recorded yet.
+pub fn curves(rows: &[&SummaryRow], metrics: &Metrics) -> Option<Chart> {
     let fields = varying(rows);
     let depths: BTreeSet<i64> = rows.iter().filter_map(|r| int_param(r, "depth")).collect();
     let colour_of = |r: &SummaryRow| {
@@ -375,6 +380,7 @@ fn curves(rows: &[&SummaryRow], metrics: &Metrics) -> Option<Chart> {
                     label: label.clone(),
                     colour: colour_of(r),
                     style,
+                    trial: Some(r.trial),
                     points,
                     band: Vec::new(),
                 });
@@ -428,6 +434,7 @@ fn mean_line(label: String, colour: usize, style: Style, values: Vec<(f64, f64)>
         label,
         colour,
         style,
+        trial: None,
         points,
         band,
     }

@@ -39,6 +39,7 @@ struct TrialRow {
     wall_s: Option<f64>,
     images_per_s: Option<f64>,
     attempts: i64,
+    total_steps: Option<i64>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -64,7 +65,7 @@ pub struct Copied {
 
 const TRIAL_COLUMNS: &str = "id, key, ord, arch, config_json, params, mflops, status, worker, heartbeat_at, \
      started_at, finished_at, error, best_val_error, best_step, test_error, steps, train_loss, wall_s, \
-     images_per_s, attempts";
+     images_per_s, attempts, total_steps";
 
 impl Store {
     /// Copies every experiment of this store (or only `experiment`) into `to`: experiments by
@@ -150,9 +151,9 @@ impl Store {
                         r#"
                         INSERT INTO trials (experiment_id, key, ord, arch, config_json, params, mflops, status,
                             worker, heartbeat_at, started_at, finished_at, error, best_val_error, best_step,
-                            test_error, steps, train_loss, wall_s, images_per_s, attempts)
+                            test_error, steps, train_loss, wall_s, images_per_s, attempts, total_steps)
                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                            $19, $20, $21)
+                            $19, $20, $21, $22)
                         RETURNING id
                         "#,
                     )
@@ -177,6 +178,7 @@ impl Store {
                     .bind(t.wall_s)
                     .bind(t.images_per_s)
                     .bind(t.attempts)
+                    .bind(t.total_steps)
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(|err| to.error(err))?;

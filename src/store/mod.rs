@@ -505,6 +505,19 @@ pub struct TrialDetail {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub attempts: i64,
+    /// Optimiser steps the trial trains for in all; `None` until its runner has started it.
+    pub total_steps: Option<i64>,
+}
+
+/// An experiment and how many of its trials are in each status (`trial_summary`'s, where a
+/// running trial whose runner went silent counts as interrupted).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExperimentStatus {
+    pub name: String,
+    pub created_at: String,
+    pub trials: i64,
+    /// By status name: pending, running, done, failed, interrupted (every one, zeros included).
+    pub status: std::collections::BTreeMap<String, i64>,
 }
 
 /// One metrics row, in long format.

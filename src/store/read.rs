@@ -2,10 +2,12 @@
 //! checkpoints. Plain statements; they run while a runner is writing (SQLite's WAL; PostgreSQL's
 //! snapshots).
 
+use std::collections::BTreeMap;
+
 use sha2::{Digest, Sha256};
 use sqlx::FromRow;
 
-use super::{Checkpoint, CheckpointKind, MetricRow, RunningTrial, Store, SummaryRow, TrialDetail};
+use super::{Checkpoint, CheckpointKind, ExperimentStatus, MetricRow, RunningTrial, Store, SummaryRow, TrialDetail};
 use crate::{Error, Result};
 
 /// The fewest key characters accepted to name a trial: short prefixes would match by accident.
@@ -22,7 +24,16 @@ struct DetailColumns {
     started_at: Option<String>,
     finished_at: Option<String>,
     attempts: i64,
+    total_steps: Option<i64>,
 }
+
+/// The columns of a [`TrialDetail`]: the summary's and the trial's own.
+const DETAIL: &str =
+    "SELECT s.*, t.key AS full_key, t.config_json, t.worker, t.heartbeat_at, t.attempts, t.total_steps \
+     FROM trial_summary s JOIN trials t ON t.id = s.trial";
+
+/// Trial statuses as `trial_summary` gives them.
+const STATUSES: [&str; 5] = ["pending", "running", "done", "failed", "interrupted"];
 
 impl Store {
     /// One row per trial from the `trial_summary` view, experiments in the order they were first
@@ -109,33 +120,111 @@ impl Store {
         }
     }
 
-    async fn trial_by_id(&self, id: i64) -> Result<Option<TrialDetail>> {
-        let row: Option<(SummaryRow, DetailColumns)> = on_db!(self, |pool| async {
-            let row = sqlx::query(
-                r#"
-                    SELECT s.*, t.key AS full_key, t.config_json, t.worker, t.heartbeat_at, t.attempts
-                    FROM trial_summary s JOIN trials t ON t.id = s.trial
-                    WHERE s.trial = $1
-                    "#,
-            )
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
-            row.map(|row| Ok((SummaryRow::from_row(&row)?, DetailColumns::from_row(&row)?)))
-                .transpose()
+    /// A trial by id; `None` when there is none.
+    pub async fn trial_by_id(&self, id: i64) -> Result<Option<TrialDetail>> {
+        let sql = format!("{DETAIL} WHERE s.trial = $1");
+        let row: Option<TrialDetail> = on_db!(self, |pool| async {
+            let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await?;
+            row.map(|row| detail(&row)).transpose()
         })?;
-        let Some((summary, more)) = row else { return Ok(None) };
-        Ok(Some(TrialDetail {
-            summary,
-            key: more.full_key,
-            ord: more.ord,
-            config_json: more.config_json,
-            worker: more.worker,
-            heartbeat_at: more.heartbeat_at,
-            started_at: more.started_at,
-            finished_at: more.finished_at,
-            attempts: more.attempts,
-        }))
+        Ok(row)
+    }
+
+    /// Every trial of an experiment in detail, in grid order (an empty list for a name that is
+    /// not in the store).
+    pub async fn details(&self, experiment: &str) -> Result<Vec<TrialDetail>> {
+        let sql = format!("{DETAIL} WHERE s.experiment = $1 ORDER BY s.ord, s.trial");
+        on_db!(self, |pool| async {
+            let rows = sqlx::query(&sql).bind(experiment).fetch_all(pool).await?;
+            rows.iter().map(detail).collect::<sqlx::Result<Vec<_>>>()
+        })
+    }
+
+    /// Every experiment, in the order they were first run, with its trials counted by status.
+    pub async fn experiment_statuses(&self) -> Result<Vec<ExperimentStatus>> {
+        let rows: Vec<(String, String, Option<String>, i64)> = on_db!(self, |pool| sqlx::query_as(
+            r#"
+            SELECT e.name, e.created_at, s.status, count(s.trial)
+            FROM experiments e LEFT JOIN trial_summary s ON s.experiment = e.name
+            GROUP BY e.id, e.name, e.created_at, s.status
+            ORDER BY e.id
+            "#
+        )
+        .fetch_all(pool))?;
+        let mut out: Vec<ExperimentStatus> = Vec::new();
+        for (name, created_at, status, n) in rows {
+            if out.last().is_none_or(|e| e.name != name) {
+                out.push(ExperimentStatus {
+                    name,
+                    created_at,
+                    trials: 0,
+                    status: STATUSES.iter().map(|s| (s.to_string(), 0)).collect(),
+                });
+            }
+            let e = out.last_mut().expect("pushed above");
+            if let Some(status) = status {
+                e.trials += n;
+                *e.status.entry(status).or_default() += n;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The training and validation error of each trial named, by trial id, each in step order:
+    /// what the training curves are drawn from. Unknown ids have none.
+    pub async fn error_curves(&self, trials: &[i64]) -> Result<BTreeMap<i64, Vec<MetricRow>>> {
+        let mut out: BTreeMap<i64, Vec<MetricRow>> = BTreeMap::new();
+        for chunk in trials.chunks(500) {
+            let list = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT trial_id, step, epoch, split, name, value FROM metrics \
+                 WHERE trial_id IN ({list}) AND name = 'error' AND split IN ('train', 'val') \
+                 ORDER BY trial_id, step, split"
+            );
+            let rows: Vec<(i64, i64, f64, String, String, f64)> = on_db!(self, |pool| {
+                let mut q = sqlx::query_as(&sql);
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q.fetch_all(pool)
+            })?;
+            for (trial, step, epoch, split, name, value) in rows {
+                out.entry(trial).or_default().push(MetricRow {
+                    step,
+                    epoch,
+                    split,
+                    name,
+                    value,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// A text that changes whenever anything a results page shows does: experiments added or
+    /// removed, a trial claimed, recorded, finished or gone silent. Cheap (one pass over
+    /// `trials`), for pages that poll.
+    pub async fn version(&self) -> Result<String> {
+        let row: (i64, i64, i64, i64, String, String, i64) = on_db!(self, |pool| sqlx::query_as(
+            r#"
+            SELECT
+                (SELECT count(*) FROM experiments),
+                (SELECT count(*) FROM trials),
+                (SELECT CAST(coalesce(sum(coalesce(steps, 0) + attempts), 0) AS BIGINT) FROM trials),
+                (SELECT count(*) FROM trials WHERE status IN ('done', 'failed')),
+                (SELECT coalesce(max(heartbeat_at), '') FROM trials),
+                (SELECT coalesce(max(created_at), '') FROM experiments),
+                (SELECT count(*) FROM trial_summary WHERE status = 'interrupted')
+            "#
+        )
+        .fetch_one(pool))?;
+        let (experiments, trials, progress, ended, heartbeat, created, silent) = row;
+        Ok(format!(
+            "{experiments}.{trials}.{progress}.{ended}.{silent}.{heartbeat}.{created}"
+        ))
     }
 
     /// The trial's checkpoint of this kind, its digest checked.
@@ -206,4 +295,25 @@ impl Store {
                 .await
         })
     }
+}
+
+/// A [`TrialDetail`] from a row of the [`DETAIL`] statement.
+fn detail<'r, R: sqlx::Row>(row: &'r R) -> sqlx::Result<TrialDetail>
+where
+    SummaryRow: FromRow<'r, R>,
+    DetailColumns: FromRow<'r, R>,
+{
+    let more = DetailColumns::from_row(row)?;
+    Ok(TrialDetail {
+        summary: SummaryRow::from_row(row)?,
+        key: more.full_key,
+        ord: more.ord,
+        config_json: more.config_json,
+        worker: more.worker,
+        heartbeat_at: more.heartbeat_at,
+        started_at: more.started_at,
+        finished_at: more.finished_at,
+        attempts: more.attempts,
+        total_steps: more.total_steps,
+    })
 }

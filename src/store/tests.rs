@@ -745,6 +745,66 @@ async fn a_running_trial_without_heartbeats_reads_as_interrupted_in_the_summary(
 }
 }
 
+on_both! {
+async fn the_dashboard_reads_counts_details_curves_and_a_version_that_follows_writes(db: TestDb) {
+    let store = db.open().await;
+    let (e, f) = (grid("e", 3), grid("f", 1));
+    store.register("e", "", &e).await.unwrap();
+    store.register("f", "", &f).await.unwrap();
+    let mut versions = vec![store.version().await.unwrap()];
+    fn changed(versions: &mut Vec<String>, v: String) {
+        assert!(!versions.contains(&v), "{v} was seen before: {versions:?}");
+        versions.push(v);
+    }
+
+    let c = claim_one(&store, &keys(&e), "w").await;
+    changed(&mut versions, store.version().await.unwrap());
+    store.started(c.trial_id, "w", 500).await.unwrap();
+    let mut rec = record(100, 0.5);
+    rec.metrics.push(Metric {
+        split: "train".into(),
+        name: "error".into(),
+        value: 0.6,
+    });
+    store.record(c.trial_id, "w", &rec).await.unwrap();
+    changed(&mut versions, store.version().await.unwrap());
+    store.record(c.trial_id, "w", &record(200, 0.4)).await.unwrap();
+    changed(&mut versions, store.version().await.unwrap());
+    assert_eq!(store.version().await.unwrap(), *versions.last().unwrap(), "no write, no change");
+
+    let statuses = store.experiment_statuses().await.unwrap();
+    let counts: Vec<(&str, i64, i64, i64)> = statuses
+        .iter()
+        .map(|s| (s.name.as_str(), s.trials, s.status["running"], s.status["pending"]))
+        .collect();
+    assert_eq!(counts, [("e", 3, 1, 2), ("f", 1, 0, 1)]);
+    assert_eq!(statuses[0].status.len(), 5, "every status, zeros included");
+
+    let details = store.details("e").await.unwrap();
+    let seen: Vec<(i64, Option<i64>, Option<i64>)> = details
+        .iter()
+        .map(|d| (d.ord, d.summary.steps, d.total_steps))
+        .collect();
+    assert_eq!(seen, [(0, Some(200), Some(500)), (1, None, None), (2, None, None)]);
+    assert_eq!(details[0].worker.as_deref(), Some("w"));
+    assert!(store.details("nope").await.unwrap().is_empty());
+
+    // Only the training and validation error, in step order; other metrics and trials are not read.
+    let curves = store.error_curves(&[c.trial_id, 999]).await.unwrap();
+    let rows: Vec<(i64, &str, f64)> = curves[&c.trial_id]
+        .iter()
+        .map(|m| (m.step, m.split.as_str(), m.value))
+        .collect();
+    assert_eq!(rows, [(100, "train", 0.6), (100, "val", 0.5), (200, "val", 0.4)]);
+    assert_eq!(curves.len(), 1);
+
+    // A runner that goes silent changes what the page shows (running → interrupted).
+    age_heartbeat(&store, c.trial_id).await;
+    changed(&mut versions, store.version().await.unwrap());
+    assert_eq!(store.experiment_statuses().await.unwrap()[0].status["interrupted"], 1);
+}
+}
+
 // ---- SQLite's own: the file, WAL, side files, its upgrade path ------------------------------
 
 use sqlx::migrate::Migrator;

@@ -253,12 +253,24 @@ impl Store {
     /// Says that `worker` is still running the trial. Fails if another worker has taken the
     /// trial over (this one's heartbeat went stale): the caller should stop training it.
     pub async fn heartbeat(&self, trial_id: i64, worker: &str) -> Result<()> {
+        self.touch(trial_id, worker, None).await
+    }
+
+    /// A heartbeat that also records how many steps the trial trains for in all (its runner
+    /// knows once the data is loaded): what progress and time-left figures are computed from.
+    pub async fn started(&self, trial_id: i64, worker: &str, total_steps: i64) -> Result<()> {
+        self.touch(trial_id, worker, Some(total_steps)).await
+    }
+
+    async fn touch(&self, trial_id: i64, worker: &str, total_steps: Option<i64>) -> Result<()> {
         let updated = on_db!(self, |pool, d| async {
-            sqlx::query(
-                &d.sql("UPDATE trials SET heartbeat_at = {now} WHERE id = $1 AND worker = $2 AND status = 'running'"),
-            )
+            sqlx::query(&d.sql(
+                "UPDATE trials SET heartbeat_at = {now}, total_steps = coalesce($3, total_steps) \
+                 WHERE id = $1 AND worker = $2 AND status = 'running'",
+            ))
             .bind(trial_id)
             .bind(worker)
+            .bind(total_steps)
             .execute(pool)
             .await
             .map(|r| r.rows_affected())

@@ -26,14 +26,26 @@ fn pg() -> PgTestDb {
 /// (trial, status, attempts, steps) of every trial, and every metric row by trial, read through
 /// the store's API (either kind).
 #[allow(clippy::type_complexity)]
-fn contents(db: &str) -> (Vec<(i64, String, i64, Option<i64>)>, Vec<(i64, Vec<MetricRow>)>) {
+/// Each trial's id, status, attempts, steps and total steps, and its metrics.
+type Contents = (
+    Vec<(i64, String, i64, Option<i64>, Option<i64>)>,
+    Vec<(i64, Vec<MetricRow>)>,
+);
+
+fn contents(db: &str) -> Contents {
     util::block_on(async {
         let store = Store::open_existing(Location::parse(db)).await.expect("open the store");
         let mut trials = Vec::new();
         let mut metrics = Vec::new();
         for row in store.summary(None).await.unwrap() {
             let detail = store.trial(&row.trial.to_string()).await.unwrap();
-            trials.push((row.trial, row.status.clone(), detail.attempts, row.steps));
+            trials.push((
+                row.trial,
+                row.status.clone(),
+                detail.attempts,
+                row.steps,
+                detail.total_steps,
+            ));
             metrics.push((row.trial, store.metrics(row.trial).await.unwrap()));
         }
         store.close().await;
@@ -76,7 +88,7 @@ fn three_workers_of_three_hosts_drain_a_six_trial_grid_on_postgres_each_trial_on
     let outputs: Vec<Vec<String>> = ends.into_iter().map(|(_, out, _)| out).collect();
     let (trials, metrics) = contents(&db.url);
     assert_eq!(trials.len(), 6);
-    for (id, status, attempts, steps) in &trials {
+    for (id, status, attempts, steps, _) in &trials {
         assert_eq!((status.as_str(), *attempts, *steps), ("done", 1, Some(8)), "trial {id}");
         assert_eq!(util::starts(&outputs, *id), 1, "trial {id} was started more than once");
     }
@@ -156,7 +168,7 @@ fn a_worker_killed_on_one_host_is_taken_over_by_another_after_stale_after_with_t
 
     let (trials, metrics) = contents(&db.url);
     assert_eq!(trials.len(), 1);
-    let (_, status, attempts, steps) = &trials[0];
+    let (_, status, attempts, steps, _) = &trials[0];
     assert_eq!(
         (status.as_str(), *attempts, *steps),
         ("done", 2, Some(ITERATIONS as i64))
@@ -189,7 +201,7 @@ fn stopped_by(signal: libc::c_int, db: Option<&str>) {
     assert!(err.contains("exit status 75"), "{err}");
 
     let (trials, metrics) = contents(db);
-    let (_, status, attempts, steps) = &trials[0];
+    let (_, status, attempts, steps, _) = &trials[0];
     assert_eq!((status.as_str(), *attempts), ("interrupted", 1));
     let at = steps.expect("steps recorded before the stop");
     assert!(at >= 8 && at < ITERATIONS as i64, "stopped at step {at}");
