@@ -32,13 +32,17 @@ pub fn report(args: &ReportArgs) -> Result<i32> {
         // An unknown --experiment is a usage error naming the ones there are.
         let rows = store.summary(args.experiment.as_deref()).await?;
         let mut metrics = plot::Metrics::new();
-        let mut configs = Vec::new();
-        for r in &rows {
-            if args.plot.is_some() {
+        if args.plot.is_some() {
+            for r in &rows {
                 metrics.insert(r.trial, store.metrics(r.trial).await?);
             }
-            configs.push(store.trial(&r.trial.to_string()).await?.config_json);
         }
+        let mut by_trial = store.configs(args.experiment.as_deref()).await?;
+        // A trial deleted between the two statements reports without its configuration.
+        let configs: Vec<String> = rows
+            .iter()
+            .map(|r| by_trial.remove(&r.trial).unwrap_or_default())
+            .collect();
         store.close().await;
         Ok::<_, Error>((rows, metrics, configs))
     })?;

@@ -140,6 +140,20 @@ impl Store {
         })
     }
 
+    /// The stored configuration of every trial (of one experiment, or all), by trial id: one
+    /// statement, however many trials.
+    pub async fn configs(&self, experiment: Option<&str>) -> Result<BTreeMap<i64, String>> {
+        let rows: Vec<(i64, String)> = on_db!(self, |pool| sqlx::query_as(
+            r#"
+            SELECT t.id, t.config_json FROM trials t JOIN experiments e ON e.id = t.experiment_id
+            WHERE $1 IS NULL OR e.name = $1
+            "#
+        )
+        .bind(experiment)
+        .fetch_all(pool))?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// Every experiment, in the order they were first run, with its trials counted by status.
     pub async fn experiment_statuses(&self) -> Result<Vec<ExperimentStatus>> {
         let rows: Vec<(String, String, Option<String>, i64)> = on_db!(self, |pool| sqlx::query_as(

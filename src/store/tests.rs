@@ -7,7 +7,7 @@
 //! marked ignored, with a reason that says how to run it (`scripts/pg-local.sh` starts a
 //! server). `.ci/run` always sets it.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -746,7 +746,7 @@ async fn a_running_trial_without_heartbeats_reads_as_interrupted_in_the_summary(
 }
 
 on_both! {
-async fn the_dashboard_reads_counts_details_curves_and_a_version_that_follows_writes(db: TestDb) {
+async fn the_dashboard_reads_counts_details_configs_curves_and_a_version_that_follows_writes(db: TestDb) {
     let store = db.open().await;
     let (e, f) = (grid("e", 3), grid("f", 1));
     store.register("e", "", &e).await.unwrap();
@@ -788,6 +788,11 @@ async fn the_dashboard_reads_counts_details_curves_and_a_version_that_follows_wr
     assert_eq!(seen, [(0, Some(200), Some(500)), (1, None, None), (2, None, None)]);
     assert_eq!(details[0].worker.as_deref(), Some("w"));
     assert!(store.details("nope").await.unwrap().is_empty());
+    // Every configuration in one statement, as `report` reads them.
+    let configs = store.configs(Some("e")).await.unwrap();
+    let expected: BTreeMap<i64, String> = details.iter().map(|d| (d.summary.trial, d.config_json.clone())).collect();
+    assert_eq!(configs, expected);
+    assert_eq!(store.configs(None).await.unwrap().len(), 4);
 
     // Only the training and validation error, in step order; other metrics and trials are not read.
     let curves = store.error_curves(&[c.trial_id, 999]).await.unwrap();
