@@ -38,6 +38,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
+use serde::Serialize;
 
 use crate::arch::Value;
 use crate::store::{MetricRow, SummaryRow};
@@ -46,8 +47,9 @@ use crate::{Error, Result};
 /// Every recorded value of each trial, by trial id (see [`crate::store::Store::metrics`]).
 pub type Metrics = BTreeMap<i64, Vec<MetricRow>>;
 
-/// What a chart shows, independent of the file format.
-#[derive(Debug, Clone, PartialEq)]
+/// What a chart shows, independent of the file format; as JSON (for `runner serve`'s page) the
+/// palette index is a CSS colour and the style a name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Chart {
     pub experiment: String,
     /// `curves`, `depth`, `shortcut` or `preact`: the file is `<experiment>-<kind>.svg`.
@@ -60,17 +62,18 @@ pub struct Chart {
     pub panels: Vec<Panel>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Panel {
     pub title: String,
     pub lines: Vec<Line>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Line {
     /// The legend text; lines that repeat a label (more seeds) show it once.
     pub label: String,
     /// Index into the palette.
+    #[serde(rename = "color", serialize_with = "css_colour")]
     pub colour: usize,
     pub style: Style,
     /// The trial a training curve is of; `None` for lines over several trials.
@@ -82,7 +85,8 @@ pub struct Line {
     pub band: Vec<(f64, f64, f64)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Style {
     /// Thin and dashed: training error, best validation error.
     Thin,
@@ -111,6 +115,12 @@ const PALETTE: [(u8, u8, u8); 10] = [
 pub fn colour(index: usize) -> RGBColor {
     let (r, g, b) = PALETTE[index % PALETTE.len()];
     RGBColor(r, g, b)
+}
+
+/// A palette index as `#rrggbb`.
+fn css_colour<S: serde::Serializer>(index: &usize, s: S) -> std::result::Result<S::Ok, S::Error> {
+    let RGBColor(r, g, b) = colour(*index);
+    s.serialize_str(&format!("#{r:02x}{g:02x}{b:02x}"))
 }
 
 /// One chart as written: its SVG, and its PNG with `--png`.

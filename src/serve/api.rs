@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::arch::Params;
-use crate::report::plot::{self, Chart, Style};
+use crate::report::plot::{self, Chart};
 use crate::store::{ExperimentStatus, MetricRow, SummaryRow, TrialDetail};
 
 /// Points per curve unless the request asks otherwise, and the most it may ask for: a trial of
@@ -65,35 +65,8 @@ pub struct Series {
 
 #[derive(Debug, Serialize)]
 pub struct Charts {
-    pub charts: Vec<ChartJson>,
+    pub charts: Vec<Chart>,
     pub skipped: Vec<String>,
-}
-
-/// A [`Chart`] for the page's own renderer: colours as CSS, styles by name.
-#[derive(Debug, Serialize)]
-pub struct ChartJson {
-    pub kind: &'static str,
-    pub title: String,
-    pub x_label: String,
-    pub y_label: String,
-    pub categories: Option<Vec<String>>,
-    pub panels: Vec<PanelJson>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PanelJson {
-    pub title: String,
-    pub lines: Vec<LineJson>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct LineJson {
-    pub label: String,
-    pub color: String,
-    pub style: &'static str,
-    pub trial: Option<i64>,
-    pub points: Vec<(f64, f64)>,
-    pub band: Vec<(f64, f64, f64)>,
 }
 
 /// The rows of one experiment (or of trials to compare) for the table: `settings` are the
@@ -190,50 +163,6 @@ pub fn thin<T: Clone>(points: &[T], max: usize, y: impl Fn(&T) -> f64) -> Vec<T>
     }
     out.push(last.clone());
     out
-}
-
-/// An experiment's charts, as `runner report --plot` draws them.
-pub fn charts(rows: &[SummaryRow], metrics: &plot::Metrics) -> Charts {
-    let (charts, skipped) = plot::charts(rows, metrics);
-    Charts {
-        charts: charts.iter().map(chart_json).collect(),
-        skipped,
-    }
-}
-
-pub fn chart_json(c: &Chart) -> ChartJson {
-    ChartJson {
-        kind: c.kind,
-        title: c.title.clone(),
-        x_label: c.x_label.clone(),
-        y_label: c.y_label.clone(),
-        categories: c.categories.clone(),
-        panels: c
-            .panels
-            .iter()
-            .map(|p| PanelJson {
-                title: p.title.clone(),
-                lines: p
-                    .lines
-                    .iter()
-                    .map(|l| {
-                        let rgb = plot::colour(l.colour);
-                        LineJson {
-                            label: l.label.clone(),
-                            color: format!("#{:02x}{:02x}{:02x}", rgb.0, rgb.1, rgb.2),
-                            style: match l.style {
-                                Style::Thin => "thin",
-                                Style::Bold => "bold",
-                            },
-                            trial: l.trial,
-                            points: l.points.clone(),
-                            band: l.band.clone(),
-                        }
-                    })
-                    .collect(),
-            })
-            .collect(),
-    }
 }
 
 /// `3,7,12` → the ids, in ascending order without repeats; a usage message otherwise.

@@ -27,7 +27,7 @@ mod bench;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -54,21 +54,12 @@ struct App {
     curves: Curves,
 }
 
-impl App {
-    fn new(store: Store) -> App {
-        App {
-            store,
-            curves: Curves::default(),
-        }
-    }
-}
-
 /// Each trial's training and validation error, thinned to [`api::CURVE_POINTS`], kept while
 /// the trial's progress (steps, attempts, status) is unchanged: a chart of 200 trials then reads
 /// only the trials that moved since it was last drawn.
 #[derive(Default)]
 struct Curves {
-    by_trial: std::sync::Mutex<HashMap<i64, (Progress, Arc<TrainVal>)>>,
+    by_trial: std::sync::Mutex<HashMap<i64, (Progress, TrainVal)>>,
 }
 
 type Progress = (Option<i64>, i64, String);
@@ -83,10 +74,17 @@ fn progress(d: &TrialDetail) -> Progress {
 }
 
 impl App {
+    fn new(store: Store) -> App {
+        App {
+            store,
+            curves: Curves::default(),
+        }
+    }
+
     /// The error curves of `details` for a chart, each thinned to its share of
     /// [`api::CHART_BUDGET`].
     async fn curves(&self, details: &[TrialDetail]) -> std::result::Result<plot::Metrics, Failure> {
-        let stale: Vec<i64> = {
+        let stale: HashSet<i64> = {
             let cache = self.curves.by_trial.lock().unwrap_or_else(|e| e.into_inner());
             details
                 .iter()
@@ -97,7 +95,9 @@ impl App {
         let fresh = if stale.is_empty() {
             Default::default()
         } else {
-            self.store.error_curves(&stale).await?
+            self.store
+                .error_curves(&stale.iter().copied().collect::<Vec<_>>())
+                .await?
         };
         let mut cache = self.curves.by_trial.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() + stale.len() > MAX_CACHED {
@@ -113,7 +113,7 @@ impl App {
                     .collect();
                 api::thin(&points, api::CURVE_POINTS, |p| p.1)
             };
-            cache.insert(d.summary.trial, (progress(d), Arc::new([split("train"), split("val")])));
+            cache.insert(d.summary.trial, (progress(d), [split("train"), split("val")]));
         }
         let per_line = (api::CHART_BUDGET / (2 * details.len().max(1))).clamp(api::MIN_CURVE_POINTS, api::CURVE_POINTS);
         let mut out = plot::Metrics::new();
@@ -335,10 +335,17 @@ async fn experiment_exists(app: &App, name: &str) -> std::result::Result<(), Fai
     }
 }
 
+/// The trial a path names; 404 for anything but the id of a trial in the store.
 async fn trial(app: &App, id: &str) -> std::result::Result<TrialDetail, Failure> {
     let not_found = || Failure::NotFound(format!("no trial {id} in this store"));
-    let id: i64 = id.parse().map_err(|_| not_found())?;
-    app.store.trial_by_id(id).await?.ok_or_else(not_found)
+    trial_by_id(app, id.parse().map_err(|_| not_found())?).await
+}
+
+async fn trial_by_id(app: &App, id: i64) -> std::result::Result<TrialDetail, Failure> {
+    app.store
+        .trial_by_id(id)
+        .await?
+        .ok_or_else(|| Failure::NotFound(format!("no trial {id} in this store")))
 }
 
 async fn api_experiments(State(app): Shared) -> Answer<api::Experiments> {
@@ -370,7 +377,8 @@ async fn api_trials(State(app): Shared, Path(name): Path<String>) -> Answer<serd
 async fn api_charts(State(app): Shared, Path(name): Path<String>) -> Answer<api::Charts> {
     let details = details(&app, &name).await?;
     let curves = app.curves(&details).await?;
-    Ok(Json(api::charts(&summaries(&details), &curves)))
+    let (charts, skipped) = plot::charts(&summaries(&details), &curves);
+    Ok(Json(api::Charts { charts, skipped }))
 }
 
 /// The summary rows of `details`, with the `[train]` settings that differ among them (which
@@ -412,13 +420,13 @@ async fn api_compare(State(app): Shared, Query(q): Query<HashMap<String, String>
     let ids = api::trial_ids(q.get("trials").map(String::as_str).unwrap_or("")).map_err(Failure::BadRequest)?;
     let mut details = Vec::new();
     for id in ids {
-        details.push(trial(&app, &id.to_string()).await?);
+        details.push(trial_by_id(&app, id).await?);
     }
     let metrics = app.curves(&details).await?;
     let rows = summaries(&details);
     let refs: Vec<&crate::store::SummaryRow> = rows.iter().collect();
     let (charts, skipped) = match plot::curves(&refs, &metrics) {
-        Some(c) => (vec![api::chart_json(&c)], Vec::new()),
+        Some(c) => (vec![c], Vec::new()),
         None => (
             Vec::new(),
             vec!["no training or validation error recorded yet for these trials".into()],

@@ -66,13 +66,29 @@ pub fn finished_store(name: &str) -> Dir {
     d
 }
 
+/// The elements of a JSON array.
+fn items(v: &Value) -> &[Value] {
+    v.as_array().unwrap_or_else(|| panic!("an array: {v}"))
+}
+
 fn ids(trials: &Value) -> Vec<i64> {
-    trials
-        .as_array()
-        .unwrap()
+    items(trials).iter().map(|t| t["trial"].as_i64().unwrap()).collect()
+}
+
+/// Every line of a chart, over all its panels.
+fn lines(chart: &Value) -> Vec<&Value> {
+    items(&chart["panels"])
         .iter()
-        .map(|t| t["trial"].as_i64().unwrap())
+        .flat_map(|p| items(&p["lines"]))
         .collect()
+}
+
+/// The series `split`/`name` of a `/api/trials/ID/metrics` answer.
+fn series<'a>(metrics: &'a Value, split: &str, name: &str) -> &'a Value {
+    items(&metrics["series"])
+        .iter()
+        .find(|s| s["split"] == split && s["name"] == name)
+        .unwrap_or_else(|| panic!("no {split}/{name}: {metrics}"))
 }
 
 #[test]
@@ -105,8 +121,8 @@ fn every_page_and_api_route_answers_from_the_store() {
     assert_eq!(all["version"], s.json("/api/version")["version"]);
 
     let trials = &s.json("/api/experiments/depth/trials")["trials"];
-    assert_eq!(trials.as_array().unwrap().len(), 4);
-    for t in trials.as_array().unwrap() {
+    assert_eq!(items(trials).len(), 4);
+    for t in items(trials) {
         assert_eq!(t["status"], "done");
         // Progress as step of steps, written by the runner when the trial started.
         assert_eq!((t["steps"].as_i64(), t["total_steps"].as_i64()), (Some(24), Some(24)));
@@ -119,27 +135,24 @@ fn every_page_and_api_route_answers_from_the_store() {
 
     // The experiment's charts: curves with a line per trial and split, and error against depth.
     let charts = s.json("/api/experiments/depth/charts");
-    let kinds: Vec<&str> = charts["charts"]
-        .as_array()
-        .unwrap()
+    let kinds: Vec<&str> = items(&charts["charts"])
         .iter()
         .map(|c| c["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["curves", "depth"], "{charts}");
-    let curves = &charts["charts"][0];
-    let lines: Vec<&Value> = curves["panels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| p["lines"].as_array().unwrap())
-        .collect();
+    let curve_lines = lines(&charts["charts"][0]);
     // Train and validation error of each of the four trials; 24 steps, an evaluation every 4.
-    assert_eq!(lines.len(), 8);
+    assert_eq!(curve_lines.len(), 8);
     for id in &ids {
-        assert_eq!(lines.iter().filter(|l| l["trial"].as_i64() == Some(*id)).count(), 2);
+        assert_eq!(
+            curve_lines.iter().filter(|l| l["trial"].as_i64() == Some(*id)).count(),
+            2
+        );
     }
-    assert!(lines.iter().all(|l| l["points"].as_array().unwrap().len() == 6));
-    assert!(lines.iter().any(|l| l["style"] == "thin") && lines.iter().any(|l| l["style"] == "bold"));
+    assert!(curve_lines.iter().all(|l| items(&l["points"]).len() == 6));
+    assert!(curve_lines.iter().any(|l| l["style"] == "thin") && curve_lines.iter().any(|l| l["style"] == "bold"));
+    // Colours as CSS, one per depth (all are depth 8 here): the palette's first.
+    assert!(curve_lines.iter().all(|l| l["color"] == "#1f77b4"), "{charts}");
 
     let one = s.json(&format!("/api/trials/{}", ids[0]));
     assert_eq!(one["trial"].as_i64(), Some(ids[0]));
@@ -147,8 +160,7 @@ fn every_page_and_api_route_answers_from_the_store() {
     assert_eq!(one["attempts"], 1);
 
     let metrics = s.json(&format!("/api/trials/{}/metrics", ids[0]));
-    let series = metrics["series"].as_array().unwrap();
-    let names: Vec<String> = series
+    let names: Vec<String> = items(&metrics["series"])
         .iter()
         .map(|s| format!("{}/{}", s["split"].as_str().unwrap(), s["name"].as_str().unwrap()))
         .collect();
@@ -162,37 +174,27 @@ fn every_page_and_api_route_answers_from_the_store() {
     ] {
         assert!(names.contains(&name.to_string()), "{name}: {names:?}");
     }
-    let val = series
-        .iter()
-        .find(|s| s["split"] == "val" && s["name"] == "error")
-        .unwrap();
-    assert_eq!(val["steps"], serde_json::json!([4, 8, 12, 16, 20, 24]));
+    assert_eq!(
+        series(&metrics, "val", "error")["steps"],
+        serde_json::json!([4, 8, 12, 16, 20, 24])
+    );
     // Thinned on request: at most 3 points, the first and the last kept.
     let thin = s.json(&format!("/api/trials/{}/metrics?points=3", ids[0]));
-    for series in thin["series"].as_array().unwrap() {
-        let steps = series["steps"].as_array().unwrap();
-        assert!(steps.len() <= 3, "{series}");
+    for one in items(&thin["series"]) {
+        assert!(items(&one["steps"]).len() <= 3, "{one}");
     }
-    let val = thin["series"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["split"] == "val" && s["name"] == "error")
-        .unwrap();
+    let val = series(&thin, "val", "error");
     assert_eq!(val["steps"][0], 4);
-    assert_eq!(val["steps"].as_array().unwrap().last().unwrap(), 24);
+    assert_eq!(items(&val["steps"]).last().unwrap(), 24);
 
     // Two trials on one chart.
     let compare = s.json(&format!("/api/compare?trials={},{}", ids[3], ids[0]));
-    let lines: Vec<i64> = compare["charts"][0]["panels"]
-        .as_array()
-        .unwrap()
+    let compared: Vec<i64> = lines(&compare["charts"][0])
         .iter()
-        .flat_map(|p| p["lines"].as_array().unwrap())
         .map(|l| l["trial"].as_i64().unwrap())
         .collect();
-    assert_eq!(lines.len(), 4, "{compare}");
-    assert!(lines.contains(&ids[0]) && lines.contains(&ids[3]));
+    assert_eq!(compared.len(), 4, "{compare}");
+    assert!(compared.contains(&ids[0]) && compared.contains(&ids[3]));
 }
 
 #[test]
@@ -319,9 +321,7 @@ fn a_grid_run_while_the_server_runs_appears_without_a_restart() {
 
     let after = s.json("/api/experiments");
     assert_ne!(after["version"], before);
-    let names: Vec<&str> = after["experiments"]
-        .as_array()
-        .unwrap()
+    let names: Vec<&str> = items(&after["experiments"])
         .iter()
         .map(|e| e["name"].as_str().unwrap())
         .collect();
